@@ -1,0 +1,39 @@
+# Two commands work on a fresh machine: `make run` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test model eval bench install serve-deps clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[serve,train,eval,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Start the scoring service with the shipped default model on port 3000.
+run: $(STAMP)
+	$(BIN)/moat serve --port $${PORT:-3000}
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# Regenerate the shipped default bundle from a seeded simulation.
+model: $(STAMP)
+	$(BIN)/moat generate --out data/default --actors 1200 --days 3 --seed 7 --no-progress
+	$(BIN)/moat train --data data/default --out models/default
+
+# Reproduce the README's results table: test families held out of training.
+eval: $(STAMP)
+	$(BIN)/moat generate --out data/eval --actors 1200 --days 3 --seed 11 --holdout-families logit_probe,coverage_sweep --no-progress
+	$(BIN)/moat train --data data/eval --out runs/eval-model
+	$(BIN)/moat evaluate --traces data/eval/test.jsonl --model runs/eval-model --baselines all --out runs/eval-report
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_generate.py
+
+clean:
+	rm -rf $(VENV) runs data

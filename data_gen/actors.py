@@ -1,0 +1,193 @@
+"""The shared interface of every simulated actor, and the registry that lists them.
+
+An actor is one real party: a person, a company's backend, an attacker. Each instance draws
+its own behavioural parameters from distributions in `setup()` (never fixed constants) and
+then yields its requests in time order from `events()`. Registration happens once, through
+the `register` decorator, and `registry()` is the one place that lists them all.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from data_gen.identity import Account, Prefix
+from data_gen.text import PromptGrammar
+from data_gen.timing import TimingLibrary
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+@dataclass(frozen=True)
+class SimContext:
+    """What every actor of one simulation shares: the time span and the text and timing sources."""
+
+    start: float
+    end: float
+    grammar: PromptGrammar
+    timing: TimingLibrary | None = None
+
+
+@dataclass
+class ParamHabit:
+    """An actor's habits for sampling parameters: which fields it sends and how they vary."""
+
+    temperature: float | None
+    temperature_jitter: float
+    max_tokens: int | None
+    max_tokens_spread: float
+    top_p: float | None
+    logprobs_p: float
+    top_logprobs: int | None
+    seed_p: float
+    stop_p: float
+    stream_p: float
+    n: int
+
+    @classmethod
+    def draw(cls, rng: random.Random, **overrides: Any) -> "ParamHabit":
+        habit = cls(
+            temperature=None if rng.random() < 0.3 else rng.choice([0.0, 0.2, 0.5, 0.7, 0.8, 1.0, round(rng.uniform(0, 1.3), 2)]),
+            temperature_jitter=0.0 if rng.random() < 0.8 else rng.uniform(0.02, 0.3),
+            max_tokens=None if rng.random() < 0.35 else int(rng.choice([64, 128, 256, 512, 1024, 2048, 4096, rng.randint(16, 4000)])),
+            max_tokens_spread=0.0 if rng.random() < 0.7 else rng.uniform(0.1, 1.0),
+            top_p=None if rng.random() < 0.85 else round(rng.uniform(0.5, 1.0), 2),
+            logprobs_p=0.0 if rng.random() < 0.9 else rng.uniform(0.05, 1.0),
+            top_logprobs=rng.randint(0, 5),
+            seed_p=0.0 if rng.random() < 0.85 else rng.uniform(0.2, 1.0),
+            stop_p=0.0 if rng.random() < 0.8 else rng.uniform(0.2, 1.0),
+            stream_p=0.0 if rng.random() < 0.5 else rng.uniform(0.3, 1.0),
+            n=1 if rng.random() < 0.95 else rng.randint(2, 4),
+        )
+        for key, value in overrides.items():
+            setattr(habit, key, value)
+        return habit
+
+    def sample(self, rng: random.Random) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if self.temperature is not None:
+            t = self.temperature + (rng.gauss(0, self.temperature_jitter) if self.temperature_jitter else 0.0)
+            params["temperature"] = round(min(max(t, 0.0), 2.0), 2)
+        if self.top_p is not None:
+            params["top_p"] = self.top_p
+        if self.max_tokens is not None:
+            m = self.max_tokens
+            if self.max_tokens_spread:
+                m = int(m * math.exp(rng.gauss(0, self.max_tokens_spread)))
+            params["max_tokens"] = max(1, m)
+        if self.n > 1:
+            params["n"] = self.n
+        if self.logprobs_p and rng.random() < self.logprobs_p:
+            params["logprobs"] = True
+            if self.top_logprobs:
+                params["top_logprobs"] = self.top_logprobs
+        if self.seed_p and rng.random() < self.seed_p:
+            params["seed"] = rng.randint(0, 2**31 - 1)
+        if self.stop_p and rng.random() < self.stop_p:
+            params["stop"] = rng.choice(["\n\n", "###", ["</s>", "\nUser:"], "END"])
+        if self.stream_p and rng.random() < self.stream_p:
+            params["stream"] = True
+        return params
+
+
+@dataclass
+class Query:
+    """What an actor asks next: chat messages or a completion prompt, with its parameters."""
+
+    params: dict[str, Any]
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return CHAT if self.messages is not None else COMPLETIONS
+
+
+class Actor(ABC):
+    family: ClassVar[str]
+    label: ClassVar[int]
+    kind: ClassVar[str]  # "persona" or "attack"
+    weight: ClassVar[float] = 1.0  # relative share among actors of its kind
+    source: ClassVar[str] = ""
+
+    def __init__(self, actor_id: str, seed: int, ctx: SimContext, shared_prefixes: list[Prefix] | None = None) -> None:
+        self.actor_id = actor_id
+        self.rng = random.Random(seed)
+        self.ctx = ctx
+        self.shared_prefixes = shared_prefixes
+        self._seq = 0
+        self.setup()
+
+    def setup(self) -> None:
+        """Draw this actor's behavioural parameters."""
+
+    @abstractmethod
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Yield this actor's request events in time order."""
+
+    # Helpers shared by all actors.
+    def new_account(self, ua_weights: dict[str, float], n_keys: int = 1, n_prefixes: int = 1, n_hosts: int = 1) -> Account:
+        prefixes = self.shared_prefixes or [Prefix.draw(self.rng) for _ in range(n_prefixes)]
+        return Account.draw(self.rng, ua_weights, n_keys=n_keys, prefixes=prefixes, n_hosts=n_hosts)
+
+    def start_time(self, lead: float = 0.7) -> float:
+        return self.ctx.start + self.rng.uniform(0, lead * (self.ctx.end - self.ctx.start))
+
+    def budget(self, median: float, sigma: float = 0.8, low: int = 5, high: int = 20000) -> int:
+        return int(min(max(self.rng.lognormvariate(math.log(median), sigma), low), high))
+
+    def event(self, account: Account, ts: float, query: Query, key: str | None = None) -> dict[str, Any]:
+        self._seq += 1
+        ev: dict[str, Any] = {
+            "request_id": f"{self.actor_id}-{self._seq}",
+            "ts": round(ts, 3),
+            "account_id": account.account_id,
+        }
+        key = key or self.rng.choice(account.keys)
+        if key:
+            ev["api_key_id"] = key
+        ev["client_ip"] = account.host(self.rng)
+        if account.user_agent is not None:
+            ev["user_agent"] = account.user_agent
+        ev["endpoint"] = query.endpoint
+        ev["model"] = account.model
+        if query.messages is not None:
+            ev["messages"] = query.messages
+        else:
+            ev["prompt"] = query.prompt
+        ev["params"] = query.params
+        ev["label"] = self.label
+        ev["family"] = self.family
+        ev["actor"] = self.actor_id
+        return ev
+
+
+_REGISTRY: dict[str, type[Actor]] = {}
+
+
+def register(cls: type[Actor]) -> type[Actor]:
+    if cls.family in _REGISTRY:
+        raise ValueError(f"family {cls.family!r} registered twice")
+    _REGISTRY[cls.family] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Actor]]:
+    """Every persona and attack family, by name. Importing the modules registers them."""
+    import data_gen.attacks  # noqa: F401
+    import data_gen.personas  # noqa: F401
+
+    return dict(_REGISTRY)
+
+
+def personas() -> dict[str, type[Actor]]:
+    return {k: v for k, v in registry().items() if v.label == 0}
+
+
+def attacks() -> dict[str, type[Actor]]:
+    return {k: v for k, v in registry().items() if v.label == 1}

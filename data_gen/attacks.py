@@ -1,0 +1,382 @@
+"""Extraction attack families. Each family is a query strategy (what to ask next) plus the
+way it is sent (timing, accounts, cover traffic). Sybil campaigns and slow-and-low mimicry
+reuse the other families' strategies, spread over many accounts or hidden in human timing.
+
+Every family also has evasive variants (drawn per actor): randomised parameters, jittered
+timing, and benign cover traffic mixed in.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from data_gen.actors import Actor, ParamHabit, Query, SimContext, register
+from data_gen.identity import UA_HUMAN, UA_SCRIPT, Account, Prefix
+from data_gen.personas import system_prompt
+from data_gen.text import DOMAINS, DOMAIN_NAMES, REASONING_SUFFIXES, fill, perturb, random_words
+from data_gen.timing import HumanTiming, MachineTiming, ServiceTiming
+
+
+def _as_query(rng: random.Random, text: str, params: dict[str, Any], completion_p: float, system: str | None = None) -> Query:
+    if rng.random() < completion_p:
+        return Query(params, prompt=text)
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": text})
+    return Query(params, messages=messages)
+
+
+class Strategy(ABC):
+    """Decides the content and parameters of an attacker's next query."""
+
+    def __init__(self, rng: random.Random, ctx: SimContext, evasive: bool) -> None:
+        self.rng, self.ctx, self.evasive = rng, ctx, evasive
+        self.completion_p = rng.choice([0.0, 0.0, 0.3, 1.0])
+        self.system = system_prompt(rng) if rng.random() < 0.3 else None
+        self.setup()
+
+    def setup(self) -> None:
+        pass
+
+    @abstractmethod
+    def next(self) -> Query: ...
+
+
+class RandomQueries(Strategy):
+    def setup(self) -> None:
+        r = self.rng
+        self.habit = ParamHabit.draw(r, max_tokens=r.choice([None, 256, 512, 1024, r.randint(32, 2048)]))
+        self.length = (r.randint(3, 10), r.randint(12, 80))
+        self.synthetic_p = r.uniform(0, 0.6)
+
+    def next(self) -> Query:
+        r = self.rng
+        if r.random() < self.synthetic_p:
+            # Synthetic queries: real task templates with random slot fillers glued together.
+            text = " ".join(fill(r.choice(DOMAINS[r.choice(DOMAIN_NAMES)]), r) for _ in range(r.randint(1, 3)))
+        else:
+            text = random_words(r, r.randint(*self.length))
+        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+
+
+class DatasetReplay(Strategy):
+    def setup(self) -> None:
+        r = self.rng
+        self.habit = ParamHabit.draw(r, max_tokens=r.choice([None, 512, 1024, 2048]))
+        self.domains = r.sample(DOMAIN_NAMES, r.randint(2, len(DOMAIN_NAMES)))
+
+    def next(self) -> Query:
+        r = self.rng
+        return _as_query(r, self.ctx.grammar.prompt(r, r.choice(self.domains)), self.habit.sample(r), self.completion_p, self.system)
+
+
+INSTRUCTION_VERBS = [
+    "Write a detailed explanation of", "Give three worked examples about", "Create a lesson plan on",
+    "Generate a question and a thorough answer about", "Write an in-depth tutorial on", "Describe the key ideas of",
+    "List ten facts and explain each about", "Write a comprehensive guide to", "Compare two approaches to",
+]
+SEED_TASK_PROMPT = (
+    "You are asked to come up with a set of diverse task instructions. Here are examples:\n"
+    "1. {ex1}\n2. {ex2}\n3. {ex3}\nGenerate {a} new, different instructions."
+)
+
+
+class SelfInstruct(Strategy):
+    def setup(self) -> None:
+        r = self.rng
+        self.habit = ParamHabit.draw(r, temperature=r.choice([None, round(r.uniform(0.6, 1.1), 2)]), max_tokens=r.choice([1024, 2048, 4096, r.randint(700, 4000)]))
+        self.bootstrap_p = r.uniform(0.05, 0.4)
+
+    def next(self) -> Query:
+        r, g = self.rng, self.ctx.grammar
+        if r.random() < self.bootstrap_p:
+            text = SEED_TASK_PROMPT.format(ex1=g.prompt(r), ex2=g.prompt(r), ex3=g.prompt(r), a=r.randint(5, 20))
+        elif r.random() < 0.5:
+            text = f"{r.choice(INSTRUCTION_VERBS)} {fill('{topic}', r)} for {fill('{job}', r)}s."
+        else:
+            text = g.prompt(r)
+        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+
+
+class LogitProbe(Strategy):
+    """Repeats each prompt with a different logit_bias, max_tokens=1 and top_logprobs, reading the
+    logprob shifts to recover the logit vector and the output projection."""
+
+    def setup(self) -> None:
+        r = self.rng
+        self.prompts = [self.ctx.grammar.prompt(r) for _ in range(r.randint(1, 60))]
+        self.repeats = r.randint(5, 200)
+        self.bias_size = (1, r.randint(1, 300)) if self.evasive else (r.choice([1, 1, 5, 50, 300]),) * 2
+        self.bias_value = r.choice([100.0, -100.0, 50.0, None])  # None: random magnitudes
+        self.max_tokens = (1, r.randint(1, 8)) if self.evasive else (1, 1)
+        self.top_logprobs = r.randint(1, 20)
+        self.temperature = r.choice([0.0, 0.0, None, 1.0])
+        self.interleave = r.random() < 0.3
+        self._i = 0
+        self._j = 0
+
+    def next(self) -> Query:
+        r = self.rng
+        if self.interleave:
+            prompt = r.choice(self.prompts)
+        else:
+            if self._j >= self.repeats:
+                self._i, self._j = (self._i + 1) % len(self.prompts), 0
+            prompt = self.prompts[self._i]
+            self._j += 1
+        if self.evasive and r.random() < 0.3:
+            prompt = prompt + r.choice([" ", "  ", "\n", " ."])
+        size = r.randint(*self.bias_size)
+        bias = {str(r.randint(0, 100255)): (self.bias_value if self.bias_value is not None else round(r.uniform(-100, 100), 1)) for _ in range(size)}
+        params: dict[str, Any] = {"max_tokens": r.randint(*self.max_tokens), "logprobs": True, "logit_bias": bias}
+        if r.random() < 0.9:
+            params["top_logprobs"] = self.top_logprobs if not self.evasive else r.randint(1, 20)
+        if self.temperature is not None:
+            params["temperature"] = self.temperature if not self.evasive else round(r.uniform(0, 0.5), 2)
+        return _as_query(r, prompt, params, self.completion_p if self.completion_p else 0.5)
+
+
+class ActiveLearning(Strategy):
+    def setup(self) -> None:
+        r = self.rng
+        self.seeds = [self.ctx.grammar.prompt(r) for _ in range(r.randint(5, 80))]
+        self.strength = (r.uniform(0.03, 0.1), r.uniform(0.15, 0.45))
+        self.new_seed_p = r.uniform(0.01, 0.1)
+        self.habit = ParamHabit.draw(r)
+
+    def next(self) -> Query:
+        r = self.rng
+        if r.random() < self.new_seed_p:
+            self.seeds.append(self.ctx.grammar.prompt(r))
+        text = perturb(r.choice(self.seeds), r, r.uniform(*self.strength))
+        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+
+
+class CoverageSweep(Strategy):
+    """Walks a domain's templates and slot values in order: every language x every task, etc."""
+
+    def setup(self) -> None:
+        from data_gen import text as T
+
+        r = self.rng
+        axes = [("lang", T.LANGS), ("obj", T.CODE_OBJECTS), ("topic", T.TOPICS), ("lang_h", T.LANG_H), ("job", T.JOBS), ("sentence", T.SENTENCES), ("city", T.CITIES)]
+        a, b = r.sample(axes, 2)
+        self.axes = (a, b)
+        self.templates = [t for t in sum(DOMAINS.values(), []) if "{" + a[0] + "}" in t or "{" + b[0] + "}" in t] or DOMAINS["qa"]
+        self.templates = r.sample(self.templates, min(len(self.templates), r.randint(1, 6)))
+        self.cells = [(t, x, y) for t in self.templates for x in a[1] for y in b[1]]
+        if self.evasive:
+            r.shuffle(self.cells)
+        self._k = 0
+        self.habit = ParamHabit.draw(r)
+
+    def next(self) -> Query:
+        r = self.rng
+        tpl, x, y = self.cells[self._k % len(self.cells)]
+        self._k += 1
+        (na, _), (nb, _) = self.axes
+        text = fill(tpl.replace("{" + na + "}", x).replace("{" + nb + "}", y), r)
+        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+
+
+class ReasoningHarvest(Strategy):
+    def setup(self) -> None:
+        r = self.rng
+        n = 1 if (self.evasive and r.random() < 0.5) else r.randint(2, 8)
+        self.habit = ParamHabit.draw(r, n=n, temperature=r.choice([None, round(r.uniform(0.5, 1.0), 2)]), max_tokens=r.choice([2048, 4096, 8192, r.randint(1500, 8000)]))
+        self.domains = r.sample(["math", "code", "qa"], r.randint(1, 3))
+        self.suffix_p = r.uniform(0.5, 1.0)
+
+    def next(self) -> Query:
+        r = self.rng
+        text = self.ctx.grammar.prompt(r, r.choice(self.domains))
+        if r.random() < self.suffix_p:
+            text += r.choice(REASONING_SUFFIXES)
+        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+
+
+class AttackActor(Actor):
+    """One attacker with one account: strategy queries at machine or service pace, with cover
+    traffic when evasive. Subclasses pick the strategy; campaigns override `send`."""
+
+    label = 1
+    kind = "attack"
+    strategy_cls: ClassVar[type[Strategy]]
+
+    def setup(self) -> None:
+        r = self.rng
+        self.evasive = r.random() < 0.45
+        self.strategy = self.strategy_cls(r, self.ctx, self.evasive)
+        self.cover_p = r.uniform(0.05, 0.4) if self.evasive and r.random() < 0.7 else 0.0
+        self.cover_habit = ParamHabit.draw(r)
+        self.limit = self.budget(1500, 1.0, low=60, high=20000)
+
+    def cover_query(self) -> Query:
+        r, g = self.rng, self.ctx.grammar
+        history = [{"role": "user", "content": g.prompt(r)}]
+        if r.random() < 0.4:
+            history += [{"role": "assistant", "content": g.answer(r, history[0]["content"])}, {"role": "user", "content": g.follow_up(r)}]
+        return Query(self.cover_habit.sample(r), messages=history)
+
+    def query(self) -> Query:
+        return self.cover_query() if self.cover_p and self.rng.random() < self.cover_p else self.strategy.next()
+
+    def timing(self):
+        r = self.rng
+        rate = r.lognormvariate(math.log(0.3), 1.0)
+        if self.evasive and r.random() < 0.5:
+            return ServiceTiming.draw(r, rate, library=self.ctx.timing)
+        return MachineTiming.draw(r, rate, evasive=self.evasive)
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        r = self.rng
+        account = self.new_account(UA_HUMAN if self.evasive and r.random() < 0.4 else UA_SCRIPT, n_keys=r.randint(1, 2), n_hosts=r.randint(1, 4))
+        timing = self.timing()
+        t = self.start_time(0.8)
+        for _ in range(self.limit):
+            if t >= self.ctx.end:
+                return
+            yield self.event(account, t, self.query())
+            t += timing.gap(r, t)
+
+
+@register
+class RandomQueryAttack(AttackActor):
+    """Random or synthetic queries. Source: Tramèr et al. 2016, "Stealing Machine Learning Models
+    via Prediction APIs"; Krishna et al. 2020, "Thieves on Sesame Street!" (random word sequences)."""
+
+    family = "random_queries"
+    strategy_cls = RandomQueries
+
+
+@register
+class DatasetReplayAttack(AttackActor):
+    """Natural-distribution replay of a public prompt set. Source: Orekondy et al. 2019, "Knockoff Nets"."""
+
+    family = "dataset_replay"
+    strategy_cls = DatasetReplay
+
+
+@register
+class SelfInstructAttack(AttackActor):
+    """Self-instruct / Alpaca-style distillation: generated instructions over topic x task templates,
+    long outputs. Source: Wang et al. 2023, "Self-Instruct"; Taori et al. 2023, Stanford Alpaca."""
+
+    family = "self_instruct"
+    strategy_cls = SelfInstruct
+
+
+@register
+class LogitProbeAttack(AttackActor):
+    """Logit and logprob probing: the same prompts with varying logit_bias, max_tokens=1 and
+    top_logprobs. Source: Carlini et al. 2024, "Stealing Part of a Production Language Model";
+    Finlayson et al. 2024, "Logits of API-Protected LLMs Leak Proprietary Information"."""
+
+    family = "logit_probe"
+    strategy_cls = LogitProbe
+
+
+@register
+class ActiveLearningAttack(AttackActor):
+    """Active-learning boundary exploration: perturbations and paraphrases of seed prompts.
+    Source: Pal et al. 2020, "ActiveThief"."""
+
+    family = "active_learning"
+    strategy_cls = ActiveLearning
+
+
+@register
+class CoverageSweepAttack(AttackActor):
+    """Capability-targeted coverage sweep: systematic enumeration of a domain's task x slot grid.
+    Source: capability-targeted distillation as in Gudibande et al. 2023, "The False Promise of
+    Imitating Proprietary LLMs" (targeted imitation data)."""
+
+    family = "coverage_sweep"
+    strategy_cls = CoverageSweep
+
+
+@register
+class ReasoningHarvestAttack(AttackActor):
+    """Reasoning-trace harvesting: full step-by-step reasoning at scale, n > 1. Source: distillation
+    of reasoning traces, Mukherjee et al. 2023 ("Orca"), Ho et al. 2023 ("Large Language Models
+    Are Reasoning Teachers")."""
+
+    family = "reasoning_harvest"
+    strategy_cls = ReasoningHarvest
+
+
+BASE_STRATEGIES: list[type[Strategy]] = [RandomQueries, DatasetReplay, SelfInstruct, LogitProbe, ActiveLearning, CoverageSweep, ReasoningHarvest]
+
+
+@register
+class SybilCampaign(AttackActor):
+    """Any strategy spread over many accounts, keys and IP prefixes, each low-volume. Source:
+    distributed extraction in Juuti et al. 2019 (PRADA's threat model of colluding clients) and
+    Tramèr et al. 2016."""
+
+    family = "sybil_campaign"
+    strategy_cls = DatasetReplay  # replaced per actor in setup
+
+    def setup(self) -> None:
+        r = self.rng
+        self.strategy_cls = r.choice(BASE_STRATEGIES)
+        super().setup()
+        self.limit = self.budget(3000, 0.8, low=300, high=20000)
+        self.per_account = int(r.lognormvariate(math.log(60), 0.7)) + 10
+        pool = [Prefix.draw(r) for _ in range(r.randint(3, 40))]
+        self.accounts = [
+            Account.draw(r, UA_SCRIPT if r.random() < 0.7 else UA_HUMAN, n_keys=1, prefixes=[r.choice(pool)], n_hosts=1)
+            for _ in range(max(10, self.limit // self.per_account))
+        ]
+        self.parallel = r.random() < 0.5
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        r = self.rng
+        timing = self.timing()
+        t = self.start_time(0.8)
+        used = {a.account_id: 0 for a in self.accounts}
+        idx = 0
+        for _ in range(self.limit):
+            if t >= self.ctx.end:
+                return
+            if self.parallel:
+                account = r.choice(self.accounts)
+            else:  # burn accounts one after another
+                account = self.accounts[idx % len(self.accounts)]
+                used[account.account_id] += 1
+                if used[account.account_id] >= self.per_account:
+                    idx += 1
+            yield self.event(account, t, self.query())
+            t += timing.gap(r, t)
+
+
+@register
+class SlowLowMimicry(AttackActor):
+    """Slow-and-low mimicry: human-like timing and benign cover traffic around extraction queries,
+    built to stay under rate limits and PRADA-style statistics. Source: the evasion analysis in
+    Juuti et al. 2019 ("PRADA") and Pal et al. 2020."""
+
+    family = "slow_low_mimicry"
+    strategy_cls = DatasetReplay
+
+    def setup(self) -> None:
+        r = self.rng
+        self.strategy_cls = r.choice([DatasetReplay, SelfInstruct, ReasoningHarvest, ActiveLearning, CoverageSweep])
+        super().setup()
+        self.evasive = True
+        self.cover_p = r.uniform(0.2, 0.6)
+        self.limit = self.budget(400, 0.8, low=60, high=5000)
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        r = self.rng
+        account = self.new_account(UA_HUMAN, n_keys=1, n_hosts=r.randint(1, 3))
+        timing = HumanTiming.draw(r)  # the same distribution benign chat users are drawn from
+        t = timing.hours.next_start(self.start_time(0.3), r)
+        for _ in range(self.limit):
+            if t >= self.ctx.end:
+                return
+            yield self.event(account, t, self.query())
+            t += timing.gap(r, t)
