@@ -123,7 +123,7 @@ class AppBackend(Actor):
         self.system = system_prompt(r) + " " + fill("Company policy: never discuss {topic}.", r)
         self.domains = r.sample(DOMAIN_NAMES, r.randint(1, 3))
         self.multi_turn_p = r.uniform(0.0, 0.6)
-        self.limit = self.budget(3000, 1.0, high=20000)
+        self.limit = self.budget(1500, 1.0, high=15000)
 
     def events(self) -> Iterator[dict[str, Any]]:
         r, g = self.rng, self.ctx.grammar
@@ -284,7 +284,7 @@ class Labeller(Actor):
         self.bias = bias if r.random() < 0.5 else None
         self.timing = ServiceTiming.draw(r, rate_per_s=r.lognormvariate(math.log(0.05), 0.9), library=self.ctx.timing)
         self.completion_style = r.random() < 0.4
-        self.limit = self.budget(3000, 0.9, high=20000)
+        self.limit = self.budget(1500, 0.9, high=15000)
 
     def events(self) -> Iterator[dict[str, Any]]:
         r, g = self.rng, self.ctx.grammar

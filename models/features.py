@@ -1,0 +1,400 @@
+"""Featurisation shared by training and serving (numpy only; never imports torch).
+
+Two steps:
+1. `summarize(event)` runs once per request and gives a compact `Summary`: numeric request
+   facts, parameter flags, client facts and text sketches. It holds no raw text.
+2. `window(state, summary, campaign)` computes the request's relational features against the
+   scope's history (time gaps, similarity, novelty, repetition, parameter changes), appends
+   the request to the scope's bounded history and returns the latest N per-request vectors,
+   which is what the sequence model reads.
+
+Every feature is listed in `FEATURES` with its definition and why it signals extraction; the
+README's feature table is generated from it. Changing a feature's meaning or order means
+bumping FEATURE_SPEC_VERSION, which makes old bundles refuse to load.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.events import Event
+
+FEATURE_SPEC_VERSION = "1"
+WINDOW = 32  # requests of history the model reads per scope
+N_TOKENS = 12  # hashed token ids kept per request
+TOKEN_VOCAB = 4096  # hashed token buckets; id 0 is padding
+BLOOM_WORDS = 16  # 16 x 64 bits per novelty generation
+BLOOM_ROTATE = 64  # requests per novelty generation: novelty looks back 64-128 requests
+TEXT_LIMIT = 4096  # characters of a prompt used for sketches: features truncate, never fail
+SCOPES = ("account", "api_key", "ip_prefix")
+UA_GROUPS = ("sdk", "http_lib", "cli", "browser", "framework", "custom", "none")
+
+
+@dataclass(frozen=True)
+class FeatureDef:
+    name: str
+    definition: str
+    why: str
+
+
+FEATURES: list[FeatureDef] = [
+    # Request facts (from the request alone).
+    FeatureDef("prompt_chars", "log1p(characters of all message contents or the prompt) / 12", "distillation asks long, self-contained prompts; chat turns are short"),
+    FeatureDef("last_chars", "log1p(characters of the newest user message) / 10", "separates a fresh query from a follow-up in a long history"),
+    FeatureDef("n_messages", "log1p(number of messages) / 5", "real conversations grow; harvesting sends single-turn queries"),
+    FeatureDef("has_system", "1 if a system or developer message is present", "apps carry a constant system prompt; often absent in scripted harvesting"),
+    FeatureDef("tool_share", "share of messages with role tool", "agent loops are benign high-rate traffic"),
+    FeatureDef("is_completion", "1 for the legacy completions endpoint (prompt field)", "logit probing favours raw completions"),
+    FeatureDef("temperature", "temperature / 2, or 0.5 when absent", "temperature 0 or fixed values mark scripted clients"),
+    FeatureDef("temperature_set", "1 if temperature was sent", "SDK defaults vs explicit sampling control"),
+    FeatureDef("top_p_set", "1 if top_p was sent", "explicit sampling control"),
+    FeatureDef("max_tokens", "log1p(max_tokens) / 9, 0 when absent", "max_tokens=1 reads one distribution; huge budgets harvest long outputs"),
+    FeatureDef("max_tokens_set", "1 if max_tokens was sent", "explicit output control"),
+    FeatureDef("n", "log(n) / log(128)", "n > 1 harvests several samples per query"),
+    FeatureDef("logprobs", "1 if logprobs requested", "logprobs leak the output distribution"),
+    FeatureDef("top_logprobs", "top_logprobs / 20", "more alternatives leak more of the distribution"),
+    FeatureDef("logit_bias_size", "log1p(entries in logit_bias) / 6", "large or changing biases probe the logit vector"),
+    FeatureDef("logit_bias_max", "max |bias| / 100", "±100 biases force or ban tokens for probing"),
+    FeatureDef("logit_bias_spread", "std of bias values / 100", "random bias magnitudes mark evasive probes"),
+    FeatureDef("seed_set", "1 if seed was sent", "reproducible sampling, common in harvesting and in evals"),
+    FeatureDef("stop_set", "1 if stop was sent", "scripted clients"),
+    FeatureDef("stream", "1 if stream was requested", "interactive apps stream; batch harvesting rarely does"),
+    FeatureDef("digit_share", "share of digits in the newest text", "documents and sweeps over numbers"),
+    FeatureDef("nonascii_share", "share of non-ASCII characters in the newest text", "language coverage sweeps"),
+    *[FeatureDef(f"ua_{g}", f"1 if the user agent is of group '{g}'", "client kind; weak alone (attackers use SDKs too)") for g in UA_GROUPS],
+    # Relational features (the request against its scope's history).
+    FeatureDef("first_in_scope", "1 if the scope has no earlier request", "anchors the start of a sequence"),
+    FeatureDef("dt_prev", "log1p(seconds since the previous request) / 12", "machine pace vs human think time"),
+    FeatureDef("dt_mean_k", "log1p(mean gap over the last 8 requests) / 12", "sustained pace"),
+    FeatureDef("gap_cv", "coefficient of variation of gaps in the window, clipped to 3, / 3", "steady machine timing has a low CV"),
+    FeatureDef("rate_1m", "log1p(requests in the last 60 s within the window) / 4", "short bursts"),
+    FeatureDef("rate_1h", "log1p(EWMA request count, 1 h time constant) / 8", "sustained volume over an hour"),
+    FeatureDef("rate_1d", "log1p(EWMA request count, 1 day time constant) / 10", "daily volume; harvesting needs thousands"),
+    FeatureDef("total", "log1p(requests ever seen in this scope) / 12", "scope age in requests"),
+    FeatureDef("sim_prev", "SimHash similarity to the previous prompt, rescaled so 0.5 -> 0", "near-duplicate iteration or probing"),
+    FeatureDef("sim_max", "max SimHash similarity to any prompt in the window, rescaled", "perturbation of earlier seeds (active learning)"),
+    FeatureDef("near_dup_share", "share of window prompts with similarity >= 0.9", "near-duplicate bursts"),
+    FeatureDef("exact_repeat_share", "share of window prompts identical to this one", "same prompt re-asked (probing, evals)"),
+    FeatureDef("distinct_share", "distinct prompts in window (with this one) / its size", "every query new: dataset replay and sweeps"),
+    FeatureDef("novelty", "share of the prompt's word n-gram buckets unseen in the last 64-128 requests", "coverage-seeking traffic keeps finding new content"),
+    FeatureDef("template_share", "share of window prompts with this prompt's shape signature", "template reuse: batch jobs and coverage sweeps"),
+    FeatureDef("param_change", "1 if the parameter signature differs from the previous request", "parameter probing"),
+    FeatureDef("param_change_share", "share of window requests whose parameter signature differs from their predecessor", "systematic parameter variation"),
+    FeatureDef("lb_variety", "log1p(distinct logit_bias values among window requests with this exact prompt) / 5", "logit probing varies bias over one prompt"),
+    FeatureDef("lb_share", "share of window requests with a logit_bias", "sustained bias use"),
+    FeatureDef("logprob_share", "share of window requests asking for logprobs", "sustained distribution harvesting"),
+    FeatureDef("campaign", "log1p(distinct accounts sending this template in the last hour, minus one) / 5", "one campaign spread over many accounts"),
+    *[FeatureDef(f"scope_{s}", f"1 if this window is the '{s}' scope", "lets one model read account, key and address windows") for s in SCOPES],
+]
+N_FEATURES = len(FEATURES)
+_IDX = {f.name: i for i, f in enumerate(FEATURES)}
+N_OWN = _IDX["first_in_scope"]  # features [0, N_OWN) come from the request alone
+
+_WORD = re.compile(r"\w+")
+_BITS = np.arange(64, dtype=np.uint64)
+
+
+def _crc(text: str, salt: int = 0) -> int:
+    return zlib.crc32(text.encode("utf-8", "replace"), salt)
+
+
+def simhash(tokens: list[str]) -> int:
+    """64-bit SimHash over word unigrams and bigrams; similar texts differ in few bits."""
+    grams = tokens + [a + " " + b for a, b in zip(tokens, tokens[1:])]
+    if not grams:
+        return 0
+    h = np.fromiter(((_crc(g) << 32) | _crc(g, 0x9E3779B9) for g in grams), dtype=np.uint64, count=len(grams))
+    bits = ((h[:, None] >> _BITS) & np.uint64(1)).sum(axis=0)
+    return int(np.packbits(bits * 2 > len(grams), bitorder="little").view(np.uint64)[0])
+
+
+def shape_signature(tokens: list[str]) -> int:
+    """Hash of the first 6 tokens with numbers and capitalised names masked, so templates show."""
+    masked = ["#" if t.isdigit() else "N" if t[:1].isupper() else t.lower() for t in tokens[:6]]
+    return _crc(" ".join(masked))
+
+
+def ip_prefix(ip: str | None) -> str | None:
+    """/24 for IPv4, /48 for IPv6; None for a missing or unparseable address."""
+    if not ip:
+        return None
+    try:
+        addr = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return None
+    bits = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
+
+
+def ua_group(ua: str | None) -> str:
+    if not ua:
+        return "none"
+    u = ua.lower()
+    if "langchain" in u or "llamaindex" in u or "litellm" in u:
+        return "framework"
+    if "openai/" in u or "anthropic" in u:
+        return "sdk"
+    if "mozilla" in u:
+        return "browser"
+    if "curl" in u or "wget" in u:
+        return "cli"
+    if any(k in u for k in ("python-requests", "httpx", "aiohttp", "go-http", "node-fetch", "axios", "okhttp", "java")):
+        return "http_lib"
+    return "custom"
+
+
+@dataclass(slots=True)
+class Summary:
+    """What the state keeps of one request: numbers and sketches, never raw text."""
+
+    ts: float
+    account_id: str
+    api_key_id: str | None
+    ip_prefix: str | None
+    own: np.ndarray  # float32[N_OWN]
+    tokens: np.ndarray  # uint16[N_TOKENS], hashed ids, 0 = padding
+    buckets: np.ndarray  # uint16 n-gram buckets for novelty
+    simhash: int
+    shape: int
+    prompt_hash: int
+    lb_hash: int
+    param_hash: int
+    logprobs: bool
+    has_lb: bool
+
+    def scope_keys(self) -> list[tuple[str, str]]:
+        keys = [("account", self.account_id)]
+        if self.api_key_id:
+            keys.append(("api_key", self.api_key_id))
+        if self.ip_prefix:
+            keys.append(("ip_prefix", self.ip_prefix))
+        return keys
+
+
+def _texts(event: Event) -> tuple[str, int, int, bool, float]:
+    """The newest user text, total characters, message count, system flag and tool share."""
+    if event.messages is None:
+        text = event.prompt or ""
+        return text, len(text), 0, False, 0.0
+    msgs = event.messages
+    total = sum(len(m.content) for m in msgs)
+    newest = next((m.content for m in reversed(msgs) if m.role == "user"), msgs[-1].content if msgs else "")
+    has_system = any(m.role in ("system", "developer") for m in msgs)
+    tools = sum(m.role == "tool" for m in msgs)
+    return newest, total, len(msgs), has_system, tools / max(len(msgs), 1)
+
+
+def summarize(event: Event) -> Summary:
+    newest, total_chars, n_msgs, has_system, tool_share = _texts(event)
+    text = newest[:TEXT_LIMIT]
+    tokens = _WORD.findall(text)[:256]
+    lower = [t.lower() for t in tokens]
+    p = event.params
+    lb = p.logit_bias or {}
+    lb_vals = np.fromiter(lb.values(), dtype=np.float64, count=len(lb)) if lb else None
+    n_chars = max(len(text), 1)
+    own = np.zeros(N_OWN, dtype=np.float32)
+    own[:N_OWN] = [
+        math.log1p(total_chars) / 12,
+        math.log1p(len(newest)) / 10,
+        math.log1p(n_msgs) / 5,
+        float(has_system),
+        tool_share,
+        float(event.messages is None),
+        (p.temperature / 2) if p.temperature is not None else 0.5,
+        float(p.temperature is not None),
+        float(p.top_p is not None),
+        math.log1p(p.max_tokens) / 9 if p.max_tokens else 0.0,
+        float(p.max_tokens is not None),
+        math.log(p.n or 1) / math.log(128),
+        float(bool(p.logprobs)),
+        (p.top_logprobs or 0) / 20,
+        math.log1p(len(lb)) / 6,
+        float(np.abs(lb_vals).max()) / 100 if lb_vals is not None else 0.0,
+        float(lb_vals.std()) / 100 if lb_vals is not None else 0.0,
+        float(p.seed is not None),
+        float(p.stop is not None),
+        float(bool(p.stream)),
+        sum(c.isdigit() for c in text) / n_chars,
+        sum(ord(c) > 127 for c in text) / n_chars,
+        *[float(ua_group(event.user_agent) == g) for g in UA_GROUPS],
+    ]
+    tok_ids = np.zeros(N_TOKENS, dtype=np.uint16)
+    for i, t in enumerate(lower[:N_TOKENS]):
+        tok_ids[i] = 1 + _crc(t) % (TOKEN_VOCAB - 1)
+    grams = lower[:64] + [a + " " + b for a, b in zip(lower[:64], lower[1:64])]
+    buckets = np.fromiter((_crc(g) % (BLOOM_WORDS * 64) for g in grams), dtype=np.uint16, count=len(grams))
+    params_sig = (p.temperature, p.top_p, p.max_tokens, p.n, p.logprobs, p.top_logprobs, p.stop if isinstance(p.stop, str) else tuple(p.stop or ()), event.endpoint)
+    return Summary(
+        ts=float(event.ts),
+        account_id=event.account_id,
+        api_key_id=event.api_key_id,
+        ip_prefix=ip_prefix(event.client_ip),
+        own=own,
+        tokens=tok_ids,
+        buckets=buckets,
+        simhash=simhash(lower[:128]),
+        shape=shape_signature(tokens),
+        prompt_hash=_crc(" ".join(lower)),
+        lb_hash=_crc(repr(sorted(lb.items()))) if lb else 0,
+        param_hash=_crc(repr(params_sig)),
+        logprobs=bool(p.logprobs),
+        has_lb=bool(lb),
+    )
+
+
+# One stored row per request of a scope's history.
+ROW = np.dtype([
+    ("vec", np.float16, (N_FEATURES,)),
+    ("tokens", np.uint16, (N_TOKENS,)),
+    ("ts", np.float64),
+    ("simhash", np.uint64),
+    ("shape", np.uint32),
+    ("prompt", np.uint32),
+    ("lb", np.uint32),
+    ("param", np.uint32),
+    ("flags", np.uint8),  # bit 0: logprobs, bit 1: logit_bias, bit 2: param changed from predecessor
+])
+
+
+@dataclass(slots=True)
+class ScopeState:
+    """A scope's bounded history: the latest WINDOW rows plus O(1) running aggregates.
+
+    Rows are stored with the capacity they need (grown by doubling up to WINDOW), so a scope
+    that has sent three requests costs a few hundred bytes, not a full window.
+    """
+
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=ROW))
+    n: int = 0
+    total: int = 0
+    ewma_1h: float = 0.0
+    ewma_1d: float = 0.0
+    bloom_cur: np.ndarray = field(default_factory=lambda: np.zeros(BLOOM_WORDS, dtype=np.uint64))
+    bloom_prev: np.ndarray = field(default_factory=lambda: np.zeros(BLOOM_WORDS, dtype=np.uint64))
+    bloom_count: int = 0
+    hold_action: int = 0  # policy hysteresis: the action level held and until when
+    hold_until: float = 0.0
+
+    @property
+    def last_ts(self) -> float | None:
+        return float(self.rows["ts"][self.n - 1]) if self.n else None
+
+    def history(self) -> np.ndarray:
+        return self.rows[: self.n]
+
+    def append(self, row: np.ndarray) -> None:
+        if self.n == len(self.rows):
+            if self.n < WINDOW:
+                grown = np.zeros(min(2 * len(self.rows), WINDOW), dtype=ROW)
+                grown[: self.n] = self.rows
+                self.rows = grown
+            else:
+                self.rows[:-1] = self.rows[1:]
+                self.n -= 1
+        self.rows[self.n] = row
+        self.n += 1
+
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.bloom_cur.nbytes + self.bloom_prev.nbytes + 8 * 8
+
+
+def _rescale_sim(sim: np.ndarray | float) -> Any:
+    # Unrelated texts sit near 0.5 SimHash similarity; map [0.5, 1] to [0, 1].
+    return np.clip((sim - 0.5) * 2.0, 0.0, 1.0)
+
+
+def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.ndarray:
+    """The full feature vector of request `s` against the scope's history (state unchanged)."""
+    vec = np.zeros(N_FEATURES, dtype=np.float32)
+    vec[:N_OWN] = s.own
+    vec[_IDX[f"scope_{scope}"]] = 1.0
+    h = state.history()
+    k = len(h)
+    vec[_IDX["total"]] = math.log1p(state.total + 1) / 12
+    vec[_IDX["campaign"]] = math.log1p(max(campaign - 1, 0)) / 5
+    if k == 0:
+        vec[_IDX["first_in_scope"]] = 1.0
+        vec[_IDX["dt_prev"]] = vec[_IDX["dt_mean_k"]] = 1.0
+        vec[_IDX["rate_1m"]] = math.log1p(1) / 4
+        vec[_IDX["rate_1h"]] = math.log1p(1) / 8
+        vec[_IDX["rate_1d"]] = math.log1p(1) / 10
+        vec[_IDX["distinct_share"]] = vec[_IDX["novelty"]] = vec[_IDX["template_share"]] = 1.0
+        vec[_IDX["lb_share"]] = float(s.has_lb)
+        vec[_IDX["logprob_share"]] = float(s.logprobs)
+        return vec
+    ts = h["ts"]
+    dt = max(s.ts - ts[-1], 0.0)
+    last8 = ts[-8:]
+    vec[_IDX["dt_prev"]] = math.log1p(dt) / 12
+    vec[_IDX["dt_mean_k"]] = math.log1p(max(s.ts - last8[0], 0.0) / len(last8)) / 12
+    if k >= 2:
+        gaps = np.diff(np.append(ts, s.ts))
+        mean = gaps.mean()
+        vec[_IDX["gap_cv"]] = min(gaps.std() / mean, 3.0) / 3 if mean > 0 else 0.0
+    vec[_IDX["rate_1m"]] = math.log1p(1 + int((ts > s.ts - 60).sum())) / 4
+    last = state.last_ts or s.ts
+    vec[_IDX["rate_1h"]] = math.log1p(state.ewma_1h * math.exp(-max(s.ts - last, 0) / 3600) + 1) / 8
+    vec[_IDX["rate_1d"]] = math.log1p(state.ewma_1d * math.exp(-max(s.ts - last, 0) / 86400) + 1) / 10
+    sims = 1.0 - np.bitwise_count(h["simhash"] ^ np.uint64(s.simhash)).astype(np.float32) / 64.0
+    vec[_IDX["sim_prev"]] = _rescale_sim(float(sims[-1]))
+    vec[_IDX["sim_max"]] = _rescale_sim(float(sims.max()))
+    vec[_IDX["near_dup_share"]] = float((sims >= 0.9).mean())
+    same_prompt = h["prompt"] == s.prompt_hash
+    vec[_IDX["exact_repeat_share"]] = float(same_prompt.mean())
+    vec[_IDX["distinct_share"]] = len(np.unique(np.append(h["prompt"], s.prompt_hash))) / (k + 1)
+    if len(s.buckets):
+        words, bits = s.buckets // 64, (s.buckets % 64).astype(np.uint64)
+        seen = ((state.bloom_cur[words] | state.bloom_prev[words]) >> bits) & np.uint64(1)
+        vec[_IDX["novelty"]] = 1.0 - float(seen.mean())
+    vec[_IDX["template_share"]] = float((h["shape"] == s.shape).mean())
+    changed = s.param_hash != int(h["param"][-1])
+    vec[_IDX["param_change"]] = float(changed)
+    vec[_IDX["param_change_share"]] = (float(((h["flags"] & 4) > 0).sum()) + changed) / (k + 1)
+    if s.has_lb:
+        lbs = h["lb"][same_prompt]
+        vec[_IDX["lb_variety"]] = math.log1p(len(np.unique(np.append(lbs[lbs > 0], s.lb_hash)))) / 5
+    flags = h["flags"]
+    vec[_IDX["lb_share"]] = (float(((flags & 2) > 0).sum()) + s.has_lb) / (k + 1)
+    vec[_IDX["logprob_share"]] = (float((flags & 1).sum()) + s.logprobs) / (k + 1)
+    return vec
+
+
+def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np.ndarray, np.ndarray]:
+    """Append request `s` to the scope and return the model input for the latest WINDOW
+    requests: features float32[n, N_FEATURES] and hashed tokens int64[n, N_TOKENS]."""
+    vec = relational(state, s, campaign, scope)
+    changed = state.n > 0 and s.param_hash != int(state.rows["param"][state.n - 1])
+    last = state.last_ts
+    row = np.zeros((), dtype=ROW)
+    row["vec"] = vec
+    row["tokens"] = s.tokens
+    row["ts"] = s.ts
+    row["simhash"] = s.simhash
+    row["shape"] = s.shape
+    row["prompt"] = s.prompt_hash
+    row["lb"] = s.lb_hash
+    row["param"] = s.param_hash
+    row["flags"] = int(s.logprobs) | (int(s.has_lb) << 1) | (int(changed) << 2)
+    decay = math.exp(-max(s.ts - last, 0) / 3600) if last is not None else 0.0
+    state.ewma_1h = state.ewma_1h * decay + 1
+    decay_d = math.exp(-max(s.ts - last, 0) / 86400) if last is not None else 0.0
+    state.ewma_1d = state.ewma_1d * decay_d + 1
+    state.total += 1
+    if len(s.buckets):
+        np.bitwise_or.at(state.bloom_cur, s.buckets // 64, np.uint64(1) << (s.buckets % 64).astype(np.uint64))
+    state.bloom_count += 1
+    if state.bloom_count >= BLOOM_ROTATE:
+        state.bloom_prev, state.bloom_cur = state.bloom_cur, np.zeros(BLOOM_WORDS, dtype=np.uint64)
+        state.bloom_count = 0
+    state.append(row)
+    h = state.history()
+    # The stored float16 vector is what the model reads, in training and in serving alike.
+    return h["vec"].astype(np.float32), h["tokens"].astype(np.int64)

@@ -1,0 +1,117 @@
+"""Scores every request of a trace exactly as serving would, then fits the temperature and the
+action thresholds on validation traffic."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from evals.metrics import auroc, tpr_at_fpr
+from models.bundle import Thresholds
+from models.features import WINDOW
+from training.sequences import Sequences, row_windows
+
+RunFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+def exact_logits(run: RunFn, seqs: Sequences, batch: int = 1024, progress: bool = False) -> np.ndarray:
+    """The logit each row gets in serving: the last position of the window that ends at it.
+    Rows are grouped by window length, so no batch needs padding."""
+    starts = row_windows(seqs, WINDOW)
+    rows = np.arange(len(seqs.labels))
+    lengths = rows - starts + 1
+    out = np.zeros(len(rows), dtype=np.float32)
+    groups = [(n, rows[lengths == n]) for n in range(1, WINDOW + 1)]
+    total = sum((len(r) + batch - 1) // batch for _, r in groups)
+    bar = tqdm(total=total, desc="score windows", disable=not progress, mininterval=1.0)
+    for n, members in groups:
+        offs = np.arange(n)
+        for i in range(0, len(members), batch):
+            r = members[i : i + batch]
+            idx = starts[r][:, None] + offs[None, :]
+            feats = seqs.feats[idx].astype(np.float32)
+            tokens = seqs.tokens[idx].astype(np.int64)
+            mask = np.ones((len(r), n), dtype=np.float32)
+            out[r] = run(feats, tokens, mask)[:, -1]
+            bar.update()
+    bar.close()
+    return out
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling: the T minimising validation log-loss of sigmoid(logit / T)."""
+    y = labels.astype(np.float64)
+    best_t, best = 1.0, np.inf
+    for t in np.exp(np.linspace(np.log(0.2), np.log(10), 120)):
+        p = np.clip(sigmoid(logits / t), 1e-7, 1 - 1e-7)
+        nll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+        if nll < best:
+            best_t, best = float(t), nll
+    return best_t
+
+
+@dataclass
+class AccountScores:
+    accounts: list[str]
+    labels: np.ndarray
+    families: list[str]
+    risk: np.ndarray  # max calibrated risk over the account's requests
+
+
+def event_risk(seqs: Sequences, row_logits: np.ndarray, temperature: float) -> np.ndarray:
+    """A request's risk is the max over its scopes, as the scorer combines them."""
+    p = sigmoid(row_logits / temperature)
+    return np.array([p[rows].max() for rows in seqs.event_rows], dtype=np.float64)
+
+
+def account_scores(seqs: Sequences, ev_risk: np.ndarray) -> AccountScores:
+    best: dict[str, float] = {}
+    label: dict[str, int] = {}
+    fam: dict[str, str] = {}
+    for acc, r, y, f in zip(seqs.event_account, ev_risk, seqs.event_label, seqs.event_family):
+        best[acc] = max(best.get(acc, 0.0), float(r))
+        label[acc] = max(label.get(acc, 0), int(y))
+        fam.setdefault(acc, f)
+    accs = sorted(best)
+    return AccountScores(accs, np.array([label[a] for a in accs]), [fam[a] for a in accs], np.array([best[a] for a in accs]))
+
+
+def choose_thresholds(scores: AccountScores, block_fpr: float, perturb_fpr: float, action_fpr: float) -> Thresholds:
+    """Thresholds so that at most the target share of validation benign accounts ever reaches
+    each action. With few benign accounts a quantile is the maximum; a margin above it keeps
+    the choice conservative, since false positives are the product's worst failure."""
+    benign = np.sort(scores.risk[scores.labels == 0])
+    if len(benign) == 0:
+        return Thresholds(throttle=0.5, perturb=0.8, block=0.95)
+
+    def above(share: float) -> float:
+        k = int(np.floor(share * len(benign)))  # benign accounts allowed at or above
+        q = benign[-(k + 1)]  # the highest benign risk that must stay below
+        return float(min(np.nextafter(q, 2.0) + 1e-6, 1.0001))
+
+    throttle = max(above(action_fpr), 0.3)
+    perturb = max(above(perturb_fpr), throttle)
+    block = max(above(block_fpr), perturb, 0.5)
+    return Thresholds(throttle=round(throttle, 6), perturb=round(perturb, 6), block=round(block, 6))
+
+
+def summary_metrics(scores: AccountScores, thr: Thresholds) -> dict[str, float]:
+    y, r = scores.labels, scores.risk
+    benign, attack = r[y == 0], r[y == 1]
+    return {
+        "account_auroc": auroc(y, r),
+        "tpr_at_1pct_fpr": tpr_at_fpr(y, r, 0.01),
+        "tpr_at_0.1pct_fpr": tpr_at_fpr(y, r, 0.001),
+        "benign_ever_blocked": float((benign >= thr.block).mean()) if len(benign) else 0.0,
+        "benign_ever_non_allow": float((benign >= thr.throttle).mean()) if len(benign) else 0.0,
+        "attack_ever_acted_on": float((attack >= thr.throttle).mean()) if len(attack) else 0.0,
+        "accounts": float(len(y)),
+        "attack_accounts": float(y.sum()),
+    }

@@ -1,0 +1,59 @@
+"""LightningModule around RiskNet: loss at every position with padding masked; validation
+AUROC at the level of the account (the unit an operator acts on)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.nn import functional as F
+
+from evals.metrics import auroc, tpr_at_fpr
+from models.network import NetConfig, RiskNet
+
+
+class RiskModule(pl.LightningModule):
+    def __init__(self, net: dict, lr: float, weight_decay: float, val_seq_labels: list[int] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["val_seq_labels"])
+        self.net = RiskNet(NetConfig(**net))
+        self.lr, self.weight_decay = lr, weight_decay
+        self.val_seq_labels = val_seq_labels or []
+        self._val_max: dict[int, float] = defaultdict(lambda: -1e9)
+
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(feats, tokens, mask)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["feats"], batch["tokens"], batch["mask"])
+        per_pos = F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")
+        loss = (per_pos * batch["mask"]).sum() / batch["mask"].sum().clamp(min=1)
+        return loss, logits
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["feats"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, logits = self._loss(batch)
+        self.log("val_loss", loss, on_step=False, on_epoch=True, batch_size=batch["feats"].shape[0])
+        masked = logits.masked_fill(batch["mask"] == 0, -1e9).max(dim=1).values
+        for seq, m in zip(batch["seq"].tolist(), masked.tolist()):
+            self._val_max[seq] = max(self._val_max[seq], m)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_max and self.val_seq_labels:
+            seqs = sorted(self._val_max)
+            y = np.array([self.val_seq_labels[s] for s in seqs])
+            score = np.array([self._val_max[s] for s in seqs])
+            if 0 < y.sum() < len(y):
+                self.log("val_auroc", auroc(y, score), prog_bar=True)
+                self.log("val_tpr_at_1pct", tpr_at_fpr(y, score, 0.01))
+        self._val_max.clear()
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return opt

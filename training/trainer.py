@@ -1,0 +1,157 @@
+"""Orchestrates one training run: fit, calibrate, choose thresholds, export, log, register."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
+
+from models.bundle import BundleMeta, Calibration, load_bundle, sha256_file, write_meta
+from models.features import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
+from models.network import NetConfig, RiskNet, count_parameters
+from training.calibrate import account_scores, choose_thresholds, event_risk, exact_logits, fit_temperature, summary_metrics
+from training.card import render_card
+from training.config import TrainConfig
+from training.datamodule import TraceDataModule
+from training.export import export_onnx, parity
+from training.module import RiskModule
+from training.registry import Promotion, register_and_promote, tracking_uri
+from training.sequences import Sequences
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    bundle: Path
+    run_id: str
+    metrics: dict
+    promotion: Promotion
+
+
+def torch_runner(net: RiskNet):
+    net = net.eval()
+
+    def run(feats: np.ndarray, tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(feats), torch.from_numpy(tokens), torch.from_numpy(mask)).numpy()
+
+    return run
+
+
+def onnx_runner(path: Path):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda f, t, m: sess.run(["logits"], {"feats": f, "tokens": t, "mask": m})[0]
+
+
+def bundle_account_auroc(bundle_dir: Path, val: Sequences) -> float | None:
+    """Validation account AUROC of any bundle with this feature spec (used against the champion)."""
+    from models.bundle import BundleError
+
+    try:
+        meta, onnx_path = load_bundle(bundle_dir)
+    except BundleError as exc:
+        log.warning("champion bundle not comparable: %s", exc)
+        return None
+    logits = exact_logits(onnx_runner(onnx_path), val)
+    scores = account_scores(val, event_risk(val, logits, meta.calibration.temperature))
+    return summary_metrics(scores, meta.thresholds)["account_auroc"]
+
+
+def finalize_bundle(net: RiskNet, out: Path, val: Sequences, cfg: TrainConfig, data_stats: dict, progress: bool) -> BundleMeta:
+    """Calibrate on validation, choose thresholds, export ONNX with a parity check, write the bundle."""
+    out.mkdir(parents=True, exist_ok=True)
+    logits = exact_logits(torch_runner(net), val, progress=progress)
+    rows_labels = val.labels
+    temperature = fit_temperature(logits, rows_labels)
+    scores = account_scores(val, event_risk(val, logits, temperature))
+    thresholds = choose_thresholds(scores, cfg.target_block_fpr, cfg.target_perturb_fpr, cfg.target_action_fpr)
+    metrics = summary_metrics(scores, thresholds)
+    onnx_path = out / "model.onnx"
+    export_onnx(net, onnx_path)
+    metrics["onnx_parity_max_abs"] = parity(net, onnx_path)
+    metrics["parameters"] = float(count_parameters(net))
+    digest = sha256_file(onnx_path)
+    meta = BundleMeta(
+        feature_spec_version=FEATURE_SPEC_VERSION,
+        window=WINDOW,
+        n_features=N_FEATURES,
+        n_tokens=N_TOKENS,
+        model_version=f"moat-{digest[:12]}",
+        onnx_sha256=digest,
+        calibration=Calibration(temperature=temperature),
+        thresholds=thresholds,
+        targets={"benign_ever_blocked": cfg.target_block_fpr, "benign_ever_perturbed": cfg.target_perturb_fpr, "benign_ever_non_allow": cfg.target_action_fpr},
+        net=net.cfg.as_dict(),
+        data_stats=data_stats,
+        metrics=metrics,
+        created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    write_meta(out, meta)
+    (out / "card.md").write_text(render_card(meta), encoding="utf-8")
+    return meta
+
+
+def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, progress: bool = True) -> TrainResult:
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    uri = tracking_uri(uri)
+    dm = TraceDataModule(data_dir, cfg.batch_size, cfg.windows_per_epoch, cfg.shared_scope_weight, cfg.seed, cfg.num_workers, progress)
+    dm.setup()
+    assert dm.train is not None and dm.val is not None
+    net_cfg = NetConfig(hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout)
+    val_labels = dm.val.label.tolist()
+    module = RiskModule(net=net_cfg.as_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, val_seq_labels=val_labels)
+    stats_path = data_dir / "stats.json"
+    data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    logger = MLFlowLogger(experiment_name=cfg.experiment, tracking_uri=uri, log_model=False)
+    logger.log_hyperparams({**cfg.model_dump(), "data_dir": str(data_dir), "train_sequences": len(dm.train), "val_sequences": len(dm.val), "feature_spec": FEATURE_SPEC_VERSION})
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val_auroc", mode="max", save_top_k=1, filename="best")
+        trainer = pl.Trainer(
+            max_epochs=cfg.max_epochs,
+            accelerator=cfg.accelerator,
+            devices=cfg.devices,
+            strategy=cfg.strategy,
+            callbacks=[EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience), ckpt],
+            logger=logger,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            log_every_n_steps=10,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(module, datamodule=dm)
+        best = RiskModule.load_from_checkpoint(ckpt.best_model_path, map_location="cpu") if ckpt.best_model_path else module
+        net = best.net.cpu().eval()
+        meta = finalize_bundle(net, out, dm.val, cfg, data_stats, progress)
+        run_id = logger.run_id
+        client = logger.experiment
+        for k, v in meta.metrics.items():
+            client.log_metric(run_id, f"final_{k}", float(v))
+        client.log_artifacts(run_id, str(out), artifact_path="bundle")
+        if ckpt.best_model_path:
+            client.log_artifact(run_id, ckpt.best_model_path, artifact_path="checkpoint")
+        if stats_path.is_file():
+            client.log_artifact(run_id, str(stats_path), artifact_path="data")
+    promotion = register_and_promote(run_id, "bundle", meta.metrics["account_auroc"], lambda d: bundle_account_auroc(d, dm.val), uri)
+    client.set_tag(run_id, "registry_version", promotion.version)
+    client.set_tag(run_id, "promotion", promotion.reason)
+    return TrainResult(out, run_id, meta.metrics, promotion)
+
+
+def copy_bundle(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("model.onnx", "meta.json", "card.md"):
+        shutil.copy2(src / name, dst / name)
