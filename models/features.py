@@ -20,15 +20,15 @@ import math
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from models.events import Event
 
 FEATURE_SPEC_VERSION = "1"
-WINDOW = 32  # requests of history the model reads per scope
-N_TOKENS = 12  # hashed token ids kept per request
+WINDOW = 16  # requests of history the model reads per scope; longer horizons enter via the
+# running aggregates (EWMA rates, novelty blooms, scope totals) inside each vector
+N_TOKENS = 8  # hashed token ids kept per request (the first words carry the task)
 TOKEN_VOCAB = 4096  # hashed token buckets; id 0 is padding
 BLOOM_WORDS = 16  # 16 x 64 bits per novelty generation
 BLOOM_ROTATE = 64  # requests per novelty generation: novelty looks back 64-128 requests
@@ -96,8 +96,12 @@ FEATURES: list[FeatureDef] = [
 N_FEATURES = len(FEATURES)
 _IDX = {f.name: i for i, f in enumerate(FEATURES)}
 N_OWN = _IDX["first_in_scope"]  # features [0, N_OWN) come from the request alone
+# Relational features that are 1 for a scope's first request (no history: everything is new).
+_FIRST_ONES = [_IDX[n] for n in ("first_in_scope", "dt_prev", "dt_mean_k", "distinct_share", "novelty", "template_share")]
 
 _WORD = re.compile(r"\w+")
+_DIGIT = re.compile(r"\d")
+_NONASCII = re.compile(r"[^\x00-\x7f]")
 _BITS = np.arange(64, dtype=np.uint64)
 
 
@@ -105,14 +109,24 @@ def _crc(text: str, salt: int = 0) -> int:
     return zlib.crc32(text.encode("utf-8", "replace"), salt)
 
 
-def simhash(tokens: list[str]) -> int:
-    """64-bit SimHash over word unigrams and bigrams; similar texts differ in few bits."""
-    grams = tokens + [a + " " + b for a, b in zip(tokens, tokens[1:])]
-    if not grams:
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def gram_hashes(lower: list[str]) -> np.ndarray:
+    """One CRC-32 per word unigram and bigram (first 64 words): shared by SimHash and novelty."""
+    words = lower[:64]
+    grams = words + [a + " " + b for a, b in zip(words, words[1:])]
+    return np.fromiter((_crc(g) for g in grams), dtype=np.uint64, count=len(grams))
+
+
+def simhash(hashes: np.ndarray) -> int:
+    """64-bit SimHash over gram hashes (spread to 64 bits by a multiplicative mix); similar
+    texts differ in few bits."""
+    if not len(hashes):
         return 0
-    h = np.fromiter(((_crc(g) << 32) | _crc(g, 0x9E3779B9) for g in grams), dtype=np.uint64, count=len(grams))
+    h = (hashes | (hashes << np.uint64(32))) * _MIX
     bits = ((h[:, None] >> _BITS) & np.uint64(1)).sum(axis=0)
-    return int(np.packbits(bits * 2 > len(grams), bitorder="little").view(np.uint64)[0])
+    return int(np.packbits(bits * 2 > len(h), bitorder="little").view(np.uint64)[0])
 
 
 def shape_signature(tokens: list[str]) -> int:
@@ -161,6 +175,8 @@ class Summary:
     own: np.ndarray  # float32[N_OWN]
     tokens: np.ndarray  # uint16[N_TOKENS], hashed ids, 0 = padding
     buckets: np.ndarray  # uint16 n-gram buckets for novelty
+    words: np.ndarray  # the buckets' bloom word index and bit, precomputed once per request
+    bits: np.ndarray
     simhash: int
     shape: int
     prompt_hash: int
@@ -199,7 +215,8 @@ def summarize(event: Event) -> Summary:
     p = event.params
     lb = p.logit_bias or {}
     lb_vals = np.fromiter(lb.values(), dtype=np.float64, count=len(lb)) if lb else None
-    n_chars = max(len(text), 1)
+    head = text[:1024]
+    n_chars = max(len(head), 1)
     own = np.zeros(N_OWN, dtype=np.float32)
     own[:N_OWN] = [
         math.log1p(total_chars) / 12,
@@ -222,15 +239,15 @@ def summarize(event: Event) -> Summary:
         float(p.seed is not None),
         float(p.stop is not None),
         float(bool(p.stream)),
-        sum(c.isdigit() for c in text) / n_chars,
-        sum(ord(c) > 127 for c in text) / n_chars,
+        len(_DIGIT.findall(head)) / n_chars,
+        len(_NONASCII.findall(head)) / n_chars,
         *[float(ua_group(event.user_agent) == g) for g in UA_GROUPS],
     ]
+    hashes = gram_hashes(lower)
     tok_ids = np.zeros(N_TOKENS, dtype=np.uint16)
-    for i, t in enumerate(lower[:N_TOKENS]):
-        tok_ids[i] = 1 + _crc(t) % (TOKEN_VOCAB - 1)
-    grams = lower[:64] + [a + " " + b for a, b in zip(lower[:64], lower[1:64])]
-    buckets = np.fromiter((_crc(g) % (BLOOM_WORDS * 64) for g in grams), dtype=np.uint16, count=len(grams))
+    n_tok = min(N_TOKENS, len(lower))
+    tok_ids[:n_tok] = 1 + hashes[:n_tok] % np.uint64(TOKEN_VOCAB - 1)
+    buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.uint16)
     params_sig = (p.temperature, p.top_p, p.max_tokens, p.n, p.logprobs, p.top_logprobs, p.stop if isinstance(p.stop, str) else tuple(p.stop or ()), event.endpoint)
     return Summary(
         ts=float(event.ts),
@@ -240,7 +257,9 @@ def summarize(event: Event) -> Summary:
         own=own,
         tokens=tok_ids,
         buckets=buckets,
-        simhash=simhash(lower[:128]),
+        words=buckets // 64,
+        bits=(buckets % 64).astype(np.uint64),
+        simhash=simhash(hashes),
         shape=shape_signature(tokens),
         prompt_hash=_crc(" ".join(lower)),
         lb_hash=_crc(repr(sorted(lb.items()))) if lb else 0,
@@ -306,64 +325,70 @@ class ScopeState:
         return self.rows.nbytes + self.bloom_cur.nbytes + self.bloom_prev.nbytes + 8 * 8
 
 
-def _rescale_sim(sim: np.ndarray | float) -> Any:
-    # Unrelated texts sit near 0.5 SimHash similarity; map [0.5, 1] to [0, 1].
-    return np.clip((sim - 0.5) * 2.0, 0.0, 1.0)
-
-
 def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.ndarray:
-    """The full feature vector of request `s` against the scope's history (state unchanged)."""
+    """The full feature vector of request `s` against the scope's history (state unchanged).
+    Written with few numpy calls: this runs once per scope for every request served."""
     vec = np.zeros(N_FEATURES, dtype=np.float32)
     vec[:N_OWN] = s.own
     vec[_IDX[f"scope_{scope}"]] = 1.0
-    h = state.history()
-    k = len(h)
+    k = state.n
     vec[_IDX["total"]] = math.log1p(state.total + 1) / 12
     vec[_IDX["campaign"]] = math.log1p(max(campaign - 1, 0)) / 5
     if k == 0:
-        vec[_IDX["first_in_scope"]] = 1.0
-        vec[_IDX["dt_prev"]] = vec[_IDX["dt_mean_k"]] = 1.0
+        vec[_FIRST_ONES] = 1.0
         vec[_IDX["rate_1m"]] = math.log1p(1) / 4
         vec[_IDX["rate_1h"]] = math.log1p(1) / 8
         vec[_IDX["rate_1d"]] = math.log1p(1) / 10
-        vec[_IDX["distinct_share"]] = vec[_IDX["novelty"]] = vec[_IDX["template_share"]] = 1.0
         vec[_IDX["lb_share"]] = float(s.has_lb)
         vec[_IDX["logprob_share"]] = float(s.logprobs)
         return vec
+    h = state.rows[:k]
     ts = h["ts"]
-    dt = max(s.ts - ts[-1], 0.0)
-    last8 = ts[-8:]
-    vec[_IDX["dt_prev"]] = math.log1p(dt) / 12
-    vec[_IDX["dt_mean_k"]] = math.log1p(max(s.ts - last8[0], 0.0) / len(last8)) / 12
+    last = float(ts[-1])
+    dt = max(s.ts - last, 0.0)
+    first8 = float(ts[-8]) if k >= 8 else float(ts[0])
+    gaps = None
     if k >= 2:
-        gaps = np.diff(np.append(ts, s.ts))
-        mean = gaps.mean()
-        vec[_IDX["gap_cv"]] = min(gaps.std() / mean, 3.0) / 3 if mean > 0 else 0.0
-    vec[_IDX["rate_1m"]] = math.log1p(1 + int((ts > s.ts - 60).sum())) / 4
-    last = state.last_ts or s.ts
-    vec[_IDX["rate_1h"]] = math.log1p(state.ewma_1h * math.exp(-max(s.ts - last, 0) / 3600) + 1) / 8
-    vec[_IDX["rate_1d"]] = math.log1p(state.ewma_1d * math.exp(-max(s.ts - last, 0) / 86400) + 1) / 10
-    sims = 1.0 - np.bitwise_count(h["simhash"] ^ np.uint64(s.simhash)).astype(np.float32) / 64.0
-    vec[_IDX["sim_prev"]] = _rescale_sim(float(sims[-1]))
-    vec[_IDX["sim_max"]] = _rescale_sim(float(sims.max()))
-    vec[_IDX["near_dup_share"]] = float((sims >= 0.9).mean())
+        gaps = np.empty(k)
+        np.subtract(ts[1:], ts[:-1], out=gaps[:-1])
+        gaps[-1] = dt
+    sims = 1.0 - np.bitwise_count(h["simhash"] ^ np.uint64(s.simhash)) / 64.0
     same_prompt = h["prompt"] == s.prompt_hash
-    vec[_IDX["exact_repeat_share"]] = float(same_prompt.mean())
-    vec[_IDX["distinct_share"]] = len(np.unique(np.append(h["prompt"], s.prompt_hash))) / (k + 1)
+    flags = h["flags"]
+    n_same = int(np.count_nonzero(same_prompt))
+    vals = [
+        math.log1p(dt) / 12,  # dt_prev
+        math.log1p(max(s.ts - first8, 0.0) / min(k, 8)) / 12,  # dt_mean_k
+        0.0,  # gap_cv, below
+        math.log1p(1 + int(np.count_nonzero(ts > s.ts - 60))) / 4,  # rate_1m
+        math.log1p(state.ewma_1h * math.exp(-dt / 3600) + 1) / 8,  # rate_1h
+        math.log1p(state.ewma_1d * math.exp(-dt / 86400) + 1) / 10,  # rate_1d
+    ]
+    if gaps is not None:
+        mean = (s.ts - float(ts[0])) / k
+        if mean > 0:
+            gaps -= mean
+            vals[2] = min(math.sqrt(float(np.dot(gaps, gaps)) / k) / mean, 3.0) / 3
+    vec[_IDX["dt_prev"] : _IDX["rate_1d"] + 1] = vals
+    vec[_IDX["sim_prev"]] = min(max((float(sims[-1]) - 0.5) * 2.0, 0.0), 1.0)
+    vec[_IDX["sim_max"]] = min(max((float(sims.max()) - 0.5) * 2.0, 0.0), 1.0)
+    vec[_IDX["near_dup_share"]] = np.count_nonzero(sims >= 0.9) / k
+    vec[_IDX["exact_repeat_share"]] = n_same / k
+    vec[_IDX["distinct_share"]] = (len(set(h["prompt"].tolist())) + (n_same == 0)) / (k + 1)
     if len(s.buckets):
-        words, bits = s.buckets // 64, (s.buckets % 64).astype(np.uint64)
-        seen = ((state.bloom_cur[words] | state.bloom_prev[words]) >> bits) & np.uint64(1)
-        vec[_IDX["novelty"]] = 1.0 - float(seen.mean())
-    vec[_IDX["template_share"]] = float((h["shape"] == s.shape).mean())
+        seen = ((state.bloom_cur[s.words] | state.bloom_prev[s.words]) >> s.bits) & np.uint64(1)
+        vec[_IDX["novelty"]] = 1.0 - np.count_nonzero(seen) / len(seen)
+    vec[_IDX["template_share"]] = np.count_nonzero(h["shape"] == s.shape) / k
     changed = s.param_hash != int(h["param"][-1])
     vec[_IDX["param_change"]] = float(changed)
-    vec[_IDX["param_change_share"]] = (float(((h["flags"] & 4) > 0).sum()) + changed) / (k + 1)
+    vec[_IDX["param_change_share"]] = (np.count_nonzero(flags & 4) + changed) / (k + 1)
     if s.has_lb:
-        lbs = h["lb"][same_prompt]
-        vec[_IDX["lb_variety"]] = math.log1p(len(np.unique(np.append(lbs[lbs > 0], s.lb_hash)))) / 5
-    flags = h["flags"]
-    vec[_IDX["lb_share"]] = (float(((flags & 2) > 0).sum()) + s.has_lb) / (k + 1)
-    vec[_IDX["logprob_share"]] = (float((flags & 1).sum()) + s.logprobs) / (k + 1)
+        lbs = set(h["lb"][same_prompt].tolist())
+        lbs.add(s.lb_hash)
+        lbs.discard(0)
+        vec[_IDX["lb_variety"]] = math.log1p(len(lbs)) / 5
+    vec[_IDX["lb_share"]] = (np.count_nonzero(flags & 2) + s.has_lb) / (k + 1)
+    vec[_IDX["logprob_share"]] = (np.count_nonzero(flags & 1) + s.logprobs) / (k + 1)
     return vec
 
 
@@ -389,7 +414,7 @@ def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np
     state.ewma_1d = state.ewma_1d * decay_d + 1
     state.total += 1
     if len(s.buckets):
-        np.bitwise_or.at(state.bloom_cur, s.buckets // 64, np.uint64(1) << (s.buckets % 64).astype(np.uint64))
+        np.bitwise_or.at(state.bloom_cur, s.words, np.uint64(1) << s.bits)
     state.bloom_count += 1
     if state.bloom_count >= BLOOM_ROTATE:
         state.bloom_prev, state.bloom_cur = state.bloom_cur, np.zeros(BLOOM_WORDS, dtype=np.uint64)

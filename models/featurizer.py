@@ -21,8 +21,6 @@ class ScopeWindow:
     key: str
     feats: np.ndarray  # float32[n, N_FEATURES]; the last row is this request
     tokens: np.ndarray  # int64[n, N_TOKENS]
-    hold_action: int
-    hold_until: float
 
 
 @dataclass(frozen=True)
@@ -42,10 +40,9 @@ class Featurizer:
         windows = []
         for scope, key in s.scope_keys():
 
-            def apply(state: ScopeState, scope: str = scope) -> tuple[np.ndarray, np.ndarray, int, float]:
-                feats, tokens = window(state, s, campaign, scope)
-                return feats, tokens, state.hold_action, state.hold_until
+            def apply(state: ScopeState, scope: str = scope) -> tuple[np.ndarray, np.ndarray]:
+                return window(state, s, campaign, scope)
 
-            feats, tokens, hold, until = self.store.update(scope, key, s.ts, apply)
-            windows.append(ScopeWindow(scope, key, feats, tokens, hold, until))
+            feats, tokens = self.store.update(scope, key, s.ts, apply)
+            windows.append(ScopeWindow(scope, key, feats, tokens))
         return Step(s, campaign, windows)

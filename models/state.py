@@ -30,6 +30,10 @@ class StateStore(ABC):
         """Record a policy hold (hysteresis) for the scope."""
 
     @abstractmethod
+    def get_holds(self, scopes: list[tuple[str, str]]) -> list[tuple[int, float]]:
+        """The held action level and its expiry for each (scope, key); (0, 0.0) when none."""
+
+    @abstractmethod
     def campaign(self, template: int, account: str, ts: float) -> int:
         """Record that `account` sent `template` at `ts`; return the distinct accounts that sent
         it within the last hour, this one included."""

@@ -13,10 +13,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class TrainConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOAT_TRAIN_", extra="forbid")
 
-    hidden: int = 64
+    hidden: int = 32
     layers: int = 2
     heads: int = 4
-    ffn: int = 128
+    ffn: int = 64
     dropout: float = 0.1
     lr: float = 2e-3
     weight_decay: float = 0.01

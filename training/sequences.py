@@ -67,8 +67,8 @@ def featurize_trace(path: str | Path, progress: bool = True, limit: int | None =
         for w in step.windows:
             k = (w.scope, w.key)
             r = len(labels)
-            all_feats.append(w.feats[-1])
-            all_tokens.append(w.tokens[-1])
+            all_feats.append(w.feats[-1].astype(np.float16))  # a copy: a view would pin the window
+            all_tokens.append(w.tokens[-1].astype(np.uint16))
             labels.append(int(raw.get("label") or 0))
             rows[k].append(r)
             seq_family.setdefault(k, raw.get("family") or "unknown")

@@ -46,6 +46,13 @@ class MemoryStore(StateStore):
         if entry is not None:
             entry[1].hold_action, entry[1].hold_until = action, until
 
+    def get_holds(self, scopes: list[tuple[str, str]]) -> list[tuple[int, float]]:
+        out = []
+        for k in scopes:
+            entry = self._scopes.get(k)
+            out.append((entry[1].hold_action, entry[1].hold_until) if entry is not None else (0, 0.0))
+        return out
+
     def campaign(self, template: int, account: str, ts: float) -> int:
         return self.sketch.observe(template, account, ts)
 

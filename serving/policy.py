@@ -1,0 +1,64 @@
+"""Risk to action, with hysteresis per scope and shadow mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.bundle import Thresholds
+
+ACTIONS = ("allow", "throttle", "perturb", "block")
+HOLD_FROM = 2  # perturb and block are held for the cool-down; throttle is not
+
+
+@dataclass(frozen=True)
+class ScopeRisk:
+    scope: str
+    key: str
+    risk: float
+    hold_action: int
+    hold_until: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    level: int
+    would_be: str  # the action enforce mode would take (differs from `action` in shadow mode)
+    scope: str  # the scope that drove the decision
+    key: str
+    risk: float
+    new_holds: list[tuple[str, str, int, float]]  # (scope, key, level, until) to record
+
+
+class Policy:
+    def __init__(self, thresholds: Thresholds, cooldown_s: float, shadow: bool) -> None:
+        if not thresholds.throttle <= thresholds.perturb <= thresholds.block:
+            raise ValueError(f"thresholds must satisfy throttle <= perturb <= block, got {thresholds}")
+        self.t = thresholds
+        self.cooldown_s = cooldown_s
+        self.shadow = shadow
+
+    def level(self, risk: float) -> int:
+        t = self.t
+        return 3 if risk >= t.block else 2 if risk >= t.perturb else 1 if risk >= t.throttle else 0
+
+    def decide(self, scopes: list[ScopeRisk], ts: float) -> Decision:
+        best: tuple[int, float, ScopeRisk] | None = None
+        holds = []
+        for s in scopes:
+            lvl = self.level(s.risk)
+            if lvl >= HOLD_FROM:
+                # (Re)start the hold: a scope at perturb or block stays there for the cool-down,
+                # so a few benign-looking requests cannot flip it back to allow.
+                if lvl > s.hold_action or ts + self.cooldown_s > s.hold_until:
+                    holds.append((s.scope, s.key, max(lvl, s.hold_action if s.hold_until > ts else 0), ts + self.cooldown_s))
+            if s.hold_until > ts:
+                lvl = max(lvl, s.hold_action)
+            cand = (lvl, s.risk, s)
+            if best is None or cand[:2] > best[:2]:
+                best = cand
+        assert best is not None, "every request has at least the account scope"
+        lvl, _, s = best
+        risk = max(x.risk for x in scopes)
+        action = ACTIONS[lvl]
+        return Decision("allow" if self.shadow else action, 0 if self.shadow else lvl, action, s.scope, s.key, risk, holds)
