@@ -45,3 +45,15 @@ def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
     fpr, tpr, _ = roc_curve(labels, scores)
     ok = fpr <= max_fpr + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def queries_to_detection(flags_in_order: list[bool]) -> int | None:
+    """Requests an account sent before its first non-allow action; None if never acted on."""
+    for i, f in enumerate(flags_in_order):
+        if f:
+            return i
+    return None
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")

@@ -15,7 +15,12 @@ from typing import TypeVar
 from models.features import ScopeState
 
 T = TypeVar("T")
-CAMPAIGN_HORIZON_S = 3600.0
+CAMPAIGN_BUCKET_S = 600  # campaign counts cover the current 10-minute bucket and the 5 before
+CAMPAIGN_BUCKETS = 6
+
+
+class StoreUnavailable(RuntimeError):
+    """A shared store cannot be reached; the scorer falls back to local state for the request."""
 
 
 class StateStore(ABC):
@@ -47,14 +52,17 @@ class StateStore(ABC):
 
 
 class CampaignSketch:
-    """Distinct accounts per template over a sliding hour, exact, bounded in keys and accounts."""
+    """Distinct accounts per prompt template over the last hour, in 10-minute buckets (the same
+    buckets the Redis store keeps as HyperLogLogs, so both count alike). Exact and bounded:
+    templates are evicted least-recently-used, and each keeps at most `max_accounts`."""
 
     def __init__(self, max_templates: int = 200_000, max_accounts: int = 2000) -> None:
-        self._templates: OrderedDict[int, OrderedDict[str, float]] = OrderedDict()
+        self._templates: OrderedDict[int, OrderedDict[str, int]] = OrderedDict()
         self.max_templates = max_templates
         self.max_accounts = max_accounts
 
     def observe(self, template: int, account: str, ts: float) -> int:
+        bucket = int(ts // CAMPAIGN_BUCKET_S)
         seen = self._templates.get(template)
         if seen is None:
             seen = self._templates[template] = OrderedDict()
@@ -63,9 +71,9 @@ class CampaignSketch:
         else:
             self._templates.move_to_end(template)
         seen.pop(account, None)
-        seen[account] = ts
-        # Accounts are kept in order of their latest use; expire from the oldest end.
-        while seen and (next(iter(seen.values())) < ts - CAMPAIGN_HORIZON_S or len(seen) > self.max_accounts):
+        seen[account] = bucket
+        # Accounts are kept in order of their latest bucket; expire from the oldest end.
+        while seen and (next(iter(seen.values())) <= bucket - CAMPAIGN_BUCKETS or len(seen) > self.max_accounts):
             seen.popitem(last=False)
         return len(seen)
 

@@ -19,7 +19,7 @@ from models.bundle import Thresholds, load_bundle
 from models.events import Event
 from models.featurizer import Featurizer, Step
 from models.features import N_FEATURES, N_TOKENS
-from models.state import StateStore
+from models.state import StateStore, StoreUnavailable
 from serving.bundle_source import resolve_model
 from serving.policy import Policy, ScopeRisk
 from serving.reasons import reasons
@@ -41,10 +41,6 @@ class Score(BaseModel):
     model_version: str
     scope: str | None = None
     shadow_action: str | None = None
-
-
-class StoreUnavailable(RuntimeError):
-    """Raised by a shared store when it cannot be reached; the scorer falls back to local state."""
 
 
 @dataclass

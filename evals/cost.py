@@ -1,0 +1,66 @@
+"""The attacker cost model: what a clean answer costs with Moat against without it.
+
+Explicit and static: the trace is replayed as recorded, so the attacker does not react. Its
+parameters are settings (MOAT_COST_* environment variables or --cost-* options).
+
+- Every request sent costs `price_per_query`, answered or not.
+- `allow` gives a clean answer. `throttle` gives a clean answer late: it costs
+  `throttle_penalty` extra queries' worth (retries under 429s, idle workers). `perturb` gives a
+  degraded answer worth nothing to a copier. `block` gives nothing.
+- An account that reaches `block` is burned: continuing needs a new one at `account_cost`.
+- Without Moat the provider's own fixed limit still applies: requests beyond
+  `rate_limit_per_min` per account-minute are refused (they count as sent, not as answers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CostModel(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOAT_COST_")
+
+    price_per_query: float = 0.002
+    account_cost: float = 5.0
+    throttle_penalty: float = 1.0
+    rate_limit_per_min: int = 600
+
+
+@dataclass
+class AttackOutcome:
+    sent: int = 0
+    allowed: int = 0
+    throttled: int = 0
+    perturbed: int = 0
+    blocked: int = 0
+    accounts: int = 0
+    burned_accounts: int = 0
+    rate_limited: int = 0  # refused by the fixed limit in the no-Moat world
+
+    def add(self, other: "AttackOutcome") -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+def cost_without_moat(o: AttackOutcome, m: CostModel) -> tuple[float, float]:
+    """(total cost, clean answers) when only the fixed rate limit stands in the way."""
+    cost = o.sent * m.price_per_query + o.accounts * m.account_cost
+    return cost, float(o.sent - o.rate_limited)
+
+
+def cost_with_moat(o: AttackOutcome, m: CostModel) -> tuple[float, float]:
+    cost = o.sent * m.price_per_query + (o.accounts + o.burned_accounts) * m.account_cost + o.throttled * m.throttle_penalty * m.price_per_query
+    return cost, float(o.allowed + o.throttled)
+
+
+def cost_multiplier(o: AttackOutcome, m: CostModel) -> float:
+    """Cost per clean answer with Moat divided by cost per clean answer without it."""
+    c0, a0 = cost_without_moat(o, m)
+    c1, a1 = cost_with_moat(o, m)
+    if a0 <= 0:
+        return float("nan")
+    if a1 <= 0:
+        return float("inf")
+    return (c1 / a1) / (c0 / a0)

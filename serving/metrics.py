@@ -1,0 +1,36 @@
+"""Prometheus metrics of the service, exported on BentoML's /metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import bentoml
+
+if TYPE_CHECKING:
+    from serving.scorer import Score, Scorer
+
+# Millisecond-scale buckets (in seconds): the service should answer in about a millisecond.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.requests = bentoml.metrics.Counter(name="moat_requests", documentation="scored request events", labelnames=["action"])
+        self.latency = bentoml.metrics.Histogram(name="moat_score_latency_seconds", documentation="time to parse and score one call", buckets=LATENCY_BUCKETS)
+        self.errors = bentoml.metrics.Counter(name="moat_errors", documentation="rejected or failed calls", labelnames=["kind"])
+        self.state_size = bentoml.metrics.Gauge(name="moat_state_scopes", documentation="scopes held by the state store")
+        self.fallbacks = bentoml.metrics.Gauge(name="moat_state_fallbacks", documentation="requests scored on local state because the shared store failed")
+        self.model = bentoml.metrics.Gauge(name="moat_model_info", documentation="loaded model version", labelnames=["version"])
+
+    def model_loaded(self, version: str) -> None:
+        self.model.labels(version=version).set(1)
+
+    def observe(self, scores: list["Score"], seconds: float, scorer: "Scorer") -> None:
+        self.latency.observe(seconds)
+        for s in scores:
+            self.requests.labels(action=s.shadow_action or s.action).inc()
+        self.state_size.set(scorer.state_size())
+        self.fallbacks.set(scorer.counters.store_fallbacks)
+
+    def error(self, kind: str) -> None:
+        self.errors.labels(kind=kind).inc()

@@ -1,0 +1,149 @@
+"""Shared state in Redis, so several scorer replicas see one history per scope.
+
+Per scope: a head (running aggregates and novelty blooms, packed bytes) and a ring buffer of
+the latest WINDOW rows (a list trimmed on append), both with a TTL. A request's update is an
+optimistic transaction: WATCH the head, read head and rows, compute, then MULTI/EXEC the new
+head, the appended row, the trim and the expiries; a concurrent writer to the same scope makes
+EXEC fail and the update is retried on fresh state. Holds live in their own keys. The campaign
+sketch is one HyperLogLog per template per 10-minute bucket; PFCOUNT over the last six gives
+the distinct accounts of the hour.
+
+Any Redis error raises StoreUnavailable, and the store then fails fast for `retry_s` seconds
+(a simple circuit breaker) so a dead Redis costs no timeout per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+import redis
+
+from models.features import BLOOM_WORDS, ROW, WINDOW, ScopeState
+from models.state import CAMPAIGN_BUCKET_S, CAMPAIGN_BUCKETS, StateStore, StoreUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+_HEAD = struct.Struct("<qddi")  # total, ewma_1h, ewma_1d, bloom_count
+_BLOOM_BYTES = BLOOM_WORDS * 8
+
+
+def encode_head(state: ScopeState) -> bytes:
+    return _HEAD.pack(state.total, state.ewma_1h, state.ewma_1d, state.bloom_count) + state.bloom_cur.tobytes() + state.bloom_prev.tobytes()
+
+
+def decode_state(head: bytes | None, rows: list[bytes]) -> ScopeState:
+    state = ScopeState()
+    if head:
+        state.total, state.ewma_1h, state.ewma_1d, state.bloom_count = _HEAD.unpack_from(head)
+        o = _HEAD.size
+        state.bloom_cur = np.frombuffer(head, dtype=np.uint64, count=BLOOM_WORDS, offset=o).copy()
+        state.bloom_prev = np.frombuffer(head, dtype=np.uint64, count=BLOOM_WORDS, offset=o + _BLOOM_BYTES).copy()
+    if rows:
+        arr = np.frombuffer(b"".join(rows), dtype=ROW)
+        state.rows = np.zeros(max(len(arr), 2), dtype=ROW)
+        state.rows[: len(arr)] = arr
+        state.n = len(arr)
+    return state
+
+
+class RedisStore(StateStore):
+    name = "redis"
+
+    def __init__(self, url: str, ttl_s: float = 86400.0, timeout_s: float = 0.05, retry_s: float = 5.0, prefix: str = "moat", max_retries: int = 8) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self.ttl = max(int(ttl_s), 1)
+        self.retry_s = retry_s
+        self.prefix = prefix
+        self.max_retries = max_retries
+        self._down_until = 0.0
+
+    def _k(self, kind: str, scope: str, key: str) -> str:
+        return f"{self.prefix}:{kind}:{scope}:{key}"
+
+    def _guard(self) -> None:
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("redis marked down after a recent error")
+
+    def _fail(self, exc: Exception) -> StoreUnavailable:
+        self._down_until = time.monotonic() + self.retry_s
+        return StoreUnavailable(f"redis error: {exc}")
+
+    def update(self, scope: str, key: str, ts: float, fn: Callable[[ScopeState], T]) -> T:
+        self._guard()
+        head_key, rows_key = self._k("h", scope, key), self._k("r", scope, key)
+        try:
+            with self.client.pipeline() as pipe:
+                for _ in range(self.max_retries):
+                    try:
+                        pipe.watch(head_key)
+                        head = pipe.get(head_key)
+                        rows = pipe.lrange(rows_key, 0, -1)
+                        state = decode_state(head, rows)
+                        result = fn(state)
+                        pipe.multi()
+                        pipe.set(head_key, encode_head(state), ex=self.ttl)
+                        pipe.rpush(rows_key, state.rows[state.n - 1].tobytes())
+                        pipe.ltrim(rows_key, -WINDOW, -1)
+                        pipe.expire(rows_key, self.ttl)
+                        pipe.execute()
+                        return result
+                    except redis.WatchError:
+                        continue  # another replica updated this scope: recompute on fresh state
+                raise StoreUnavailable(f"scope {scope}:{key} kept changing under {self.max_retries} retries")
+        except redis.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def set_hold(self, scope: str, key: str, action: int, until: float) -> None:
+        self._guard()
+        try:
+            self.client.set(self._k("hold", scope, key), f"{action}:{until}", ex=self.ttl)
+        except redis.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def get_holds(self, scopes: list[tuple[str, str]]) -> list[tuple[int, float]]:
+        self._guard()
+        try:
+            values = self.client.mget([self._k("hold", s, k) for s, k in scopes])
+        except redis.RedisError as exc:
+            raise self._fail(exc) from exc
+        out = []
+        for v in values:
+            if v is None:
+                out.append((0, 0.0))
+            else:
+                a, u = v.decode().split(":", 1)
+                out.append((int(a), float(u)))
+        return out
+
+    def campaign(self, template: int, account: str, ts: float) -> int:
+        self._guard()
+        bucket = int(ts // CAMPAIGN_BUCKET_S)
+        keys = [f"{self.prefix}:c:{template}:{b}" for b in range(bucket - CAMPAIGN_BUCKETS + 1, bucket + 1)]
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.pfadd(keys[-1], account)
+            pipe.expire(keys[-1], CAMPAIGN_BUCKET_S * (CAMPAIGN_BUCKETS + 1))
+            pipe.pfcount(*keys)
+            return int(pipe.execute()[-1])
+        except redis.RedisError as exc:
+            raise self._fail(exc) from exc
+
+    def size(self) -> int:
+        """Keys held (heads, rows, holds and sketches): Redis does not count scopes cheaply."""
+        try:
+            return int(self.client.dbsize())
+        except redis.RedisError:
+            return -1
+
+    def flush(self) -> None:
+        """Delete this store's keys (tests and benchmarks)."""
+        for k in self.client.scan_iter(f"{self.prefix}:*"):
+            self.client.delete(k)
+
+    def close(self) -> None:
+        self.client.close()
