@@ -191,7 +191,7 @@ class EvalRunner(Actor):
     family = "eval_runner"
     label = 0
     kind = "persona"
-    weight = 1.0
+    weight = 1.5
 
     def setup(self) -> None:
         r = self.rng
@@ -269,7 +269,7 @@ class Labeller(Actor):
     family = "labeller"
     label = 0
     kind = "persona"
-    weight = 1.0
+    weight = 1.3
 
     def setup(self) -> None:
         r = self.rng
@@ -309,7 +309,7 @@ class LogprobResearcher(Actor):
     family = "logprob_researcher"
     label = 0
     kind = "persona"
-    weight = 0.8
+    weight = 1.2
 
     def setup(self) -> None:
         r = self.rng

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from serving.scorer import Score, Scorer
 
 # Millisecond-scale buckets (in seconds): the service should answer in about a millisecond.
+ERROR_KINDS = ("invalid", "bad_json", "too_large", "internal")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -21,6 +22,11 @@ class ServiceMetrics:
         self.state_size = bentoml.metrics.Gauge(name="moat_state_scopes", documentation="scopes held by the state store")
         self.fallbacks = bentoml.metrics.Gauge(name="moat_state_fallbacks", documentation="requests scored on local state because the shared store failed")
         self.model = bentoml.metrics.Gauge(name="moat_model_info", documentation="loaded model version", labelnames=["version"])
+        # Create every labelled series at zero, so dashboards and alerts see them from the start.
+        for action in ("allow", "throttle", "perturb", "block"):
+            self.requests.labels(action=action)
+        for kind in ERROR_KINDS:
+            self.errors.labels(kind=kind)
 
     def model_loaded(self, version: str) -> None:
         self.model.labels(version=version).set(1)

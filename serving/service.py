@@ -52,7 +52,7 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 def _validation_error(exc: ValidationError, prefix: str = "") -> JSONResponse:
     first = exc.errors()[0]
     field = prefix + ".".join(str(p) for p in first["loc"])
-    return JSONResponse({"error": f"invalid event: {field or 'body'}: {first['msg']}", "field": field or "body", "errors": exc.errors(include_url=False, include_input=False)}, status_code=422)
+    return JSONResponse({"error": f"invalid event: {field or 'body'}: {first['msg']}", "field": field or "body", "errors": exc.errors(include_url=False, include_input=False, include_context=False)}, status_code=422)
 
 
 async def _handle(request: Request, batch: bool) -> Response:
@@ -63,7 +63,7 @@ async def _handle(request: Request, batch: bool) -> Response:
     except BodyTooLarge:
         svc.metrics.error("too_large")
         return _error(413, "body", f"request body exceeds {svc.settings.max_body_bytes} bytes")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         svc.metrics.error("bad_json")
         return _error(400, "body", f"body is not valid JSON: {exc}")
     try:

@@ -31,3 +31,28 @@ def small_traces(tmp_path_factory) -> Path:
     add_arguments(p)
     assert run(p.parse_args(["--out", str(out), "--actors", "160", "--days", "1", "--seed", "3", "--no-progress"])) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_traces(tmp_path_factory) -> Path:
+    """A very small data set for training runs in tests."""
+    from data_gen.cli import add_arguments, run
+    import argparse
+
+    out = tmp_path_factory.mktemp("tiny")
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert run(p.parse_args(["--out", str(out), "--actors", "80", "--days", "0.5", "--seed", "9", "--no-progress"])) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_traces: Path, tmp_path_factory):
+    """One quick training run: (TrainResult, tracking URI)."""
+    from training.config import TrainConfig
+    from training.trainer import train
+
+    tmp = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    cfg = TrainConfig.load(None, quick=True).model_copy(update={"windows_per_epoch": 256, "max_epochs": 2})
+    return train(tiny_traces, tmp / "bundle", cfg, uri=uri, progress=False), uri

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,11 @@ def export_onnx(net: RiskNet, path: Path) -> None:
     args = example_inputs(2, 5)
     batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length", min=1, max=WINDOW)
     dyn = {"feats": {0: batch, 1: length}, "tokens": {0: batch, 1: length}, "mask": {0: batch, 1: length}}
-    program = torch.onnx.export(net, args, dynamo=True, dynamic_shapes=dyn, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, verbose=False)
+    with warnings.catch_warnings():
+        # The exporter warns that both inputs share the "batch"/"length" axis names: intended.
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.onnx.export(net, args, dynamo=True, dynamic_shapes=dyn, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES, verbose=False)
     program.save(str(path))
 
 

@@ -15,6 +15,7 @@ Any Redis error raises StoreUnavailable, and the store then fails fast for `retr
 from __future__ import annotations
 
 import logging
+import random
 import struct
 import time
 from collections.abc import Callable
@@ -54,7 +55,7 @@ def decode_state(head: bytes | None, rows: list[bytes]) -> ScopeState:
 class RedisStore(StateStore):
     name = "redis"
 
-    def __init__(self, url: str, ttl_s: float = 86400.0, timeout_s: float = 0.05, retry_s: float = 5.0, prefix: str = "moat", max_retries: int = 8) -> None:
+    def __init__(self, url: str, ttl_s: float = 86400.0, timeout_s: float = 0.05, retry_s: float = 5.0, prefix: str = "moat", max_retries: int = 50) -> None:
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.ttl = max(int(ttl_s), 1)
         self.retry_s = retry_s
@@ -93,7 +94,9 @@ class RedisStore(StateStore):
                         pipe.execute()
                         return result
                     except redis.WatchError:
-                        continue  # another replica updated this scope: recompute on fresh state
+                        # Another replica updated this scope: back off briefly, recompute on fresh state.
+                        time.sleep(random.uniform(0, 0.002))
+                        continue
                 raise StoreUnavailable(f"scope {scope}:{key} kept changing under {self.max_retries} retries")
         except redis.RedisError as exc:
             raise self._fail(exc) from exc

@@ -1,0 +1,132 @@
+"""Each feature computed by hand on small made-up sessions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from models.events import Event
+from models.features import FEATURES, N_FEATURES, WINDOW, ScopeState, Summary, ip_prefix, summarize, ua_group, window
+
+I = {f.name: i for i, f in enumerate(FEATURES)}
+
+
+def ev(i: int, ts: float, text: str = "hello world", account: str = "acct", **params) -> Event:
+    return Event.model_validate({"request_id": f"r{i}", "ts": ts, "account_id": account, "client_ip": "10.1.2.3", "messages": [{"role": "user", "content": text}], "params": params})
+
+
+def run(events: list[Event], campaign: int = 1) -> np.ndarray:
+    """Feature vectors of the account scope, one per event."""
+    state = ScopeState()
+    rows = [window(state, summarize(e), campaign, "account")[0][-1] for e in events]
+    return np.asarray(rows)
+
+
+def test_feature_table_is_complete() -> None:
+    assert len(FEATURES) == N_FEATURES == len({f.name for f in FEATURES})
+    for f in FEATURES:
+        assert f.definition and f.why, f.name
+
+
+# (case, events, feature, index of event, expected value)
+CASES = [
+    ("first request has no history", [ev(0, 0.0)], "first_in_scope", 0, 1.0),
+    ("second request has history", [ev(0, 0.0), ev(1, 10.0)], "first_in_scope", 1, 0.0),
+    ("gap to previous", [ev(0, 0.0), ev(1, 10.0)], "dt_prev", 1, math.log1p(10) / 12),
+    ("mean gap over k", [ev(i, 5.0 * i) for i in range(4)], "dt_mean_k", 3, math.log1p(15 / 3) / 12),
+    ("regular gaps have zero CV", [ev(i, 5.0 * i, f"q {i} alpha") for i in range(5)], "gap_cv", 4, 0.0),
+    ("irregular gaps", [ev(0, 0.0), ev(1, 1.0), ev(2, 11.0)], "gap_cv", 2, (np.std([1, 10]) / 5.5) / 3),
+    ("requests in last minute", [ev(0, 0.0), ev(1, 50.0), ev(2, 100.0)], "rate_1m", 2, math.log1p(2) / 4),
+    ("identical prompt repeated", [ev(i, float(i), "same prompt here") for i in range(3)], "exact_repeat_share", 2, 1.0),
+    ("identical prompt is a near duplicate", [ev(i, float(i), "same prompt here") for i in range(3)], "near_dup_share", 2, 1.0),
+    ("identical previous prompt: sim_prev 1", [ev(0, 0.0, "a b c d"), ev(1, 1.0, "a b c d")], "sim_prev", 1, 1.0),
+    ("distinct prompts", [ev(0, 0.0, "alpha beta"), ev(1, 1.0, "gamma delta"), ev(2, 2.0, "alpha beta")], "distinct_share", 2, 2 / 3),
+    ("all-new words are novel", [ev(0, 0.0, "alpha beta"), ev(1, 1.0, "gamma delta")], "novelty", 1, 1.0),
+    ("seen words are not novel", [ev(0, 0.0, "alpha beta"), ev(1, 1.0, "alpha beta")], "novelty", 1, 0.0),
+    ("template repeated with new values", [ev(0, 0.0, "Translate to French: 12 Berlin"), ev(1, 1.0, "Translate to French: 99 Paris")], "template_share", 1, 1.0),
+    ("different templates", [ev(0, 0.0, "Translate to French: 12 Berlin"), ev(1, 1.0, "Summarize this ticket please now")], "template_share", 1, 0.0),
+    ("parameter changed", [ev(0, 0.0, temperature=0.0), ev(1, 1.0, temperature=0.7)], "param_change", 1, 1.0),
+    ("parameter unchanged", [ev(0, 0.0, temperature=0.7), ev(1, 1.0, temperature=0.7)], "param_change", 1, 0.0),
+    ("logit_bias varied over one prompt", [ev(i, float(i), "probe", logit_bias={str(i): 100}) for i in range(3)], "lb_variety", 2, math.log1p(3) / 5),
+    ("constant logit_bias", [ev(i, float(i), f"text {i}", logit_bias={"5": 100}) for i in range(3)], "lb_variety", 2, math.log1p(1) / 5),
+    ("logprob share", [ev(0, 0.0, logprobs=True), ev(1, 1.0), ev(2, 2.0, logprobs=True)], "logprob_share", 2, 2 / 3),
+    ("max_tokens", [ev(0, 0.0, max_tokens=1)], "max_tokens", 0, math.log1p(1) / 9),
+    ("top_logprobs", [ev(0, 0.0, logprobs=True, top_logprobs=5)], "top_logprobs", 0, 0.25),
+    ("n", [ev(0, 0.0, n=128)], "n", 0, 1.0),
+    ("temperature absent", [ev(0, 0.0)], "temperature_set", 0, 0.0),
+    ("logit_bias size", [ev(0, 0.0, logit_bias={"1": 100, "2": -100})], "logit_bias_size", 0, math.log1p(2) / 6),
+    ("logit_bias range", [ev(0, 0.0, logit_bias={"1": 50, "2": -100})], "logit_bias_max", 0, 1.0),
+    ("scope flag", [ev(0, 0.0)], "scope_account", 0, 1.0),
+    ("total count", [ev(i, float(i)) for i in range(3)], "total", 2, math.log1p(3) / 12),
+]
+
+
+@pytest.mark.parametrize("case, events, feature, at, expected", CASES, ids=[c[0] for c in CASES])
+def test_feature_by_hand(case: str, events: list[Event], feature: str, at: int, expected: float) -> None:
+    got = run(events)[at, I[feature]]
+    assert got == pytest.approx(expected, abs=2e-3), case  # vectors are stored as float16
+
+
+@pytest.mark.parametrize("campaign, expected", [(1, 0.0), (5, math.log1p(4) / 5), (50, math.log1p(49) / 5)])
+def test_campaign_feature(campaign: int, expected: float) -> None:
+    assert run([ev(0, 0.0)], campaign=campaign)[0, I["campaign"]] == pytest.approx(expected, abs=2e-3)
+
+
+@pytest.mark.parametrize(
+    "ip, prefix",
+    [("198.51.100.23", "198.51.100.0/24"), ("2001:db8:abcd:12::1", "2001:db8:abcd::/48"), ("not-an-ip", None), (None, None), ("", None)],
+)
+def test_ip_prefix(ip: str | None, prefix: str | None) -> None:
+    assert ip_prefix(ip) == prefix
+
+
+@pytest.mark.parametrize(
+    "ua, group",
+    [("OpenAI/Python 1.30.0", "sdk"), ("Mozilla/5.0 (Macintosh)", "browser"), ("curl/8.1.0", "cli"), ("python-requests/2.31", "http_lib"), ("langchain/0.2 OpenAI/Python 1.0", "framework"), ("acme-worker/2", "custom"), (None, "none")],
+)
+def test_user_agent_groups(ua: str | None, group: str) -> None:
+    assert ua_group(ua) == group
+
+
+def test_window_is_bounded_and_ordered() -> None:
+    state = ScopeState()
+    for i in range(WINDOW * 3):
+        feats, tokens = window(state, summarize(ev(i, float(i), f"prompt {i}")), 1, "account")
+    assert feats.shape == (WINDOW, N_FEATURES) and tokens.shape[0] == WINDOW
+    assert state.n == WINDOW and len(state.rows) == WINDOW
+    assert list(state.history()["ts"]) == [float(i) for i in range(WINDOW * 2, WINDOW * 3)]
+
+
+def test_storage_grows_with_use() -> None:
+    small, full = ScopeState(), ScopeState()
+    window(small, summarize(ev(0, 0.0)), 1, "account")
+    for i in range(WINDOW):
+        window(full, summarize(ev(i, float(i))), 1, "account")
+    assert small.nbytes() < full.nbytes()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["x" * 1_000_000, "lone \ud800 surrogate", "control \x00\x01\x1b[31m chars", "混合 Ünïcødé 🙂 текст", ""],
+    ids=["1MB", "surrogate", "control", "unicode", "empty"],
+)
+def test_hostile_text_is_summarised(text: str) -> None:
+    s = summarize(ev(0, 0.0, text))
+    assert np.isfinite(s.own).all()
+
+
+def test_summary_holds_no_raw_text() -> None:
+    secret = "my secret prompt about zebras"
+    s = summarize(ev(0, 0.0, secret))
+    for name in Summary.__slots__:
+        value = getattr(s, name)
+        assert not (isinstance(value, str) and "zebra" in value), name
+
+
+def test_ground_truth_fields_never_change_features() -> None:
+    base = {"request_id": "r", "ts": 1.0, "account_id": "a", "prompt": "hello there", "params": {"max_tokens": 3}}
+    a = run([Event.model_validate(base)])
+    b = run([Event.model_validate({**base, "label": 1, "family": "logit_probe", "actor": "x"})])
+    assert np.array_equal(a, b)

@@ -1,0 +1,125 @@
+"""The HTTP service, against a real `bentoml serve` process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+
+from models.traces import iter_raw
+from serving.replay_cli import replay
+from serving.scorer import Scorer
+from serving.settings import ServingSettings
+from tests.conftest import CONTRACT
+from tests.serving.conftest import start_service
+
+EXAMPLE = [json.loads(line) for line in (CONTRACT / "example_trace.jsonl").read_text().splitlines()]
+
+
+def post(url: str, body, path: str = "/score", raw: bytes | None = None) -> httpx.Response:
+    if raw is not None:
+        return httpx.post(url + path, content=raw, headers={"content-type": "application/json"}, timeout=30)
+    return httpx.post(url + path, json=body, timeout=30)
+
+
+def test_probes_and_metrics(service_url: str) -> None:
+    assert httpx.get(service_url + "/livez").status_code == 200
+    assert httpx.get(service_url + "/readyz").status_code == 200
+    post(service_url, EXAMPLE[0])
+    text = httpx.get(service_url + "/metrics").text
+    for name in ("moat_requests", "moat_score_latency_seconds_bucket", "moat_model_info", "moat_state_scopes", "moat_errors"):
+        assert name in text, name
+
+
+def test_score_and_batch_follow_the_contract(service_url: str, score_schema: dict) -> None:
+    one = post(service_url, EXAMPLE[0])
+    assert one.status_code == 200
+    jsonschema.validate(one.json(), score_schema)
+    many = post(service_url, EXAMPLE[1:], path="/score/batch")
+    assert many.status_code == 200
+    assert [s["request_id"] for s in many.json()] == ["r2", "r3", "r4"]
+    for s in many.json():
+        jsonschema.validate(s, score_schema)
+
+
+BAD = [
+    ("missing account", {"request_id": "x", "ts": 1, "prompt": "p"}, 422, "account_id"),
+    ("temperature out of range", {**EXAMPLE[0], "params": {"temperature": 5}}, 422, "params.temperature"),
+    ("bad role", {**EXAMPLE[0], "messages": [{"role": "wizard", "content": "hi"}]}, 422, "messages.0.role"),
+    ("no text", {"request_id": "x", "ts": 1, "account_id": "a"}, 422, "body"),
+    ("ts not a number", {**EXAMPLE[0], "ts": "yesterday"}, 422, "ts"),
+    ("10,000 messages", {**EXAMPLE[0], "messages": [{"role": "user", "content": "hi"}] * 10_000}, 422, "messages"),
+    ("logit_bias out of range", {**EXAMPLE[2], "params": {"logit_bias": {"1": 1000}}}, 422, "params"),
+    ("not an object", [1, 2, 3], 422, "body"),
+    ("null", None, 422, "body"),
+]
+
+
+@pytest.mark.parametrize("case, body, status, field", BAD, ids=[b[0] for b in BAD])
+def test_invalid_events_name_the_field(service_url: str, case: str, body, status: int, field: str) -> None:
+    r = post(service_url, None, raw=json.dumps(body).encode())
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field
+
+
+@pytest.mark.parametrize(
+    "case, raw, status",
+    [
+        ("not json", b"{nope", 400),
+        ("over the size limit", b'{"prompt": "' + b"x" * (1 << 20) + b'"}', 413),
+        ("deeply nested", b"[" * 100_000 + b"]" * 100_000, 400),
+        ("invalid utf-8", b'{"prompt": "\xff\xfe"}', 400),
+    ],
+)
+def test_bad_bodies(service_url: str, case: str, raw: bytes, status: int) -> None:
+    assert post(service_url, None, raw=raw).status_code == status
+
+
+HOSTILE = [
+    {**EXAMPLE[0], "messages": [{"role": "user", "content": "\ud800 lone surrogate"}]},
+    {**EXAMPLE[0], "messages": [{"role": "user", "content": "\x00\x1b[2J control \u202e rtl"}]},
+    {**EXAMPLE[0], "messages": [{"role": "user", "content": "🙂" * 100_000}]},
+    {**EXAMPLE[0], "prompt": "y" * 900_000, "messages": None},
+    {**EXAMPLE[0], "client_ip": "::ffff:999.1.1.1"},
+    {**EXAMPLE[0], "ts": 1e308},
+    {**EXAMPLE[0], "ts": -1e9},
+    {**EXAMPLE[0], "params": {"n": 128, "max_tokens": 10**12, "seed": -(2**62), "stop": ["a"] * 16, "unknown": {"x": [1]}}},
+    {**EXAMPLE[0], "params": {"logit_bias": {str(i): 100 for i in range(5000)}}},
+    {**EXAMPLE[0], "extra_field": {"nested": [None, True]}, "label": 1},
+    {**EXAMPLE[0], "account_id": "a" * 256, "request_id": "r" * 128},
+    {**EXAMPLE[0], "user_agent": "\t" * 1024},
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_input_never_gets_a_5xx(service_url: str, body: dict) -> None:
+    if body.get("messages") is None:
+        body = {k: v for k, v in body.items() if k != "messages"}
+    r = post(service_url, None, raw=json.dumps(body).encode())
+    assert r.status_code < 500, r.text
+    if r.status_code == 200:
+        assert 0.0 <= r.json()["risk"] <= 1.0
+
+
+def test_invalid_event_changes_no_state_and_service_equals_replay(small_traces: Path) -> None:
+    proc, url = start_service()
+    try:
+        trace = [e for _, e in zip(range(250), iter_raw(small_traces / "test.jsonl"))]
+        served = []
+        for i, e in enumerate(trace):
+            if i % 50 == 0:  # an invalid copy first: it must leave no trace in state
+                bad = {**e, "params": {"temperature": -1}}
+                assert post(url, bad).status_code == 422
+            r = post(url, e)
+            assert r.status_code == 200
+            served.append(r.json())
+        replayed: list[dict] = []
+        replay(Scorer(ServingSettings()), trace, replayed.append)
+        assert [s["action"] for s in served] == [s["action"] for s in replayed]
+        assert max(abs(a["risk"] - b["risk"]) for a, b in zip(served, replayed)) < 1e-5
+    finally:
+        proc.terminate()
+        proc.wait(10)

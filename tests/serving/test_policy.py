@@ -1,0 +1,46 @@
+"""Risk to action: thresholds, scope choice, holds (hysteresis) and shadow mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.bundle import Thresholds
+from serving.policy import Policy, ScopeRisk
+
+T = Thresholds(throttle=0.5, perturb=0.8, block=0.95)
+
+
+def s(scope: str, risk: float, hold: int = 0, until: float = 0.0) -> ScopeRisk:
+    return ScopeRisk(scope, f"{scope}-key", risk, hold, until)
+
+
+# (case, scopes, ts, shadow, action, driving scope, new holds (scope, level))
+CASES = [
+    ("low risk allows", [s("account", 0.1)], 100.0, False, "allow", "account", []),
+    ("throttle band", [s("account", 0.6)], 100.0, False, "throttle", "account", []),
+    ("perturb starts a hold", [s("account", 0.85)], 100.0, False, "perturb", "account", [("account", 2)]),
+    ("block starts a hold", [s("account", 0.99)], 100.0, False, "block", "account", [("account", 3)]),
+    ("the riskiest scope drives", [s("account", 0.1), s("ip_prefix", 0.9)], 100.0, False, "perturb", "ip_prefix", [("ip_prefix", 2)]),
+    ("hold keeps perturb despite low risk", [s("account", 0.1, hold=2, until=200.0)], 100.0, False, "perturb", "account", []),
+    ("hold keeps block", [s("account", 0.6, hold=3, until=200.0)], 100.0, False, "block", "account", []),
+    ("expired hold no longer applies", [s("account", 0.1, hold=3, until=50.0)], 100.0, False, "allow", "account", []),
+    ("hold on another scope drives", [s("account", 0.1), s("api_key", 0.2, hold=2, until=500.0)], 100.0, False, "perturb", "api_key", []),
+    ("shadow mode always allows", [s("account", 0.99)], 100.0, True, "allow", "account", [("account", 3)]),
+]
+
+
+@pytest.mark.parametrize("case, scopes, ts, shadow, action, scope, holds", CASES, ids=[c[0] for c in CASES])
+def test_policy(case, scopes, ts, shadow, action, scope, holds) -> None:
+    d = Policy(T, cooldown_s=600, shadow=shadow).decide(scopes, ts)
+    assert d.action == action
+    assert d.scope == scope
+    assert [(h[0], h[2]) for h in d.new_holds] == holds
+    for h in d.new_holds:
+        assert h[3] == ts + 600
+    if shadow:
+        assert d.would_be == "block"
+
+
+def test_thresholds_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="throttle <= perturb <= block"):
+        Policy(Thresholds(throttle=0.9, perturb=0.5, block=0.95), 60, False)
