@@ -291,13 +291,15 @@ class ScopeState:
     that has sent three requests costs a few hundred bytes, not a full window.
     """
 
-    rows: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=ROW))
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=ROW))
     n: int = 0
     total: int = 0
     ewma_1h: float = 0.0
     ewma_1d: float = 0.0
     bloom_cur: np.ndarray = field(default_factory=lambda: np.zeros(BLOOM_WORDS, dtype=np.uint64))
-    bloom_prev: np.ndarray = field(default_factory=lambda: np.zeros(BLOOM_WORDS, dtype=np.uint64))
+    # The previous novelty generation exists only once a scope has rotated (64+ requests):
+    # most scopes never get there, and this keeps them small.
+    bloom_prev: np.ndarray | None = None
     bloom_count: int = 0
     hold_action: int = 0  # policy hysteresis: the action level held and until when
     hold_until: float = 0.0
@@ -322,7 +324,7 @@ class ScopeState:
         self.n += 1
 
     def nbytes(self) -> int:
-        return self.rows.nbytes + self.bloom_cur.nbytes + self.bloom_prev.nbytes + 8 * 8
+        return self.rows.nbytes + self.bloom_cur.nbytes + (self.bloom_prev.nbytes if self.bloom_prev is not None else 0) + 8 * 8
 
 
 def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.ndarray:
@@ -376,7 +378,8 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
     vec[_IDX["exact_repeat_share"]] = n_same / k
     vec[_IDX["distinct_share"]] = (len(set(h["prompt"].tolist())) + (n_same == 0)) / (k + 1)
     if len(s.buckets):
-        seen = ((state.bloom_cur[s.words] | state.bloom_prev[s.words]) >> s.bits) & np.uint64(1)
+        bloom = state.bloom_cur if state.bloom_prev is None else state.bloom_cur | state.bloom_prev
+        seen = (bloom[s.words] >> s.bits) & np.uint64(1)
         vec[_IDX["novelty"]] = 1.0 - np.count_nonzero(seen) / len(seen)
     vec[_IDX["template_share"]] = np.count_nonzero(h["shape"] == s.shape) / k
     changed = s.param_hash != int(h["param"][-1])

@@ -34,7 +34,8 @@ _BLOOM_BYTES = BLOOM_WORDS * 8
 
 
 def encode_head(state: ScopeState) -> bytes:
-    return _HEAD.pack(state.total, state.ewma_1h, state.ewma_1d, state.bloom_count) + state.bloom_cur.tobytes() + state.bloom_prev.tobytes()
+    prev = state.bloom_prev if state.bloom_prev is not None else np.zeros(BLOOM_WORDS, dtype=np.uint64)
+    return _HEAD.pack(state.total, state.ewma_1h, state.ewma_1d, state.bloom_count) + state.bloom_cur.tobytes() + prev.tobytes()
 
 
 def decode_state(head: bytes | None, rows: list[bytes]) -> ScopeState:
@@ -43,10 +44,11 @@ def decode_state(head: bytes | None, rows: list[bytes]) -> ScopeState:
         state.total, state.ewma_1h, state.ewma_1d, state.bloom_count = _HEAD.unpack_from(head)
         o = _HEAD.size
         state.bloom_cur = np.frombuffer(head, dtype=np.uint64, count=BLOOM_WORDS, offset=o).copy()
-        state.bloom_prev = np.frombuffer(head, dtype=np.uint64, count=BLOOM_WORDS, offset=o + _BLOOM_BYTES).copy()
+        prev = np.frombuffer(head, dtype=np.uint64, count=BLOOM_WORDS, offset=o + _BLOOM_BYTES)
+        state.bloom_prev = prev.copy() if prev.any() else None
     if rows:
         arr = np.frombuffer(b"".join(rows), dtype=ROW)
-        state.rows = np.zeros(max(len(arr), 2), dtype=ROW)
+        state.rows = np.zeros(len(arr), dtype=ROW)
         state.rows[: len(arr)] = arr
         state.n = len(arr)
     return state

@@ -1,0 +1,108 @@
+"""Latency of POST /score at a fixed open-loop rate, and throughput at saturation, for Moat and
+for a trivial BentoML endpoint in the same run (the ratio is what to compare on a shared,
+noisy machine). The load generator runs on the same machine as the server.
+Usage: python benchmarks/bench_http.py [--rate 200] [--seconds 15]"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from models.traces import iter_raw
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(target: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), "--host", "127.0.0.1", "--working-dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{target} did not start")
+
+
+async def open_loop(url: str, events: list[dict], rate: float, seconds: float) -> np.ndarray:
+    lat: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=5, limits=httpx.Limits(max_connections=64)) as client:
+        async def one(ev: dict) -> None:
+            t = time.perf_counter()
+            r = await client.post("/score", json=ev)
+            r.raise_for_status()
+            lat.append(time.perf_counter() - t)
+
+        tasks = []
+        start = time.perf_counter()
+        for i, ev in enumerate(itertools.islice(itertools.cycle(events), int(rate * seconds))):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(ev)))
+        await asyncio.gather(*tasks)
+    return np.asarray(lat) * 1000
+
+
+async def saturate(url: str, events: list[dict], seconds: float, concurrency: int = 16) -> float:
+    done = 0
+    stop = time.perf_counter() + seconds
+    it = itertools.cycle(events)
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                (await client.post("/score", json=next(it))).raise_for_status()
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=200)
+    ap.add_argument("--seconds", type=float, default=15)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "moat_cli", "generate", "--out", tmp, "--actors", "150", "--days", "1", "--seed", "4", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        events = [{k: v for k, v in e.items() if k not in ("label", "family", "actor")} for e in itertools.islice(iter_raw(Path(tmp) / "test.jsonl"), 20000)]
+    results = {}
+    for name, target, wd in (("trivial", "trivial_service:Trivial", ROOT / "benchmarks"), ("moat", "serving.service:MoatService", ROOT)):
+        proc, url = start(target, wd)
+        try:
+            asyncio.run(open_loop(url, events[:200], 50, 2))  # warm-up
+            lat = asyncio.run(open_loop(url, events, args.rate, args.seconds))
+            sat = asyncio.run(saturate(url, events, 10))
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        results[name] = (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), sat)
+        print(f"{name:8s} at {args.rate:.0f} req/s: p50 {results[name][0]:.2f} ms, p99 {results[name][1]:.2f} ms; saturation {sat:,.0f} req/s")
+    m, t = results["moat"], results["trivial"]
+    print(f"moat / trivial: p50 x{m[0] / t[0]:.2f}, p99 x{m[1] / t[1]:.2f}, saturation x{m[2] / t[2]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
