@@ -177,6 +177,7 @@ class Summary:
     buckets: np.ndarray  # uint16 n-gram buckets for novelty
     words: np.ndarray  # the buckets' bloom word index and bit, precomputed once per request
     bits: np.ndarray
+    bloom_mask: np.ndarray  # uint64[BLOOM_WORDS]: the buckets as bloom bits, OR-ed into each scope
     simhash: int
     shape: int
     prompt_hash: int
@@ -244,10 +245,13 @@ def summarize(event: Event) -> Summary:
         *[float(ua_group(event.user_agent) == g) for g in UA_GROUPS],
     ]
     hashes = gram_hashes(lower)
+    buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.uint16)
+    words, bits = buckets // 64, (buckets % 64).astype(np.uint64)
+    mask = np.zeros(BLOOM_WORDS, dtype=np.uint64)
+    np.bitwise_or.at(mask, words, np.uint64(1) << bits)
     tok_ids = np.zeros(N_TOKENS, dtype=np.uint16)
     n_tok = min(N_TOKENS, len(lower))
     tok_ids[:n_tok] = 1 + hashes[:n_tok] % np.uint64(TOKEN_VOCAB - 1)
-    buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.uint16)
     params_sig = (p.temperature, p.top_p, p.max_tokens, p.n, p.logprobs, p.top_logprobs, p.stop if isinstance(p.stop, str) else tuple(p.stop or ()), event.endpoint)
     return Summary(
         ts=float(event.ts),
@@ -257,8 +261,9 @@ def summarize(event: Event) -> Summary:
         own=own,
         tokens=tok_ids,
         buckets=buckets,
-        words=buckets // 64,
-        bits=(buckets % 64).astype(np.uint64),
+        words=words,
+        bits=bits,
+        bloom_mask=mask,
         simhash=simhash(hashes),
         shape=shape_signature(tokens),
         prompt_hash=_crc(" ".join(lower)),
@@ -311,7 +316,7 @@ class ScopeState:
     def history(self) -> np.ndarray:
         return self.rows[: self.n]
 
-    def append(self, row: np.ndarray) -> None:
+    def append(self, row: tuple) -> None:
         if self.n == len(self.rows):
             if self.n < WINDOW:
                 grown = np.zeros(min(2 * len(self.rows), WINDOW), dtype=ROW)
@@ -346,52 +351,55 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
         return vec
     h = state.rows[:k]
     ts = h["ts"]
-    last = float(ts[-1])
-    dt = max(s.ts - last, 0.0)
+    dt = max(s.ts - float(ts[-1]), 0.0)
     first8 = float(ts[-8]) if k >= 8 else float(ts[0])
-    gaps = None
-    if k >= 2:
+    gap_cv = 0.0
+    mean_gap = (s.ts - float(ts[0])) / k
+    if k >= 2 and mean_gap > 0:
         gaps = np.empty(k)
         np.subtract(ts[1:], ts[:-1], out=gaps[:-1])
         gaps[-1] = dt
+        gaps -= mean_gap
+        gap_cv = min(math.sqrt(float(np.dot(gaps, gaps)) / k) / mean_gap, 3.0) / 3
     sims = 1.0 - np.bitwise_count(h["simhash"] ^ np.uint64(s.simhash)) / 64.0
     same_prompt = h["prompt"] == s.prompt_hash
     flags = h["flags"]
     n_same = int(np.count_nonzero(same_prompt))
-    vals = [
-        math.log1p(dt) / 12,  # dt_prev
-        math.log1p(max(s.ts - first8, 0.0) / min(k, 8)) / 12,  # dt_mean_k
-        0.0,  # gap_cv, below
-        math.log1p(1 + int(np.count_nonzero(ts > s.ts - 60))) / 4,  # rate_1m
-        math.log1p(state.ewma_1h * math.exp(-dt / 3600) + 1) / 8,  # rate_1h
-        math.log1p(state.ewma_1d * math.exp(-dt / 86400) + 1) / 10,  # rate_1d
-    ]
-    if gaps is not None:
-        mean = (s.ts - float(ts[0])) / k
-        if mean > 0:
-            gaps -= mean
-            vals[2] = min(math.sqrt(float(np.dot(gaps, gaps)) / k) / mean, 3.0) / 3
-    vec[_IDX["dt_prev"] : _IDX["rate_1d"] + 1] = vals
-    vec[_IDX["sim_prev"]] = min(max((float(sims[-1]) - 0.5) * 2.0, 0.0), 1.0)
-    vec[_IDX["sim_max"]] = min(max((float(sims.max()) - 0.5) * 2.0, 0.0), 1.0)
-    vec[_IDX["near_dup_share"]] = np.count_nonzero(sims >= 0.9) / k
-    vec[_IDX["exact_repeat_share"]] = n_same / k
-    vec[_IDX["distinct_share"]] = (len(set(h["prompt"].tolist())) + (n_same == 0)) / (k + 1)
+    novelty = 0.0
     if len(s.buckets):
         bloom = state.bloom_cur if state.bloom_prev is None else state.bloom_cur | state.bloom_prev
-        seen = (bloom[s.words] >> s.bits) & np.uint64(1)
-        vec[_IDX["novelty"]] = 1.0 - np.count_nonzero(seen) / len(seen)
-    vec[_IDX["template_share"]] = np.count_nonzero(h["shape"] == s.shape) / k
+        novelty = 1.0 - np.count_nonzero((bloom[s.words] >> s.bits) & np.uint64(1)) / len(s.buckets)
     changed = s.param_hash != int(h["param"][-1])
-    vec[_IDX["param_change"]] = float(changed)
-    vec[_IDX["param_change_share"]] = (np.count_nonzero(flags & 4) + changed) / (k + 1)
+    lb_variety = 0.0
     if s.has_lb:
         lbs = set(h["lb"][same_prompt].tolist())
         lbs.add(s.lb_hash)
         lbs.discard(0)
-        vec[_IDX["lb_variety"]] = math.log1p(len(lbs)) / 5
-    vec[_IDX["lb_share"]] = (np.count_nonzero(flags & 2) + s.has_lb) / (k + 1)
-    vec[_IDX["logprob_share"]] = (np.count_nonzero(flags & 1) + s.logprobs) / (k + 1)
+        lb_variety = math.log1p(len(lbs)) / 5
+    # In FEATURES order, from first_in_scope to campaign: one slice assignment.
+    vec[_IDX["first_in_scope"] : _IDX["campaign"] + 1] = (
+        0.0,  # first_in_scope
+        math.log1p(dt) / 12,  # dt_prev
+        math.log1p(max(s.ts - first8, 0.0) / min(k, 8)) / 12,  # dt_mean_k
+        gap_cv,
+        math.log1p(1 + int(np.count_nonzero(ts > s.ts - 60))) / 4,  # rate_1m
+        math.log1p(state.ewma_1h * math.exp(-dt / 3600) + 1) / 8,  # rate_1h
+        math.log1p(state.ewma_1d * math.exp(-dt / 86400) + 1) / 10,  # rate_1d
+        math.log1p(state.total + 1) / 12,  # total
+        min(max((float(sims[-1]) - 0.5) * 2.0, 0.0), 1.0),  # sim_prev
+        min(max((float(sims.max()) - 0.5) * 2.0, 0.0), 1.0),  # sim_max
+        np.count_nonzero(sims >= 0.9) / k,  # near_dup_share
+        n_same / k,  # exact_repeat_share
+        (len(set(h["prompt"].tolist())) + (n_same == 0)) / (k + 1),  # distinct_share
+        novelty,
+        np.count_nonzero(h["shape"] == s.shape) / k,  # template_share
+        float(changed),  # param_change
+        (np.count_nonzero(flags & 4) + changed) / (k + 1),  # param_change_share
+        lb_variety,
+        (np.count_nonzero(flags & 2) + s.has_lb) / (k + 1),  # lb_share
+        (np.count_nonzero(flags & 1) + s.logprobs) / (k + 1),  # logprob_share
+        math.log1p(max(campaign - 1, 0)) / 5,  # campaign
+    )
     return vec
 
 
@@ -401,23 +409,14 @@ def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np
     vec = relational(state, s, campaign, scope)
     changed = state.n > 0 and s.param_hash != int(state.rows["param"][state.n - 1])
     last = state.last_ts
-    row = np.zeros((), dtype=ROW)
-    row["vec"] = vec
-    row["tokens"] = s.tokens
-    row["ts"] = s.ts
-    row["simhash"] = s.simhash
-    row["shape"] = s.shape
-    row["prompt"] = s.prompt_hash
-    row["lb"] = s.lb_hash
-    row["param"] = s.param_hash
-    row["flags"] = int(s.logprobs) | (int(s.has_lb) << 1) | (int(changed) << 2)
+    flags = int(s.logprobs) | (int(s.has_lb) << 1) | (int(changed) << 2)
+    row = (vec, s.tokens, s.ts, s.simhash, s.shape, s.prompt_hash, s.lb_hash, s.param_hash, flags)
     decay = math.exp(-max(s.ts - last, 0) / 3600) if last is not None else 0.0
     state.ewma_1h = state.ewma_1h * decay + 1
     decay_d = math.exp(-max(s.ts - last, 0) / 86400) if last is not None else 0.0
     state.ewma_1d = state.ewma_1d * decay_d + 1
     state.total += 1
-    if len(s.buckets):
-        np.bitwise_or.at(state.bloom_cur, s.words, np.uint64(1) << s.bits)
+    state.bloom_cur |= s.bloom_mask
     state.bloom_count += 1
     if state.bloom_count >= BLOOM_ROTATE:
         state.bloom_prev, state.bloom_cur = state.bloom_cur, np.zeros(BLOOM_WORDS, dtype=np.uint64)

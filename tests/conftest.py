@@ -20,30 +20,27 @@ def score_schema() -> dict:
     return json.loads((CONTRACT / "score.schema.json").read_text())
 
 
+def generate(out: Path, actors: int, days: float, seed: int) -> Path:
+    import argparse
+
+    from data_gen.cli import add_arguments, run
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert run(p.parse_args(["--out", str(out), "--actors", str(actors), "--days", str(days), "--seed", str(seed), "--no-progress"])) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def small_traces(tmp_path_factory) -> Path:
     """A small generated data set shared by model, serving and eval tests."""
-    from data_gen.cli import add_arguments, run
-    import argparse
-
-    out = tmp_path_factory.mktemp("traces")
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    assert run(p.parse_args(["--out", str(out), "--actors", "160", "--days", "1", "--seed", "3", "--no-progress"])) == 0
-    return out
+    return generate(tmp_path_factory.mktemp("traces"), 160, 1, 3)
 
 
 @pytest.fixture(scope="session")
 def tiny_traces(tmp_path_factory) -> Path:
     """A very small data set for training runs in tests."""
-    from data_gen.cli import add_arguments, run
-    import argparse
-
-    out = tmp_path_factory.mktemp("tiny")
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    assert run(p.parse_args(["--out", str(out), "--actors", "80", "--days", "0.5", "--seed", "9", "--no-progress"])) == 0
-    return out
+    return generate(tmp_path_factory.mktemp("tiny"), 80, 0.5, 9)
 
 
 @pytest.fixture(scope="session")

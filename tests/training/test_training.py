@@ -105,3 +105,13 @@ def test_export_rebuilds_a_loadable_bundle(trained, tiny_traces, tmp_path, sourc
     meta, _ = load_bundle(tmp_path / "b")
     original, _ = load_bundle(result.bundle)
     assert meta.thresholds == original.thresholds or source == "checkpoint"
+
+
+def test_serving_loads_the_champion_from_the_registry(trained, monkeypatch) -> None:
+    from serving.scorer import Scorer
+    from serving.settings import ServingSettings
+
+    result, uri = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    sc = Scorer(ServingSettings(model="models:/moat-risk@champion"))
+    assert sc.model_version == load_bundle(result.bundle)[0].model_version
