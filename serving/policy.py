@@ -8,6 +8,8 @@ from models.bundle import Thresholds
 
 ACTIONS = ("allow", "throttle", "perturb", "block")
 HOLD_FROM = 2  # perturb and block are held for the cool-down; throttle is not
+# Scopes that mix many parties (an address block behind a corporate NAT or a cloud range).
+SHARED_SCOPES = frozenset({"ip_prefix"})
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,21 @@ class Decision:
 
 
 class Policy:
-    def __init__(self, thresholds: Thresholds, cooldown_s: float, shadow: bool) -> None:
+    """Maps each scope's risk to an action level and takes the highest.
+
+    A shared scope (an address block) mixes parties, so its evidence acts on a request only when
+    the request's own scopes (account, API key) corroborate it: own risk at or above
+    `corroboration`. Without that, one bad tenant behind a corporate NAT would throttle every
+    colleague; with it, a sybil campaign's accounts, whose own traffic already looks risky,
+    are still caught through the block they share."""
+
+    def __init__(self, thresholds: Thresholds, cooldown_s: float, shadow: bool, corroboration: float = 0.5) -> None:
         if not thresholds.throttle <= thresholds.perturb <= thresholds.block:
             raise ValueError(f"thresholds must satisfy throttle <= perturb <= block, got {thresholds}")
         self.t = thresholds
         self.cooldown_s = cooldown_s
         self.shadow = shadow
+        self.corroboration = corroboration
 
     def level(self, risk: float) -> int:
         t = self.t
@@ -45,7 +56,10 @@ class Policy:
     def decide(self, scopes: list[ScopeRisk], ts: float) -> Decision:
         best: tuple[int, float, ScopeRisk] | None = None
         holds = []
+        own = max((s.risk for s in scopes if s.scope not in SHARED_SCOPES), default=0.0)
         for s in scopes:
+            if s.scope in SHARED_SCOPES and own < self.corroboration:
+                continue  # uncorroborated shared evidence: neither acts nor starts a hold
             lvl = self.level(s.risk)
             if lvl >= HOLD_FROM:
                 # (Re)start the hold: a scope at perturb or block stays there for the cool-down,
@@ -57,7 +71,7 @@ class Policy:
             cand = (lvl, s.risk, s)
             if best is None or cand[:2] > best[:2]:
                 best = cand
-        assert best is not None, "every request has at least the account scope"
+        assert best is not None, "every request has the account scope, which is never shared"
         lvl, _, s = best
         risk = max(x.risk for x in scopes)
         action = ACTIONS[lvl]

@@ -66,7 +66,7 @@ class Scorer:
             perturb=s.perturb_threshold if s.perturb_threshold is not None else t.perturb,
             block=s.block_threshold if s.block_threshold is not None else t.block,
         )
-        self.policy = Policy(thresholds, s.cooldown_s, shadow=s.mode == "shadow")
+        self.policy = Policy(thresholds, s.cooldown_s, shadow=s.mode == "shadow", corroboration=s.corroboration)
         self.store = store or open_store(s.state, **self._store_options())
         self.featurizer = Featurizer(self.store)
         # Local state used for a request when the shared store fails: degrade, never fail.
