@@ -16,9 +16,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=1_000_000)
     args = ap.parse_args()
-    # About 630 events per actor-day at the default mix (measured); size the run to the target.
+    # About 440 events per actor-day at the default mix (measured); size the run to the target.
     days = 2.0
-    actors = max(50, int(args.events / (630 * days)))
+    actors = max(50, int(args.events / (440 * days)))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         cmd = [sys.executable, "-c", "import sys; from moat_cli import main; sys.exit(main())", "generate", "--out", tmp, "--actors", str(actors), "--days", str(days), "--seed", "1", "--no-progress"]

@@ -6,14 +6,16 @@ Usage: python benchmarks/bench_http.py [--rate 200] [--seconds 15]"""
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import itertools
+import json
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -45,39 +47,56 @@ def start(target: str, workdir: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"{target} did not start")
 
 
-async def open_loop(url: str, events: list[dict], rate: float, seconds: float) -> np.ndarray:
-    lat: list[float] = []
-    async with httpx.AsyncClient(base_url=url, timeout=5, limits=httpx.Limits(max_connections=64)) as client:
-        async def one(ev: dict) -> None:
-            t = time.perf_counter()
-            r = await client.post("/score", json=ev)
-            r.raise_for_status()
-            lat.append(time.perf_counter() - t)
+def open_loop(url: str, events: list[dict], rate: float, seconds: float, threads: int = 8) -> np.ndarray:
+    """Fixed arrival schedule (open loop): request i is due at i / rate, whatever came before.
+    Latency counts from the due time, so a stalled server cannot hide queueing (no coordinated
+    omission). Plain keep-alive http.client connections keep the generator's own cost low."""
+    host, port = url.removeprefix("http://").split(":")
+    bodies = [json.dumps(e).encode() for e in events]
+    n = int(rate * seconds)
+    lat = np.zeros(n)
+    start = time.perf_counter() + 0.2
 
-        tasks = []
-        start = time.perf_counter()
-        for i, ev in enumerate(itertools.islice(itertools.cycle(events), int(rate * seconds))):
-            delay = start + i / rate - time.perf_counter()
+    def worker(w: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        for i in range(w, n, threads):
+            due = start + i / rate
+            delay = due - time.perf_counter()
             if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(ev)))
-        await asyncio.gather(*tasks)
-    return np.asarray(lat) * 1000
+                time.sleep(delay)
+            conn.request("POST", "/score", body=bodies[i % len(bodies)], headers={"content-type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"status {resp.status}")
+            lat[i] = time.perf_counter() - due
+        conn.close()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return lat * 1000
 
 
-async def saturate(url: str, events: list[dict], seconds: float, concurrency: int = 16) -> float:
-    done = 0
+def saturate(url: str, events: list[dict], seconds: float, threads: int = 8) -> float:
+    """Closed loop: `threads` keep-alive clients send back to back; completed requests per second."""
+    host, port = url.removeprefix("http://").split(":")
+    bodies = [json.dumps(e).encode() for e in events]
     stop = time.perf_counter() + seconds
-    it = itertools.cycle(events)
-    async with httpx.AsyncClient(base_url=url, timeout=10, limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < stop:
-                (await client.post("/score", json=next(it))).raise_for_status()
-                done += 1
+    counts = [0] * threads
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return done / seconds
+    def worker(w: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        i = w
+        while time.perf_counter() < stop:
+            conn.request("POST", "/score", body=bodies[i % len(bodies)], headers={"content-type": "application/json"})
+            conn.getresponse().read()
+            counts[w] += 1
+            i += threads
+        conn.close()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return sum(counts) / seconds
 
 
 def main() -> None:
@@ -92,9 +111,9 @@ def main() -> None:
     for name, target, wd in (("trivial", "trivial_service:Trivial", ROOT / "benchmarks"), ("moat", "serving.service:MoatService", ROOT)):
         proc, url = start(target, wd)
         try:
-            asyncio.run(open_loop(url, events[:200], 50, 2))  # warm-up
-            lat = asyncio.run(open_loop(url, events, args.rate, args.seconds))
-            sat = asyncio.run(saturate(url, events, 10))
+            open_loop(url, events[:200], 50, 2)  # warm-up
+            lat = open_loop(url, events, args.rate, args.seconds)
+            sat = saturate(url, events, 10)
         finally:
             proc.terminate()
             proc.wait(10)
