@@ -20,6 +20,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -99,6 +100,7 @@ N_OWN = _IDX["first_in_scope"]  # features [0, N_OWN) come from the request alon
 # Relational features that are 1 for a scope's first request (no history: everything is new).
 _FIRST_ONES = [_IDX[n] for n in ("first_in_scope", "dt_prev", "dt_mean_k", "distinct_share", "novelty", "template_share")]
 
+_UA_ONE_HOT = {g: tuple(float(g == h) for h in UA_GROUPS) for g in UA_GROUPS}
 _WORD = re.compile(r"\w+")
 _DIGIT = re.compile(r"\d")
 _NONASCII = re.compile(r"[^\x00-\x7f]")
@@ -135,8 +137,10 @@ def shape_signature(tokens: list[str]) -> int:
     return _crc(" ".join(masked))
 
 
+@lru_cache(maxsize=1 << 16)
 def ip_prefix(ip: str | None) -> str | None:
-    """/24 for IPv4, /48 for IPv6; None for a missing or unparseable address."""
+    """/24 for IPv4, /48 for IPv6; None for a missing or unparseable address. Cached: a
+    gateway sees the same addresses over and over, and parsing is a visible share of a request."""
     if not ip:
         return None
     try:
@@ -147,6 +151,7 @@ def ip_prefix(ip: str | None) -> str | None:
     return str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
 
 
+@lru_cache(maxsize=1 << 14)
 def ua_group(ua: str | None) -> str:
     if not ua:
         return "none"
@@ -242,7 +247,7 @@ def summarize(event: Event) -> Summary:
         float(bool(p.stream)),
         len(_DIGIT.findall(head)) / n_chars,
         len(_NONASCII.findall(head)) / n_chars,
-        *[float(ua_group(event.user_agent) == g) for g in UA_GROUPS],
+        *_UA_ONE_HOT[ua_group(event.user_agent)],
     ]
     hashes = gram_hashes(lower)
     buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.uint16)

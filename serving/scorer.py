@@ -172,7 +172,8 @@ class Scorer:
         self.counters.scored += 1
         driver = next(w for w in step.windows if w.scope == d.scope and w.key == d.key)
         why = reasons(driver.feats[-1], len(driver.feats), d.scope) if d.would_be != "allow" else []
-        return Score(
+        # Every field is built here from validated values: skip re-validation on the hot path.
+        return Score.model_construct(
             request_id=event.request_id,
             risk=round(min(max(d.risk, 0.0), 1.0), 6),
             action=d.action,
