@@ -3,7 +3,6 @@ benign traffic plus that family, for Moat and for the baselines."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,3 @@ def leave_one_family_out(data_dir: Path, families: list[str], baselines: list[st
 
 def load_config(path: Path | None) -> TrainConfig:
     return TrainConfig.load(path, quick=True)
-
-
-def dump(table: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")

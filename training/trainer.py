@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -149,9 +148,3 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, p
     client.set_tag(run_id, "registry_version", promotion.version)
     client.set_tag(run_id, "promotion", promotion.reason)
     return TrainResult(out, run_id, meta.metrics, promotion)
-
-
-def copy_bundle(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in ("model.onnx", "meta.json", "card.md"):
-        shutil.copy2(src / name, dst / name)

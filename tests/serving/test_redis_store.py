@@ -7,7 +7,6 @@ import logging
 import threading
 from pathlib import Path
 
-import pytest
 
 from models.events import Event
 from models.features import WINDOW, summarize, window

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 
-import numpy as np
 import pytest
 
 from models.bundle import load_bundle
@@ -67,7 +65,7 @@ def test_champion_moves_only_when_beaten(trained, champion_score, promoted) -> N
 
 
 def test_scores_ignore_ground_truth_fields(trained, tiny_traces, tmp_path) -> None:
-    from models.traces import TraceWriter, iter_raw
+    from models.traces import iter_raw
     from serving.replay_cli import replay
     from serving.scorer import Scorer
     from serving.settings import ServingSettings
