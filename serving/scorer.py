@@ -79,15 +79,13 @@ class Scorer:
         s = self.settings
         if s.state == "memory":
             return {"max_scopes": s.max_scopes, "ttl_s": s.scope_ttl_s}
-        return {"ttl_s": s.scope_ttl_s, "timeout_s": s.redis_timeout_s}
+        return {"ttl_s": s.scope_ttl_s, "timeout_s": s.redis_timeout_s, "retry_s": s.redis_retry_s}
 
     @property
     def model_version(self) -> str:
         return self.meta.model_version
 
     def _step(self, event: Event) -> tuple[Step, StateStore]:
-        if self.store is self.local:
-            return self.featurizer.step(event), self.store
         try:
             return self.featurizer.step(event), self.store
         except StoreUnavailable as exc:
