@@ -33,12 +33,38 @@ def test_redis_gives_the_same_decisions_as_memory(redis_url: str, small_traces: 
     assert shared.counters.store_fallbacks == 0
 
 
-def test_two_replicas_on_one_redis_equal_one_process(redis_url: str, small_traces: Path) -> None:
-    evs = events(small_traces, 500)
+def _replica(url: str, conn) -> None:
+    """A scorer process: scores the events it is sent, one at a time, against shared Redis."""
+    sc = Scorer(ServingSettings(state=url))
+    while (raw := conn.recv()) is not None:
+        s = sc.score(Event.model_validate(raw))
+        conn.send((s.action, s.risk, tuple(s.reasons)))
+
+
+def test_two_scorer_processes_on_one_redis_equal_one_process(redis_url: str, small_traces: Path) -> None:
+    import multiprocessing as mp
+
+    raws = [r for _, r in zip(range(400), iter_raw(small_traces / "test.jsonl"))]
     single = Scorer(ServingSettings(state=redis_url.replace("/0", "/1")))
-    expected = decisions(single.score(e) for e in evs)
-    a, b = Scorer(ServingSettings(state=redis_url)), Scorer(ServingSettings(state=redis_url))
-    got = decisions((a if i % 2 else b).score(e) for i, e in enumerate(evs))
+    expected = decisions(single.score(Event.model_validate(r)) for r in raws)
+    ctx = mp.get_context("spawn")
+    pipes, procs = [], []
+    for _ in range(2):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_replica, args=(redis_url, child))
+        proc.start()
+        pipes.append(parent)
+        procs.append(proc)
+    try:
+        got = []
+        for i, raw in enumerate(raws):  # alternate replicas, as a load balancer would
+            pipes[i % 2].send(raw)
+            got.append(pipes[i % 2].recv())
+    finally:
+        for p in pipes:
+            p.send(None)
+        for proc in procs:
+            proc.join(30)
     assert got == expected
 
 
