@@ -20,6 +20,14 @@ def _open(path: Path, mode: str) -> IO[str]:
     return open(path, mode, encoding="utf-8", newline="\n")
 
 
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """Yield each non-empty line's JSON text (for callers that validate straight from JSON)."""
+    with _open(Path(path), "rt") as fh:
+        for line in fh:
+            if line.strip():
+                yield line
+
+
 def iter_raw(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield each line as a dict, without validation (fast path for trusted, generated traces)."""
     with _open(Path(path), "rt") as fh:

@@ -4,19 +4,21 @@ from empty state, one score per input event in input order."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from pathlib import Path
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from tqdm import tqdm
 
 from models.events import Event
-from models.traces import TraceWriter, iter_raw
+from models.traces import TraceWriter, iter_lines
 from serving.settings import ServingSettings
 
 if TYPE_CHECKING:
@@ -34,34 +36,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def invalid_score(raw: object, lineno: int, model_version: str) -> dict:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = None
     rid = raw.get("request_id") if isinstance(raw, dict) else None
     return {"request_id": rid if isinstance(rid, str) and rid else f"line-{lineno}", "risk": 0.0, "action": "allow", "reasons": ["invalid_event"], "model_version": model_version}
 
 
-def replay(scorer: "Scorer", raws: Iterable[Any], emit: Callable[[dict], None], progress: bool = False) -> tuple[int, int]:
-    """Score raw events in order through `scorer`; an invalid event gets an `invalid_event`
-    score in its place, so output lines up with input. Returns (events, invalid)."""
-    raws_seen: list[Any] = []
+def _validate(raw: str | dict) -> Event:
+    # Trace lines are validated straight from JSON text (pydantic's own parser is faster than
+    # json.loads followed by validation); dicts come from callers that already parsed them.
+    return Event.model_validate_json(raw) if isinstance(raw, str) else Event.model_validate(raw)
+
+
+def replay(scorer: "Scorer", raws: Iterable[str | dict], emit: Callable[[dict], None], progress: bool = False) -> tuple[int, int]:
+    """Score events (JSON lines or dicts) in order through `scorer`; an invalid event gets an
+    `invalid_event` score in its place, so output lines up with input. Returns (events, invalid)."""
+    pending: deque[str | dict | None] = deque()  # invalid inputs awaiting their placeholder score
     bad = 0
 
     def validated() -> Iterator[Event | None]:
         nonlocal bad
         for lineno, raw in enumerate(tqdm(raws, desc="replay", unit=" events", disable=not progress, mininterval=1.0), 1):
-            raws_seen.append(raw)
             try:
-                yield Event.model_validate(raw)
+                event = _validate(raw)
             except ValidationError as exc:
                 bad += 1
                 first = exc.errors()[0]
                 log.warning("line %d: invalid event (%s: %s)", lineno, ".".join(map(str, first["loc"])) or "body", first["msg"])
+                pending.append(raw)
                 yield None
+            else:
+                yield event
 
     n = 0
     for score in scorer.score_stream(validated()):
-        raw = raws_seen[n]
-        raws_seen[n] = None  # keep memory flat on long traces
         n += 1
-        emit(score.model_dump(exclude_none=True) if score is not None else invalid_score(raw, n, scorer.model_version))
+        emit(score.model_dump(exclude_none=True) if score is not None else invalid_score(pending.popleft(), n, scorer.model_version))
     return n, bad
 
 
@@ -81,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     with TraceWriter(args.output) as out:
-        n, bad = replay(scorer, iter_raw(args.trace), out.write, progress=not args.no_progress)
+        n, bad = replay(scorer, iter_lines(args.trace), out.write, progress=not args.no_progress)
     dt = time.perf_counter() - t0
     print(f"scored {n} events ({bad} invalid) in {dt:.1f} s: {n / max(dt, 1e-9):.0f} events/s -> {args.output}", file=sys.stderr)
     return 0

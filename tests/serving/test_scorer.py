@@ -3,6 +3,7 @@ serving never imports the training stack."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,16 @@ def test_serve_extra_pulls_no_training_stack() -> None:
     core = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for dep in extras["serve"] + core:
         assert not any(dep.lower().startswith(h) for h in ("torch", "transformers", "pytorch-lightning", "lightning", "mlflow")), dep
+
+
+def test_replay_command_keeps_bad_lines_in_place(tmp_path: Path) -> None:
+    from moat_cli import main
+
+    lines = (CONTRACT / "example_trace.jsonl").read_text().splitlines()
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("\n".join([lines[0], "{not json", '{"request_id": "bad-2", "ts": 1}', *lines[1:]]) + "\n")
+    out = tmp_path / "s.jsonl"
+    assert main(["replay", str(trace), "-o", str(out), "--no-progress"]) == 0
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["request_id"] for g in got] == ["r1", "line-2", "bad-2", "r2", "r3", "r4"]
+    assert [g["reasons"] for g in got[1:3]] == [["invalid_event"], ["invalid_event"]]
