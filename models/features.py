@@ -9,7 +9,7 @@ Two steps:
    which is what the sequence model reads.
 
 Every feature is listed in `FEATURES` with its definition and why it signals extraction; the
-README's feature table is generated from it. Changing a feature's meaning or order means
+README's feature table lists them all (a test checks). Changing a feature's meaning or order means
 bumping FEATURE_SPEC_VERSION, which makes old bundles refuse to load.
 """
 
