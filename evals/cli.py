@@ -76,7 +76,13 @@ def run(args: argparse.Namespace) -> int:
     cost = CostModel()
     train_trace = args.train_traces or _sibling_train(args.traces)
     progress = not args.no_progress
-    metrics, runs, acc, _ = evaluate(args.traces, args.model, baselines, train_trace, cost, progress)
+    from models.bundle import BundleError
+
+    try:
+        metrics, runs, acc, _ = evaluate(args.traces, args.model, baselines, train_trace, cost, progress)
+    except (BundleError, ValueError) as exc:
+        print(f"moat evaluate: error: {exc}", file=sys.stderr)
+        return 2
     lofo = None
     if args.leave_one_family_out:
         from evals.lofo import leave_one_family_out, load_config

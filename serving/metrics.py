@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 # Millisecond-scale buckets (in seconds): the service should answer in about a millisecond.
 ERROR_KINDS = ("invalid", "bad_json", "too_large", "internal")
+STATE_SIZE_EVERY = 100
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -27,6 +28,7 @@ class ServiceMetrics:
             self.requests.labels(action=action)
         for kind in ERROR_KINDS:
             self.errors.labels(kind=kind)
+        self._calls = 0
 
     def model_loaded(self, version: str) -> None:
         self.model.labels(version=version).set(1)
@@ -35,8 +37,11 @@ class ServiceMetrics:
         self.latency.observe(seconds)
         for s in scores:
             self.requests.labels(action=s.shadow_action or s.action).inc()
-        self.state_size.set(scorer.state_size())
         self.fallbacks.set(scorer.counters.store_fallbacks)
+        self._calls += 1
+        if self._calls % STATE_SIZE_EVERY == 1:
+            # The size of a shared store is a network round trip: sample it, not every request.
+            self.state_size.set(scorer.state_size())
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
