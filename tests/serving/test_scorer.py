@@ -118,3 +118,35 @@ def test_replay_command_keeps_bad_lines_in_place(tmp_path: Path) -> None:
     got = [json.loads(x) for x in out.read_text().splitlines()]
     assert [g["request_id"] for g in got] == ["r1", "line-2", "bad-2", "r2", "r3", "r4"]
     assert [g["reasons"] for g in got[1:3]] == [["invalid_event"], ["invalid_event"]]
+
+
+def _probe(bias_tokens: int, n: int = 150) -> str | None:
+    """A hand-written logit-bias probe (not from the simulator): one prompt, max_tokens=1,
+    logprobs, a fresh logit_bias each request, about one request a second."""
+    import random
+
+    rng = random.Random(0)
+    sc = Scorer(ServingSettings())
+    t = 1764500042.0
+    for i in range(n):
+        t += rng.uniform(0.5, 1.5)
+        bias = {str(rng.randint(0, 100_000)): 100 for _ in range(bias_tokens)}
+        s = sc.score(Event.model_validate({
+            "request_id": f"p{i}", "ts": t, "account_id": "acct_probe", "api_key_id": "key_1", "client_ip": "203.0.113.9",
+            "endpoint": "/v1/completions", "prompt": "Translate to French: the invoice is overdue",
+            "params": {"temperature": 0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5, "logit_bias": bias},
+        }))
+        if s.action != "allow":
+            return s.action
+    return None
+
+
+@pytest.mark.parametrize(
+    "bias_tokens",
+    [
+        20,
+        pytest.param(1, marks=pytest.mark.xfail(strict=True, reason="known gap of the shipped model: a single-token probe peaks near risk 0.86, under the 0.963 throttle threshold")),
+    ],
+)
+def test_shipped_model_acts_on_a_hand_written_logit_probe(bias_tokens: int) -> None:
+    assert _probe(bias_tokens) is not None
