@@ -66,7 +66,7 @@ def plot_risk_over_time(moat: MethodRun, acc: Accounts, thresholds: dict[str, fl
     for ax, a in zip(axes.flat, picks):
         r = moat.scores[acc.order[a]][:500]
         ax.plot(r, color="crimson" if acc.labels[a] else "seagreen", lw=1)
-        for name, t in thresholds.items():
+        for t in thresholds.values():
             if t <= 1:
                 ax.axhline(t, color="grey", ls=":", lw=0.8)
         ax.set_ylim(0, 1.02)

@@ -412,7 +412,7 @@ def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np
     """Append request `s` to the scope and return the model input for the latest WINDOW
     requests: features float32[n, N_FEATURES] and hashed tokens int64[n, N_TOKENS]."""
     vec = relational(state, s, campaign, scope)
-    changed = state.n > 0 and s.param_hash != int(state.rows["param"][state.n - 1])
+    changed = bool(vec[_IDX["param_change"]])  # relational already compared with the predecessor
     last = state.last_ts
     flags = int(s.logprobs) | (int(s.has_lb) << 1) | (int(changed) << 2)
     row = (vec, s.tokens, s.ts, s.simhash, s.shape, s.prompt_hash, s.lb_hash, s.param_hash, flags)

@@ -120,7 +120,6 @@ http = Starlette(routes=[Route("/score", score, methods=["POST"]), Route("/score
 class MoatService:
     def __init__(self) -> None:
         self.settings = ServingSettings()
-        self.scorer: Scorer | None = None
         self.metrics = ServiceMetrics()
         self.scorer = Scorer(self.settings)
         self.metrics.model_loaded(self.scorer.model_version)
