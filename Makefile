@@ -23,12 +23,12 @@ test: $(STAMP)
 
 # Regenerate the shipped default bundle from a seeded simulation.
 model: $(STAMP)
-	$(BIN)/moat generate --out data/default --actors 900 --days 2 --seed 7 --no-progress
+	$(BIN)/moat generate --out data/default --actors 1600 --days 2 --seed 7 --attack-share 0.35 --no-progress
 	$(BIN)/moat train --data data/default --out models/default
 
 # Reproduce the README's results table: test families held out of training.
 eval: $(STAMP)
-	$(BIN)/moat generate --out data/eval --actors 900 --days 2 --seed 11 --holdout-families logit_probe,coverage_sweep --no-progress
+	$(BIN)/moat generate --out data/eval --actors 1600 --days 2 --seed 11 --attack-share 0.35 --holdout-families logit_probe,coverage_sweep --no-progress
 	$(BIN)/moat train --data data/eval --out runs/eval-model
 	$(BIN)/moat evaluate --traces data/eval/test.jsonl --model runs/eval-model --baselines all --out runs/eval-report
 

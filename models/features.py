@@ -98,13 +98,14 @@ N_FEATURES = len(FEATURES)
 _IDX = {f.name: i for i, f in enumerate(FEATURES)}
 N_OWN = _IDX["first_in_scope"]  # features [0, N_OWN) come from the request alone
 # Relational features that are 1 for a scope's first request (no history: everything is new).
+_SCOPE_IDX = {sc: _IDX[f"scope_{sc}"] for sc in SCOPES}
+_SCOPE_FLAGS = list(_SCOPE_IDX.values())
 _FIRST_ONES = [_IDX[n] for n in ("first_in_scope", "dt_prev", "dt_mean_k", "distinct_share", "novelty", "template_share")]
 
 _UA_ONE_HOT = {g: tuple(float(g == h) for h in UA_GROUPS) for g in UA_GROUPS}
 _WORD = re.compile(r"\w+")
 _DIGIT = re.compile(r"\d")
 _NONASCII = re.compile(r"[^\x00-\x7f]")
-_BITS = np.arange(64, dtype=np.uint64)
 
 
 def _crc(text: str, salt: int = 0) -> int:
@@ -116,9 +117,11 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 def gram_hashes(lower: list[str]) -> np.ndarray:
     """One CRC-32 per word unigram and bigram (first 64 words): shared by SimHash and novelty."""
-    words = lower[:64]
-    grams = words + [a + " " + b for a, b in zip(words, words[1:])]
-    return np.fromiter((_crc(g) for g in grams), dtype=np.uint64, count=len(grams))
+    # Words hold no spaces (they are \w+ runs), so one encode of the joined text splits back
+    # into the words' bytes: cheaper than encoding each gram.
+    words = " ".join(lower[:64]).encode("utf-8", "replace").split(b" ") if lower else []
+    grams = words + [a + b" " + b for a, b in zip(words, words[1:])]
+    return np.array(list(map(zlib.crc32, grams)), dtype=np.uint64)
 
 
 def simhash(hashes: np.ndarray) -> int:
@@ -127,7 +130,8 @@ def simhash(hashes: np.ndarray) -> int:
     if not len(hashes):
         return 0
     h = (hashes | (hashes << np.uint64(32))) * _MIX
-    bits = ((h[:, None] >> _BITS) & np.uint64(1)).sum(axis=0)
+    # Per-bit counts over all grams: unpack each little-endian word into its 64 bits.
+    bits = np.unpackbits(h.view(np.uint8), bitorder="little").reshape(-1, 64).sum(axis=0)
     return int(np.packbits(bits * 2 > len(h), bitorder="little").view(np.uint64)[0])
 
 
@@ -179,9 +183,7 @@ class Summary:
     ip_prefix: str | None
     own: np.ndarray  # float32[N_OWN]
     tokens: np.ndarray  # uint16[N_TOKENS], hashed ids, 0 = padding
-    buckets: np.ndarray  # uint16 n-gram buckets for novelty
-    words: np.ndarray  # the buckets' bloom word index and bit, precomputed once per request
-    bits: np.ndarray
+    buckets: np.ndarray  # intp n-gram buckets for novelty (bit positions in a scope's bloom)
     bloom_mask: np.ndarray  # uint64[BLOOM_WORDS]: the buckets as bloom bits, OR-ed into each scope
     simhash: int
     shape: int
@@ -250,10 +252,11 @@ def summarize(event: Event) -> Summary:
         *_UA_ONE_HOT[ua_group(event.user_agent)],
     ]
     hashes = gram_hashes(lower)
-    buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.uint16)
-    words, bits = buckets // 64, (buckets % 64).astype(np.uint64)
-    mask = np.zeros(BLOOM_WORDS, dtype=np.uint64)
-    np.bitwise_or.at(mask, words, np.uint64(1) << bits)
+    buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.intp)
+    # The buckets as one bloom bitmap: bit b of the little-endian words is bucket b.
+    flat = np.zeros(BLOOM_WORDS * 64, dtype=np.uint8)
+    flat[buckets] = 1
+    mask = np.packbits(flat, bitorder="little").view(np.uint64)
     tok_ids = np.zeros(N_TOKENS, dtype=np.uint16)
     n_tok = min(N_TOKENS, len(lower))
     tok_ids[:n_tok] = 1 + hashes[:n_tok] % np.uint64(TOKEN_VOCAB - 1)
@@ -266,8 +269,6 @@ def summarize(event: Event) -> Summary:
         own=own,
         tokens=tok_ids,
         buckets=buckets,
-        words=words,
-        bits=bits,
         bloom_mask=mask,
         simhash=simhash(hashes),
         shape=shape_signature(tokens),
@@ -328,7 +329,10 @@ class ScopeState:
                 grown[: self.n] = self.rows
                 self.rows = grown
             else:
-                self.rows[:-1] = self.rows[1:]
+                # Shift by one row as raw bytes: a structured-array slice copy with sub-array
+                # fields takes numpy's slow path and cost more than the rest of the request.
+                raw = self.rows.view(np.uint8)
+                raw[: -ROW.itemsize] = raw[ROW.itemsize :]
                 self.n -= 1
         self.rows[self.n] = row
         self.n += 1
@@ -339,10 +343,13 @@ class ScopeState:
 
 def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.ndarray:
     """The full feature vector of request `s` against the scope's history (state unchanged).
-    Written with few numpy calls: this runs once per scope for every request served."""
+
+    This runs once per scope for every request served, over at most WINDOW rows. At that size
+    a numpy call on a strided field costs more than a Python pass over `.tolist()`, so each
+    stored field is read once as a list and the window statistics are plain Python."""
     vec = np.zeros(N_FEATURES, dtype=np.float32)
     vec[:N_OWN] = s.own
-    vec[_IDX[f"scope_{scope}"]] = 1.0
+    vec[_SCOPE_IDX[scope]] = 1.0
     k = state.n
     vec[_IDX["total"]] = math.log1p(state.total + 1) / 12
     vec[_IDX["campaign"]] = math.log1p(max(campaign - 1, 0)) / 5
@@ -355,54 +362,57 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
         vec[_IDX["logprob_share"]] = float(s.logprobs)
         return vec
     h = state.rows[:k]
-    ts = h["ts"]
-    dt = max(s.ts - float(ts[-1]), 0.0)
-    first8 = float(ts[-8]) if k >= 8 else float(ts[0])
+    ts = h["ts"].tolist()
+    dt = max(s.ts - ts[-1], 0.0)
+    first8 = ts[-8] if k >= 8 else ts[0]
     gap_cv = 0.0
-    mean_gap = (s.ts - float(ts[0])) / k
+    mean_gap = (s.ts - ts[0]) / k
     if k >= 2 and mean_gap > 0:
-        gaps = np.empty(k)
-        np.subtract(ts[1:], ts[:-1], out=gaps[:-1])
-        gaps[-1] = dt
-        gaps -= mean_gap
-        gap_cv = min(math.sqrt(float(np.dot(gaps, gaps)) / k) / mean_gap, 3.0) / 3
-    sims = 1.0 - np.bitwise_count(h["simhash"] ^ np.uint64(s.simhash)) / 64.0
-    same_prompt = h["prompt"] == s.prompt_hash
-    flags = h["flags"]
-    n_same = int(np.count_nonzero(same_prompt))
+        dev = [b - a - mean_gap for a, b in zip(ts, ts[1:])]
+        dev.append(dt - mean_gap)
+        gap_cv = min(math.sqrt(sum([d * d for d in dev]) / k) / mean_gap, 3.0) / 3
+    cut = s.ts - 60
+    # SimHash Hamming distances; similarity is 1 - d/64, so "similarity >= 0.9" is d <= 6.
+    dists = [(x ^ s.simhash).bit_count() for x in h["simhash"].tolist()]
+    prompts = h["prompt"].tolist()
+    n_same = prompts.count(s.prompt_hash)
     novelty = 0.0
     if len(s.buckets):
         bloom = state.bloom_cur if state.bloom_prev is None else state.bloom_cur | state.bloom_prev
-        novelty = 1.0 - np.count_nonzero((bloom[s.words] >> s.bits) & np.uint64(1)) / len(s.buckets)
+        seen = np.unpackbits(bloom.view(np.uint8), bitorder="little")  # bit b is bucket b
+        novelty = 1.0 - np.count_nonzero(seen[s.buckets]) / len(s.buckets)
     changed = s.param_hash != int(h["param"][-1])
     lb_variety = 0.0
     if s.has_lb:
-        lbs = set(h["lb"][same_prompt].tolist())
+        lbs = {lb for lb, p in zip(h["lb"].tolist(), prompts) if p == s.prompt_hash}
         lbs.add(s.lb_hash)
         lbs.discard(0)
         lb_variety = math.log1p(len(lbs)) / 5
+    # Counts of each flag combination give the three flag shares in one call.
+    fc = np.bincount(h["flags"], minlength=8).tolist()
+    n_logprobs, n_lb, n_changed = fc[1] + fc[3] + fc[5] + fc[7], fc[2] + fc[3] + fc[6] + fc[7], fc[4] + fc[5] + fc[6] + fc[7]
     # In FEATURES order, from first_in_scope to campaign: one slice assignment.
     vec[_IDX["first_in_scope"] : _IDX["campaign"] + 1] = (
         0.0,  # first_in_scope
         math.log1p(dt) / 12,  # dt_prev
         math.log1p(max(s.ts - first8, 0.0) / min(k, 8)) / 12,  # dt_mean_k
         gap_cv,
-        math.log1p(1 + int(np.count_nonzero(ts > s.ts - 60))) / 4,  # rate_1m
+        math.log1p(1 + len([t for t in ts if t > cut])) / 4,  # rate_1m
         math.log1p(state.ewma_1h * math.exp(-dt / 3600) + 1) / 8,  # rate_1h
         math.log1p(state.ewma_1d * math.exp(-dt / 86400) + 1) / 10,  # rate_1d
         math.log1p(state.total + 1) / 12,  # total
-        min(max((float(sims[-1]) - 0.5) * 2.0, 0.0), 1.0),  # sim_prev
-        min(max((float(sims.max()) - 0.5) * 2.0, 0.0), 1.0),  # sim_max
-        np.count_nonzero(sims >= 0.9) / k,  # near_dup_share
+        min(max((0.5 - dists[-1] / 64.0) * 2.0, 0.0), 1.0),  # sim_prev
+        min(max((0.5 - min(dists) / 64.0) * 2.0, 0.0), 1.0),  # sim_max
+        len([d for d in dists if d <= 6]) / k,  # near_dup_share
         n_same / k,  # exact_repeat_share
-        (len(set(h["prompt"].tolist())) + (n_same == 0)) / (k + 1),  # distinct_share
+        (len(set(prompts)) + (n_same == 0)) / (k + 1),  # distinct_share
         novelty,
-        np.count_nonzero(h["shape"] == s.shape) / k,  # template_share
+        h["shape"].tolist().count(s.shape) / k,  # template_share
         float(changed),  # param_change
-        (np.count_nonzero(flags & 4) + changed) / (k + 1),  # param_change_share
+        (n_changed + changed) / (k + 1),  # param_change_share
         lb_variety,
-        (np.count_nonzero(flags & 2) + s.has_lb) / (k + 1),  # lb_share
-        (np.count_nonzero(flags & 1) + s.logprobs) / (k + 1),  # logprob_share
+        (n_lb + s.has_lb) / (k + 1),  # lb_share
+        (n_logprobs + s.logprobs) / (k + 1),  # logprob_share
         math.log1p(max(campaign - 1, 0)) / 5,  # campaign
     )
     return vec
@@ -410,16 +420,45 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
 
 def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np.ndarray, np.ndarray]:
     """Append request `s` to the scope and return the model input for the latest WINDOW
-    requests: features float32[n, N_FEATURES] and hashed tokens int64[n, N_TOKENS]."""
-    vec = relational(state, s, campaign, scope)
+    requests as stored: features float16[n, N_FEATURES] and hashed tokens uint16[n, N_TOKENS]
+    (copies; the caller casts when it batches them for the network)."""
+    return push(state, s, relational(state, s, campaign, scope))
+
+
+_META_FROM = ROW.fields["tokens"][1]  # byte offset where a row's non-feature fields start
+
+
+def fingerprint(state: ScopeState) -> tuple:
+    """Everything `relational` reads from a scope's state. Two scopes with equal fingerprints
+    give the same vector for the same request, apart from the scope flag: an API key or an
+    address block used by one account only mirrors that account's history."""
+    k = state.n
+    meta = state.rows.view(np.uint8).reshape(-1, ROW.itemsize)[:k, _META_FROM:].tobytes()
+    prev = state.bloom_prev.tobytes() if state.bloom_prev is not None else None
+    return (k, state.total, state.ewma_1h, state.ewma_1d, meta, state.bloom_cur.tobytes(), prev)
+
+
+def rescope(vec: np.ndarray, scope: str) -> np.ndarray:
+    """`vec` as computed for another scope, with this scope's flag instead."""
+    out = vec.copy()
+    out[_SCOPE_FLAGS] = 0.0
+    out[_SCOPE_IDX[scope]] = 1.0
+    return out
+
+
+def push(state: ScopeState, s: Summary, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Append request `s` with its feature vector `vec` (from `relational` on this state) and
+    return the window, as `window` does."""
     changed = bool(vec[_IDX["param_change"]])  # relational already compared with the predecessor
     last = state.last_ts
     flags = int(s.logprobs) | (int(s.has_lb) << 1) | (int(changed) << 2)
     row = (vec, s.tokens, s.ts, s.simhash, s.shape, s.prompt_hash, s.lb_hash, s.param_hash, flags)
-    decay = math.exp(-max(s.ts - last, 0) / 3600) if last is not None else 0.0
-    state.ewma_1h = state.ewma_1h * decay + 1
-    decay_d = math.exp(-max(s.ts - last, 0) / 86400) if last is not None else 0.0
-    state.ewma_1d = state.ewma_1d * decay_d + 1
+    if last is not None:
+        gap = max(s.ts - last, 0)
+        state.ewma_1h = state.ewma_1h * math.exp(-gap / 3600) + 1
+        state.ewma_1d = state.ewma_1d * math.exp(-gap / 86400) + 1
+    else:
+        state.ewma_1h = state.ewma_1d = 1.0
     state.total += 1
     state.bloom_cur |= s.bloom_mask
     state.bloom_count += 1
@@ -429,4 +468,4 @@ def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np
     state.append(row)
     h = state.history()
     # The stored float16 vector is what the model reads, in training and in serving alike.
-    return h["vec"].astype(np.float32), h["tokens"].astype(np.int64)
+    return h["vec"].copy(), h["tokens"].copy()

@@ -12,6 +12,13 @@ HOLD_FROM = 2  # perturb and block are held for the cool-down; throttle is not
 SHARED_SCOPES = frozenset({"ip_prefix"})
 
 
+def combined_risk(own: float, shared: float, corroboration: float) -> float:
+    """The risk a request acts on: its own scopes' (account, API key), and a shared scope's
+    only once the own risk corroborates it. Serving reports this, and training chooses the
+    action thresholds on it, so thresholds and actions read the same number."""
+    return max(own, shared) if own >= corroboration else own
+
+
 @dataclass(frozen=True)
 class ScopeRisk:
     scope: str
@@ -73,6 +80,7 @@ class Policy:
                 best = cand
         assert best is not None, "every request has the account scope, which is never shared"
         lvl, _, s = best
-        risk = max(x.risk for x in scopes)
+        shared = max((x.risk for x in scopes if x.scope in SHARED_SCOPES), default=0.0)
+        risk = combined_risk(own, shared, self.corroboration)
         action = ACTIONS[lvl]
         return Decision("allow" if self.shadow else action, 0 if self.shadow else lvl, action, s.scope, s.key, risk, holds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,11 +18,11 @@ from pydantic import BaseModel
 
 from models.bundle import Thresholds, load_bundle
 from models.events import Event
-from models.featurizer import Featurizer, Step
+from models.featurizer import Featurizer, ScopeWindow, Step
 from models.features import N_FEATURES, N_TOKENS
 from models.state import StateStore, StoreUnavailable
 from serving.bundle_source import resolve_model
-from serving.policy import Policy, ScopeRisk
+from serving.policy import SHARED_SCOPES, Policy, ScopeRisk
 from serving.reasons import reasons
 from serving.settings import ServingSettings
 from serving.state import open_store
@@ -41,6 +42,44 @@ class Score(BaseModel):
     model_version: str
     scope: str | None = None
     shadow_action: str | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Scope windows padded into network inputs."""
+
+    feats: np.ndarray  # float32[B, T, N_FEATURES]
+    tokens: np.ndarray  # int64[B, T, N_TOKENS]
+    mask: np.ndarray  # float32[B, T]
+    last: np.ndarray  # intp[B]: each window's last real position
+
+    def take(self, rows: np.ndarray) -> "Batch":
+        return Batch(self.feats[rows], self.tokens[rows], self.mask[rows], self.last[rows])
+
+
+def _pack(windows: list[ScopeWindow]) -> Batch:
+    t = max((len(w.feats) for w in windows), default=1)
+    feats = np.zeros((len(windows), t, N_FEATURES), dtype=np.float32)
+    tokens = np.zeros((len(windows), t, N_TOKENS), dtype=np.int64)
+    mask = np.zeros((len(windows), t), dtype=np.float32)
+    last = np.empty(len(windows), dtype=np.intp)
+    for i, w in enumerate(windows):
+        n = len(w.feats)
+        feats[i, :n], tokens[i, :n], mask[i, :n], last[i] = w.feats, w.tokens, 1.0, n - 1
+    return Batch(feats, tokens, mask, last)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The network inputs of a list of steps: own-scope windows (account, API key) and
+    shared-scope windows (address block), each with the index of the step it belongs to."""
+
+    n_events: int
+    own: Batch
+    own_event: np.ndarray
+    shared: Batch
+    shared_event: np.ndarray
+    steps: list[Step]
 
 
 @dataclass
@@ -66,7 +105,8 @@ class Scorer:
             perturb=s.perturb_threshold if s.perturb_threshold is not None else t.perturb,
             block=s.block_threshold if s.block_threshold is not None else t.block,
         )
-        self.policy = Policy(thresholds, s.cooldown_s, shadow=s.mode == "shadow", corroboration=s.corroboration)
+        corroboration = s.corroboration if s.corroboration is not None else self.meta.calibration.corroboration
+        self.policy = Policy(thresholds, s.cooldown_s, shadow=s.mode == "shadow", corroboration=corroboration)
         self.store = store or open_store(s.state, **self._store_options())
         self.featurizer = Featurizer(self.store)
         # Local state used for a request when the shared store fails: degrade, never fail.
@@ -93,27 +133,45 @@ class Scorer:
             log.warning("state store %s unavailable (%s); scoring request %s on local state", self.store.name, exc, event.request_id)
             return self.local_featurizer.step(event), self.local
 
-    def _risks(self, steps: list[Step]) -> list[np.ndarray]:
-        """Calibrated risk of every scope window of every step, in one ONNX call per chunk."""
-        wins = [w for st in steps for w in st.windows]
-        logits = np.empty(len(wins), dtype=np.float64)
-        for a in range(0, len(wins), ONNX_CHUNK):
-            chunk = wins[a : a + ONNX_CHUNK]
-            t = max(len(w.feats) for w in chunk)
-            feats = np.zeros((len(chunk), t, N_FEATURES), dtype=np.float32)
-            tokens = np.zeros((len(chunk), t, N_TOKENS), dtype=np.int64)
-            mask = np.zeros((len(chunk), t), dtype=np.float32)
-            for i, w in enumerate(chunk):
-                n = len(w.feats)
-                feats[i, :n], tokens[i, :n], mask[i, :n] = w.feats, w.tokens, 1.0
-            out = self.session.run(["logits"], {"feats": feats, "tokens": tokens, "mask": mask})[0]
-            logits[a : a + len(chunk)] = out[np.arange(len(chunk)), [len(w.feats) - 1 for w in chunk]]
-        risks = 1.0 / (1.0 + np.exp(-np.clip(logits / self.temperature, -60, 60)))
-        out_list, i = [], 0
-        for st in steps:
-            out_list.append(risks[i : i + len(st.windows)])
-            i += len(st.windows)
-        return out_list
+    def _plan(self, steps: list[Step]) -> Plan:
+        """Pack every step's windows for the network, own scopes and shared scopes apart."""
+        own, shared, own_ev, shared_ev = [], [], [], []
+        for i, st in enumerate(steps):
+            for w in st.windows:
+                if w.scope in SHARED_SCOPES:
+                    shared.append(w)
+                    shared_ev.append(i)
+                else:
+                    own.append(w)
+                    own_ev.append(i)
+        return Plan(len(steps), _pack(own), np.array(own_ev, dtype=np.intp), _pack(shared), np.array(shared_ev, dtype=np.intp), steps)
+
+    def _infer(self, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated risk of each own window, then of each shared window whose request's own
+        risk corroborates it; the others stay NaN, since the policy would ignore them anyway.
+        Pure numpy around the network calls, so it can run beside featurisation in a thread
+        (onnxruntime releases the GIL)."""
+        own = self._run(plan.own)
+        own_max = np.zeros(plan.n_events)
+        np.maximum.at(own_max, plan.own_event, own)
+        shared = np.full(len(plan.shared_event), np.nan)
+        need = own_max[plan.shared_event] >= self.policy.corroboration
+        if need.any():
+            shared[need] = self._run(plan.shared.take(need))
+        return own, shared
+
+    def _run(self, batch: Batch) -> np.ndarray:
+        logits = np.empty(len(batch.last), dtype=np.float64)
+        for a in range(0, len(batch.last), ONNX_CHUNK):
+            b = slice(a, a + ONNX_CHUNK)
+            out = self.session.run(["logits"], {"feats": batch.feats[b], "tokens": batch.tokens[b], "mask": batch.mask[b]})[0]
+            logits[b] = out[np.arange(len(out)), batch.last[b]]
+        return 1.0 / (1.0 + np.exp(-np.clip(logits / self.temperature, -60, 60)))
+
+    def _unplan(self, plan: Plan, risks: tuple[np.ndarray, np.ndarray]) -> list[list[float]]:
+        """Per step, the risk of each of its windows in window order (NaN: not computed)."""
+        own, shared = iter(risks[0].tolist()), iter(risks[1].tolist())
+        return [[next(shared) if w.scope in SHARED_SCOPES else next(own) for w in st.windows] for st in plan.steps]
 
     def score(self, event: Event) -> Score:
         return self.score_many([event])[0]
@@ -122,27 +180,29 @@ class Scorer:
         """Score events in order: featurise each, run the network once for all, then apply the
         policy event by event (holds are read at policy time, so this equals one at a time)."""
         stepped = [self._step(e) for e in events]
-        risks = self._risks([st for st, _ in stepped])
+        plan = self._plan([st for st, _ in stepped])
+        risks = self._unplan(plan, self._infer(plan))
         return [self._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, risks)]
 
     def score_stream(self, events: Iterable[Event | None], chunk: int = 128) -> Iterator[Score | None]:
         """Score a long stream in order, overlapping the network run of one chunk with the
-        featurisation of the next (two threads; onnxruntime releases the GIL). None items pass
-        through as None, so a caller can keep placeholders for invalid input in line."""
+        featurisation of the next (two threads; the network thread runs no Python loops, so the
+        two barely contend for the GIL). None items pass through as None, so a caller can keep
+        placeholders for invalid input in line."""
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
             for items in _chunks(events, chunk):
-                valid = [e for e in items if e is not None]
-                stepped = [self._step(e) for e in valid]
-                fut = pool.submit(self._risks, [st for st, _ in stepped])
+                stepped = [self._step(e) for e in items if e is not None]
+                plan = self._plan([st for st, _ in stepped])
+                fut = pool.submit(self._infer, plan)
                 if pending is not None:
                     yield from self._finish(*pending)
-                pending = (items, stepped, fut)
+                pending = (items, stepped, plan, fut)
             if pending is not None:
                 yield from self._finish(*pending)
 
-    def _finish(self, items: list[Event | None], stepped: list[tuple[Step, StateStore]], fut: Future) -> Iterator[Score | None]:
-        risks = iter(fut.result())
+    def _finish(self, items: list[Event | None], stepped: list[tuple[Step, StateStore]], plan: Plan, fut: Future) -> Iterator[Score | None]:
+        risks = iter(self._unplan(plan, fut.result()))
         steps = iter(stepped)
         for e in items:
             if e is None:
@@ -151,15 +211,16 @@ class Scorer:
                 st, store = next(steps)
                 yield self._decide(e, st, store, next(risks))
 
-    def _decide(self, event: Event, step: Step, store: StateStore, risks: np.ndarray) -> Score:
-        keys = [(w.scope, w.key) for w in step.windows]
+    def _decide(self, event: Event, step: Step, store: StateStore, risks: list[float]) -> Score:
+        scored = [(w, r) for w, r in zip(step.windows, risks) if not math.isnan(r)]  # NaN: skipped, uncorroborated
+        keys = [(w.scope, w.key) for w, _ in scored]
         try:
             holds = store.get_holds(keys)
         except StoreUnavailable as exc:
             self.counters.store_fallbacks += 1
             log.warning("could not read holds for request %s: %s", event.request_id, exc)
             holds = self.local.get_holds(keys)
-        scopes = [ScopeRisk(w.scope, w.key, float(r), h, u) for w, r, (h, u) in zip(step.windows, risks, holds)]
+        scopes = [ScopeRisk(w.scope, w.key, r, h, u) for (w, r), (h, u) in zip(scored, holds)]
         d = self.policy.decide(scopes, step.summary.ts)
         for scope, key, level, until in d.new_holds:
             try:

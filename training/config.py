@@ -27,6 +27,12 @@ class TrainConfig(BaseSettings):
     seed: int = 0
     # Scope windows other than the account are down-weighted: they mix parties.
     shared_scope_weight: float = 0.5
+    # Per window, each parameter-value feature is shifted with this probability by up to
+    # +-jitter_scale (training/augment.py): against exact-value shortcuts.
+    jitter_p: float = 0.3
+    jitter_scale: float = 0.3
+    # Own risk before a shared scope's risk counts (serving's MOAT_CORROBORATION default).
+    corroboration: float = 0.5
     # Action targets on validation benign accounts (ever blocked / ever not allowed).
     target_block_fpr: float = 0.001
     target_action_fpr: float = 0.01

@@ -12,28 +12,31 @@ from torch.nn import functional as F
 
 from evals.metrics import auroc, tpr_at_fpr
 from models.network import NetConfig, RiskNet
+from training.augment import jitter_values
 
 
 class RiskModule(pl.LightningModule):
-    def __init__(self, net: dict, lr: float, weight_decay: float, val_seq_labels: list[int] | None = None) -> None:
+    def __init__(self, net: dict, lr: float, weight_decay: float, val_seq_labels: list[int] | None = None, jitter_p: float = 0.0, jitter_scale: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["val_seq_labels"])
         self.net = RiskNet(NetConfig(**net))
         self.lr, self.weight_decay = lr, weight_decay
+        self.jitter_p, self.jitter_scale = jitter_p, jitter_scale
         self.val_seq_labels = val_seq_labels or []
         self._val_max: dict[int, float] = defaultdict(lambda: -1e9)
 
     def forward(self, feats: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.net(feats, tokens, mask)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["feats"], batch["tokens"], batch["mask"])
+    def _loss(self, batch: dict[str, torch.Tensor], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = jitter_values(batch["feats"], self.jitter_p, self.jitter_scale) if augment else batch["feats"]
+        logits = self(feats, batch["tokens"], batch["mask"])
         per_pos = F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")
         loss = (per_pos * batch["mask"]).sum() / batch["mask"].sum().clamp(min=1)
         return loss, logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._loss(batch)
+        loss, _ = self._loss(batch, augment=True)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["feats"].shape[0])
         return loss
 

@@ -65,7 +65,7 @@ def bundle_account_auroc(bundle_dir: Path, val: Sequences) -> float | None:
         log.warning("champion bundle not comparable: %s", exc)
         return None
     logits = exact_logits(onnx_runner(onnx_path), val)
-    scores = account_scores(val, event_risk(val, logits, meta.calibration.temperature))
+    scores = account_scores(val, event_risk(val, logits, meta.calibration.temperature, meta.calibration.corroboration))
     return summary_metrics(scores, meta.thresholds)["account_auroc"]
 
 
@@ -75,7 +75,7 @@ def finalize_bundle(net: RiskNet, out: Path, val: Sequences, cfg: TrainConfig, d
     logits = exact_logits(torch_runner(net), val, progress=progress)
     rows_labels = val.labels
     temperature = fit_temperature(logits, rows_labels)
-    scores = account_scores(val, event_risk(val, logits, temperature))
+    scores = account_scores(val, event_risk(val, logits, temperature, cfg.corroboration))
     thresholds = choose_thresholds(scores, cfg.target_block_fpr, cfg.target_perturb_fpr, cfg.target_action_fpr)
     metrics = summary_metrics(scores, thresholds)
     onnx_path = out / "model.onnx"
@@ -90,7 +90,7 @@ def finalize_bundle(net: RiskNet, out: Path, val: Sequences, cfg: TrainConfig, d
         n_tokens=N_TOKENS,
         model_version=f"moat-{digest[:12]}",
         onnx_sha256=digest,
-        calibration=Calibration(temperature=temperature),
+        calibration=Calibration(temperature=temperature, corroboration=cfg.corroboration),
         thresholds=thresholds,
         targets={"benign_ever_blocked": cfg.target_block_fpr, "benign_ever_perturbed": cfg.target_perturb_fpr, "benign_ever_non_allow": cfg.target_action_fpr},
         net=net.cfg.as_dict(),
@@ -112,7 +112,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, p
     assert dm.train is not None and dm.val is not None
     net_cfg = NetConfig(hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout)
     val_labels = dm.val.label.tolist()
-    module = RiskModule(net=net_cfg.as_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, val_seq_labels=val_labels)
+    module = RiskModule(net=net_cfg.as_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, val_seq_labels=val_labels, jitter_p=cfg.jitter_p, jitter_scale=cfg.jitter_scale)
     stats_path = data_dir / "stats.json"
     data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     logger = MLFlowLogger(experiment_name=cfg.experiment, tracking_uri=uri, log_model=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.bundle import Thresholds
-from serving.policy import Policy, ScopeRisk
+from serving.policy import Policy, ScopeRisk, combined_risk
 
 T = Thresholds(throttle=0.5, perturb=0.8, block=0.95)
 
@@ -47,3 +47,33 @@ def test_policy(case, scopes, ts, shadow, action, scope, holds) -> None:
 def test_thresholds_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="throttle <= perturb <= block"):
         Policy(Thresholds(throttle=0.9, perturb=0.5, block=0.95), 60, False)
+
+
+# (case, own risk, shared risk, corroboration, combined)
+COMBINED = [
+    ("own risk alone", 0.3, 0.0, 0.5, 0.3),
+    ("uncorroborated shared risk is left out", 0.3, 0.99, 0.5, 0.3),
+    ("corroborated shared risk counts", 0.6, 0.99, 0.5, 0.99),
+    ("own risk above the shared", 0.9, 0.7, 0.5, 0.9),
+    ("corroboration 0 is a plain max", 0.01, 0.8, 0.0, 0.8),
+    ("exactly at the corroboration level counts", 0.5, 0.8, 0.5, 0.8),
+]
+
+
+@pytest.mark.parametrize("case, own, shared, corroboration, expected", COMBINED, ids=[c[0] for c in COMBINED])
+def test_combined_risk(case: str, own: float, shared: float, corroboration: float, expected: float) -> None:
+    assert combined_risk(own, shared, corroboration) == expected
+
+
+# (case, scopes, reported risk): the reported risk is the one the action was taken on.
+REPORTED = [
+    ("uncorroborated block does not raise the risk", [s("account", 0.1), s("ip_prefix", 0.99)], 0.1),
+    ("corroborated block does", [s("account", 0.6), s("ip_prefix", 0.99)], 0.99),
+    ("the key's own risk counts", [s("account", 0.1), s("api_key", 0.7)], 0.7),
+    ("a skipped block (not computed) changes nothing", [s("account", 0.2), s("api_key", 0.3)], 0.3),
+]
+
+
+@pytest.mark.parametrize("case, scopes, risk", REPORTED, ids=[c[0] for c in REPORTED])
+def test_reported_risk_follows_the_policy(case: str, scopes: list[ScopeRisk], risk: float) -> None:
+    assert Policy(T, cooldown_s=600, shadow=False).decide(scopes, 100.0).risk == risk

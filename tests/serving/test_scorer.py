@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.events import Event
@@ -72,6 +73,31 @@ def test_batched_scoring_equals_one_at_a_time(small_traces: Path) -> None:
     assert max(abs(a.risk - b.risk) for a, b in zip(singles, streamed)) < 1e-5
 
 
+@pytest.mark.parametrize("corroboration", [0.0, 0.5, 0.9])
+def test_address_blocks_are_scored_only_when_corroborated(small_traces: Path, corroboration: float) -> None:
+    """The network skips an address-block window exactly when the policy would ignore it, and
+    the windows it does score get the same risk as scoring all of them."""
+    sc = Scorer(ServingSettings(corroboration=corroboration))
+    events = [Event.model_validate(r) for _, r in zip(range(400), iter_raw(small_traces / "test.jsonl"))]
+    plan = sc._plan([sc._step(e)[0] for e in events])
+    own, shared = sc._infer(plan)
+    own_max = np.zeros(len(events))
+    np.maximum.at(own_max, plan.own_event, own)
+    need = own_max[plan.shared_event] >= corroboration
+    assert np.array_equal(np.isnan(shared), ~need)
+    np.testing.assert_allclose(shared[need], sc._run(plan.shared)[need], rtol=1e-6)
+    if corroboration == 0.0:
+        assert need.all()
+
+
+@pytest.mark.parametrize("env, expected", [({}, None), ({"MOAT_CORROBORATION": "0.8"}, 0.8)])
+def test_corroboration_defaults_to_the_bundles(monkeypatch: pytest.MonkeyPatch, env: dict, expected: float | None) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    sc = Scorer(ServingSettings())
+    assert sc.policy.corroboration == (expected if expected is not None else sc.meta.calibration.corroboration)
+
+
 def test_replay_writes_one_score_per_event_in_order(tmp_path: Path, score_schema: dict) -> None:
     import jsonschema
 
@@ -120,33 +146,45 @@ def test_replay_command_keeps_bad_lines_in_place(tmp_path: Path) -> None:
     assert [g["reasons"] for g in got[1:3]] == [["invalid_event"], ["invalid_event"]]
 
 
-def _probe(bias_tokens: int, n: int = 150) -> str | None:
+def _probe(bias_tokens: int = 1, top_logprobs: int | None = 5, prompt: str = "Translate to French: the invoice is overdue", temperature: float | None = 0,
+           endpoint: str = "/v1/completions", gap: tuple[float, float] = (0.5, 1.5), n: int = 150) -> int | None:
     """A hand-written logit-bias probe (not from the simulator): one prompt, max_tokens=1,
-    logprobs, a fresh logit_bias each request, about one request a second."""
+    logprobs, a fresh logit_bias each request. Returns the index of the first request acted on."""
     import random
 
     rng = random.Random(0)
     sc = Scorer(ServingSettings())
     t = 1764500042.0
     for i in range(n):
-        t += rng.uniform(0.5, 1.5)
-        bias = {str(rng.randint(0, 100_000)): 100 for _ in range(bias_tokens)}
+        t += rng.uniform(*gap)
+        params = {"max_tokens": 1, "logprobs": True, "logit_bias": {str(rng.randint(0, 100_000)): 100 for _ in range(bias_tokens)}}
+        params |= {k: v for k, v in (("temperature", temperature), ("top_logprobs", top_logprobs)) if v is not None}
+        text = {"prompt": prompt} if endpoint == "/v1/completions" else {"messages": [{"role": "user", "content": prompt}]}
         s = sc.score(Event.model_validate({
             "request_id": f"p{i}", "ts": t, "account_id": "acct_probe", "api_key_id": "key_1", "client_ip": "203.0.113.9",
-            "endpoint": "/v1/completions", "prompt": "Translate to French: the invoice is overdue",
-            "params": {"temperature": 0, "max_tokens": 1, "logprobs": True, "top_logprobs": 5, "logit_bias": bias},
+            "endpoint": endpoint, "params": params, **text,
         }))
         if s.action != "allow":
-            return s.action
+            return i
     return None
 
 
-@pytest.mark.parametrize(
-    "bias_tokens",
-    [
-        20,
-        pytest.param(1, marks=pytest.mark.xfail(strict=True, reason="known gap of the shipped model: a single-token probe peaks near risk 0.86, under the 0.963 throttle threshold")),
-    ],
-)
-def test_shipped_model_acts_on_a_hand_written_logit_probe(bias_tokens: int) -> None:
-    assert _probe(bias_tokens) is not None
+# Variants of one probe that the previous model caught or missed depending on details (bias size,
+# an exact top_logprobs value, the prompt). Each must be acted on within 50 requests.
+PROBES = [
+    ("single-token biases", {}),
+    ("20-token biases", {"bias_tokens": 20}),
+    ("top_logprobs 20", {"top_logprobs": 20}),
+    ("20-token biases, top_logprobs 20", {"bias_tokens": 20, "top_logprobs": 20}),
+    ("another prompt", {"prompt": "What is the capital of France? Answer:"}),
+    ("no temperature, no top_logprobs", {"temperature": None, "top_logprobs": None}),
+    ("chat endpoint", {"endpoint": "/v1/chat/completions"}),
+    ("slow: one request every 3-10 s", {"gap": (3.0, 10.0)}),
+    ("fast: 5-20 requests a second", {"gap": (0.05, 0.2)}),
+]
+
+
+@pytest.mark.parametrize("case, kwargs", PROBES, ids=[c[0] for c in PROBES])
+def test_shipped_model_acts_on_hand_written_logit_probes(case: str, kwargs: dict) -> None:
+    first = _probe(**kwargs)
+    assert first is not None and first < 50, f"{case}: first acted on at request {first}"
