@@ -28,8 +28,8 @@ class Thresholds(BaseModel):
 
 class Calibration(BaseModel):
     temperature: float = Field(gt=0)
-    # Own (account/key) risk a request needs before its shared address-block scope counts: the
-    # thresholds were chosen on risk combined this way, so serving defaults to the same value.
+    # Own risk a request needs before a dependent scope (address block, partial key) counts:
+    # the thresholds were chosen on risk combined this way, so serving defaults to the same value.
     corroboration: float = Field(default=0.5, ge=0, le=1)
 
 

@@ -15,12 +15,21 @@ from models.features import ScopeState, Summary, fingerprint, push, relational, 
 from models.state import StateStore
 
 
+# Address blocks mix parties (a corporate NAT, a cloud range).
+MIXED_SCOPES = frozenset({"ip_prefix"})
+
+
 @dataclass(frozen=True)
 class ScopeWindow:
     scope: str
     key: str
     feats: np.ndarray  # float16[n, N_FEATURES] as stored; the last row is this request
     tokens: np.ndarray  # uint16[n, N_TOKENS]
+    # Evidence that may act only when the request's own scopes corroborate it: an address
+    # block, or an API key that carries only part of its account's traffic (the account's
+    # window holds all of it; a short key window of a multi-key account is otherwise easily
+    # mistaken for one of a sybil campaign's few-request accounts).
+    dependent: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,18 +50,19 @@ class Featurizer:
         # The account scope comes first. A key or address block whose history mirrors the
         # account's (used by this account alone, the common case) gets the account's vector
         # with its own scope flag: identical to computing it, at a fraction of the cost.
-        account: tuple[tuple, np.ndarray] | None = None
+        account: tuple[tuple, np.ndarray, int] | None = None
         for scope, key in s.scope_keys():
 
-            def apply(state: ScopeState, scope: str = scope) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray]:
+            def apply(state: ScopeState, scope: str = scope) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray, int]:
                 fp = fingerprint(state)
                 vec = rescope(account[1], scope) if account is not None and fp == account[0] else relational(state, s, campaign, scope)
-                return (*push(state, s, vec), fp, vec)
+                return (*push(state, s, vec), fp, vec, state.total)
 
             # A shared store may run `apply` more than once (optimistic retries); only the
             # committed run's fingerprint and vector are kept.
-            feats, tokens, fp, vec = self.store.update(scope, key, s.ts, apply)
+            feats, tokens, fp, vec, total = self.store.update(scope, key, s.ts, apply)
             if account is None:
-                account = (fp, vec)
-            windows.append(ScopeWindow(scope, key, feats, tokens))
+                account = (fp, vec, total)
+            dependent = scope in MIXED_SCOPES or (scope == "api_key" and total < account[2])
+            windows.append(ScopeWindow(scope, key, feats, tokens, dependent))
         return Step(s, campaign, windows)

@@ -8,12 +8,11 @@ from models.bundle import Thresholds
 
 ACTIONS = ("allow", "throttle", "perturb", "block")
 HOLD_FROM = 2  # perturb and block are held for the cool-down; throttle is not
-# Scopes that mix many parties (an address block behind a corporate NAT or a cloud range).
-SHARED_SCOPES = frozenset({"ip_prefix"})
 
 
 def combined_risk(own: float, shared: float, corroboration: float) -> float:
-    """The risk a request acts on: its own scopes' (account, API key), and a shared scope's
+    """The risk a request acts on: its own scopes' (the account, a key that carries all of it),
+    and a dependent scope's (an address block, a key carrying part of the account's traffic)
     only once the own risk corroborates it. Serving reports this, and training chooses the
     action thresholds on it, so thresholds and actions read the same number."""
     return max(own, shared) if own >= corroboration else own
@@ -26,6 +25,7 @@ class ScopeRisk:
     risk: float
     hold_action: int
     hold_until: float
+    dependent: bool = False  # acts only when the own scopes corroborate it (ScopeWindow.dependent)
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,12 @@ class Decision:
 class Policy:
     """Maps each scope's risk to an action level and takes the highest.
 
-    A shared scope (an address block) mixes parties, so its evidence acts on a request only when
-    the request's own scopes (account, API key) corroborate it: own risk at or above
-    `corroboration`. Without that, one bad tenant behind a corporate NAT would throttle every
-    colleague; with it, a sybil campaign's accounts, whose own traffic already looks risky,
-    are still caught through the block they share."""
+    A dependent scope acts on a request only when the request's own scopes corroborate it (own
+    risk at or above `corroboration`). An address block mixes parties: without corroboration one
+    bad tenant behind a corporate NAT would throttle every colleague; with it, a sybil
+    campaign's accounts, whose own traffic already looks risky, are still caught through the
+    block they share. A key that carries only part of its account's traffic is dependent too:
+    its account's window holds all of that traffic and more."""
 
     def __init__(self, thresholds: Thresholds, cooldown_s: float, shadow: bool, corroboration: float = 0.5) -> None:
         if not thresholds.throttle <= thresholds.perturb <= thresholds.block:
@@ -63,9 +64,9 @@ class Policy:
     def decide(self, scopes: list[ScopeRisk], ts: float) -> Decision:
         best: tuple[int, float, ScopeRisk] | None = None
         holds = []
-        own = max((s.risk for s in scopes if s.scope not in SHARED_SCOPES), default=0.0)
+        own = max((s.risk for s in scopes if not s.dependent), default=0.0)
         for s in scopes:
-            if s.scope in SHARED_SCOPES and own < self.corroboration:
+            if s.dependent and own < self.corroboration:
                 continue  # uncorroborated shared evidence: neither acts nor starts a hold
             lvl = self.level(s.risk)
             if lvl >= HOLD_FROM:
@@ -80,7 +81,7 @@ class Policy:
                 best = cand
         assert best is not None, "every request has the account scope, which is never shared"
         lvl, _, s = best
-        shared = max((x.risk for x in scopes if x.scope in SHARED_SCOPES), default=0.0)
+        shared = max((x.risk for x in scopes if x.dependent), default=0.0)
         risk = combined_risk(own, shared, self.corroboration)
         action = ACTIONS[lvl]
         return Decision("allow" if self.shadow else action, 0 if self.shadow else lvl, action, s.scope, s.key, risk, holds)

@@ -22,7 +22,7 @@ from models.featurizer import Featurizer, ScopeWindow, Step
 from models.features import N_FEATURES, N_TOKENS
 from models.state import StateStore, StoreUnavailable
 from serving.bundle_source import resolve_model
-from serving.policy import SHARED_SCOPES, Policy, ScopeRisk
+from serving.policy import Policy, ScopeRisk
 from serving.reasons import reasons
 from serving.settings import ServingSettings
 from serving.state import open_store
@@ -71,14 +71,14 @@ def _pack(windows: list[ScopeWindow]) -> Batch:
 
 @dataclass(frozen=True)
 class Plan:
-    """The network inputs of a list of steps: own-scope windows (account, API key) and
-    shared-scope windows (address block), each with the index of the step it belongs to."""
+    """The network inputs of a list of steps: own windows and dependent windows (an address
+    block; a key carrying part of its account's traffic), each with the index of its step."""
 
     n_events: int
     own: Batch
     own_event: np.ndarray
-    shared: Batch
-    shared_event: np.ndarray
+    dependent: Batch
+    dependent_event: np.ndarray
     steps: list[Step]
 
 
@@ -134,31 +134,31 @@ class Scorer:
             return self.local_featurizer.step(event), self.local
 
     def _plan(self, steps: list[Step]) -> Plan:
-        """Pack every step's windows for the network, own scopes and shared scopes apart."""
-        own, shared, own_ev, shared_ev = [], [], [], []
+        """Pack every step's windows for the network, own and dependent windows apart."""
+        own, dep, own_ev, dep_ev = [], [], [], []
         for i, st in enumerate(steps):
             for w in st.windows:
-                if w.scope in SHARED_SCOPES:
-                    shared.append(w)
-                    shared_ev.append(i)
+                if w.dependent:
+                    dep.append(w)
+                    dep_ev.append(i)
                 else:
                     own.append(w)
                     own_ev.append(i)
-        return Plan(len(steps), _pack(own), np.array(own_ev, dtype=np.intp), _pack(shared), np.array(shared_ev, dtype=np.intp), steps)
+        return Plan(len(steps), _pack(own), np.array(own_ev, dtype=np.intp), _pack(dep), np.array(dep_ev, dtype=np.intp), steps)
 
     def _infer(self, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated risk of each own window, then of each shared window whose request's own
+        """Calibrated risk of each own window, then of each dependent window whose request's own
         risk corroborates it; the others stay NaN, since the policy would ignore them anyway.
         Pure numpy around the network calls, so it can run beside featurisation in a thread
         (onnxruntime releases the GIL)."""
         own = self._run(plan.own)
         own_max = np.zeros(plan.n_events)
         np.maximum.at(own_max, plan.own_event, own)
-        shared = np.full(len(plan.shared_event), np.nan)
-        need = own_max[plan.shared_event] >= self.policy.corroboration
+        dep = np.full(len(plan.dependent_event), np.nan)
+        need = own_max[plan.dependent_event] >= self.policy.corroboration
         if need.any():
-            shared[need] = self._run(plan.shared.take(need))
-        return own, shared
+            dep[need] = self._run(plan.dependent.take(need))
+        return own, dep
 
     def _run(self, batch: Batch) -> np.ndarray:
         logits = np.empty(len(batch.last), dtype=np.float64)
@@ -170,8 +170,8 @@ class Scorer:
 
     def _unplan(self, plan: Plan, risks: tuple[np.ndarray, np.ndarray]) -> list[list[float]]:
         """Per step, the risk of each of its windows in window order (NaN: not computed)."""
-        own, shared = iter(risks[0].tolist()), iter(risks[1].tolist())
-        return [[next(shared) if w.scope in SHARED_SCOPES else next(own) for w in st.windows] for st in plan.steps]
+        own, dep = iter(risks[0].tolist()), iter(risks[1].tolist())
+        return [[next(dep) if w.dependent else next(own) for w in st.windows] for st in plan.steps]
 
     def score(self, event: Event) -> Score:
         return self.score_many([event])[0]
@@ -220,7 +220,7 @@ class Scorer:
             self.counters.store_fallbacks += 1
             log.warning("could not read holds for request %s: %s", event.request_id, exc)
             holds = self.local.get_holds(keys)
-        scopes = [ScopeRisk(w.scope, w.key, r, h, u) for (w, r), (h, u) in zip(scored, holds)]
+        scopes = [ScopeRisk(w.scope, w.key, r, h, u, w.dependent) for (w, r), (h, u) in zip(scored, holds)]
         d = self.policy.decide(scopes, step.summary.ts)
         for scope, key, level, until in d.new_holds:
             try:

@@ -20,7 +20,7 @@ class ServingSettings(BaseSettings):
     max_scopes: int = Field(default=1_000_000, ge=1)
     scope_ttl_s: float = Field(default=86400.0, gt=0)
     cooldown_s: float = Field(default=900.0, ge=0, description="hysteresis: how long perturb/block is held")
-    corroboration: float | None = Field(default=None, ge=0, le=1, description="own (account/key) risk needed before a shared address-block scope may act; default: the bundle's")
+    corroboration: float | None = Field(default=None, ge=0, le=1, description="own risk needed before a dependent scope (address block, partial key) may act; default: the bundle's")
     throttle_threshold: float | None = Field(default=None, ge=0, le=1.0001)
     perturb_threshold: float | None = Field(default=None, ge=0, le=1.0001)
     block_threshold: float | None = Field(default=None, ge=0, le=1.0001)

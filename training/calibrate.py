@@ -12,7 +12,7 @@ from tqdm import tqdm
 from evals.metrics import auroc, tpr_at_fpr
 from models.bundle import Thresholds
 from models.features import WINDOW
-from serving.policy import SHARED_SCOPES, combined_risk
+from serving.policy import combined_risk
 from training.sequences import Sequences, row_windows
 
 RunFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -68,14 +68,13 @@ class AccountScores:
 
 def event_risk(seqs: Sequences, row_logits: np.ndarray, temperature: float, corroboration: float) -> np.ndarray:
     """A request's risk combined over its scopes exactly as the serving policy combines them
-    (a shared scope counts only once the own scopes corroborate it)."""
+    (a dependent window counts only once the own windows corroborate it)."""
     p = sigmoid(row_logits / temperature)
-    shared_seq = np.array([sc in SHARED_SCOPES for sc in seqs.scope], dtype=bool)
-    row_shared = np.repeat(shared_seq, np.diff(seqs.offsets))
+    dep = seqs.dependent
     out = np.empty(len(seqs.event_rows), dtype=np.float64)
     for i, rows in enumerate(seqs.event_rows):
-        own = max((float(p[r]) for r in rows if not row_shared[r]), default=0.0)
-        shared = max((float(p[r]) for r in rows if row_shared[r]), default=0.0)
+        own = max((float(p[r]) for r in rows if not dep[r]), default=0.0)
+        shared = max((float(p[r]) for r in rows if dep[r]), default=0.0)
         out[i] = combined_risk(own, shared, corroboration)
     return out
 

@@ -59,3 +59,20 @@ def test_reused_vectors_equal_computing_each_scope(case: str, events: list[Event
         for w, (_, _, feats, tokens) in zip(got, ref):
             np.testing.assert_array_equal(w.feats, feats, err_msg=f"{case}: {w.scope} of {e.request_id}")
             np.testing.assert_array_equal(w.tokens, tokens)
+
+
+# (case, events, dependent flags of the last event's windows in scope order)
+DEPENDENT = [
+    ("single-key account: the key is its own", [ev(i, "a", "k", "10.0.0.1") for i in range(5)], [False, False, True]),
+    ("two-key account: each key carries part of it", [ev(i, "a", f"k{i % 2}", "10.0.0.1") for i in range(6)], [False, True, True]),
+    ("a key shared by two accounts carries more than either", [ev(i, f"a{i % 2}", "k", f"10.0.{i % 2}.1") for i in range(6)], [False, False, True]),
+    ("no key", [ev(i, "a", None, "10.0.0.1") for i in range(3)], [False, True]),
+]
+
+
+@pytest.mark.parametrize("case, events, expected", DEPENDENT, ids=[c[0] for c in DEPENDENT])
+def test_dependent_windows(case: str, events: list[Event], expected: list[bool]) -> None:
+    f = Featurizer(MemoryStore(max_scopes=None, ttl_s=None))
+    for e in events:
+        windows = f.step(e).windows
+    assert [w.dependent for w in windows] == expected

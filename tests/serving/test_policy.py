@@ -10,8 +10,9 @@ from serving.policy import Policy, ScopeRisk, combined_risk
 T = Thresholds(throttle=0.5, perturb=0.8, block=0.95)
 
 
-def s(scope: str, risk: float, hold: int = 0, until: float = 0.0) -> ScopeRisk:
-    return ScopeRisk(scope, f"{scope}-key", risk, hold, until)
+def s(scope: str, risk: float, hold: int = 0, until: float = 0.0, dependent: bool | None = None) -> ScopeRisk:
+    """An address block is dependent (needs corroboration) unless a case says otherwise."""
+    return ScopeRisk(scope, f"{scope}-key", risk, hold, until, scope == "ip_prefix" if dependent is None else dependent)
 
 
 # (case, scopes, ts, shadow, action, driving scope, new holds (scope, level))
@@ -24,6 +25,8 @@ CASES = [
     ("uncorroborated address block is ignored", [s("account", 0.1), s("ip_prefix", 0.99)], 100.0, False, "allow", "account", []),
     ("key corroborates the address block", [s("account", 0.1), s("api_key", 0.55), s("ip_prefix", 0.99)], 100.0, False, "block", "ip_prefix", [("ip_prefix", 3)]),
     ("uncorroborated hold on a block is ignored", [s("account", 0.1), s("ip_prefix", 0.1, hold=3, until=200.0)], 100.0, False, "allow", "account", []),
+    ("partial key needs the account to corroborate", [s("account", 0.1), s("api_key", 0.99, dependent=True)], 100.0, False, "allow", "account", []),
+    ("corroborated partial key acts", [s("account", 0.6), s("api_key", 0.99, dependent=True)], 100.0, False, "block", "api_key", [("api_key", 3)]),
     ("hold keeps perturb despite low risk", [s("account", 0.1, hold=2, until=200.0)], 100.0, False, "perturb", "account", []),
     ("hold keeps block", [s("account", 0.6, hold=3, until=200.0)], 100.0, False, "block", "account", []),
     ("expired hold no longer applies", [s("account", 0.1, hold=3, until=50.0)], 100.0, False, "allow", "account", []),

@@ -74,18 +74,18 @@ def test_batched_scoring_equals_one_at_a_time(small_traces: Path) -> None:
 
 
 @pytest.mark.parametrize("corroboration", [0.0, 0.5, 0.9])
-def test_address_blocks_are_scored_only_when_corroborated(small_traces: Path, corroboration: float) -> None:
-    """The network skips an address-block window exactly when the policy would ignore it, and
-    the windows it does score get the same risk as scoring all of them."""
+def test_dependent_windows_are_scored_only_when_corroborated(small_traces: Path, corroboration: float) -> None:
+    """The network skips a dependent window (address block, partial key) exactly when the policy
+    would ignore it, and the windows it does score get the same risk as scoring all of them."""
     sc = Scorer(ServingSettings(corroboration=corroboration))
     events = [Event.model_validate(r) for _, r in zip(range(400), iter_raw(small_traces / "test.jsonl"))]
     plan = sc._plan([sc._step(e)[0] for e in events])
-    own, shared = sc._infer(plan)
+    own, dep = sc._infer(plan)
     own_max = np.zeros(len(events))
     np.maximum.at(own_max, plan.own_event, own)
-    need = own_max[plan.shared_event] >= corroboration
-    assert np.array_equal(np.isnan(shared), ~need)
-    np.testing.assert_allclose(shared[need], sc._run(plan.shared)[need], rtol=1e-6)
+    need = own_max[plan.dependent_event] >= corroboration
+    assert np.array_equal(np.isnan(dep), ~need)
+    np.testing.assert_allclose(dep[need], sc._run(plan.dependent)[need], rtol=1e-6)
     if corroboration == 0.0:
         assert need.all()
 

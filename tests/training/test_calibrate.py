@@ -27,11 +27,11 @@ def test_thresholds_meet_benign_targets() -> None:
     assert t.throttle <= t.perturb <= t.block < 0.99  # attacks at 0.99 are still blocked
 
 
-def _seqs(scopes: list[str], lengths: list[int], event_rows: list[list[int]]) -> Sequences:
-    rows = sum(lengths)
+def _seqs(scopes: list[str], dependent: list[bool], event_rows: list[list[int]]) -> Sequences:
+    rows = len(scopes)  # one row per sequence
     return Sequences(
-        feats=np.zeros((rows, 1), np.float16), tokens=np.zeros((rows, 1), np.uint16), labels=np.zeros(rows, np.uint8),
-        offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64), scope=scopes, key=[f"k{i}" for i in range(len(scopes))],
+        feats=np.zeros((rows, 1), np.float16), tokens=np.zeros((rows, 1), np.uint16), labels=np.zeros(rows, np.uint8), dependent=np.array(dependent),
+        offsets=np.arange(rows + 1, dtype=np.int64), scope=scopes, key=[f"k{i}" for i in range(len(scopes))],
         family=["x"] * len(scopes), label=np.zeros(len(scopes), np.uint8), event_rows=event_rows,
         event_account=["a"] * len(event_rows), event_label=np.zeros(len(event_rows), np.uint8), event_family=["x"] * len(event_rows),
     )
@@ -41,18 +41,19 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
-# (case, scopes, per-row risk, event rows, expected event risks): thresholds are chosen on the
-# risk the serving policy acts on, so an uncorroborated address block must not count.
+# (case, scopes, dependent rows, per-row risk, event rows, expected event risks): thresholds are
+# chosen on the risk the serving policy acts on, so an uncorroborated dependent window must not count.
 EVENT_CASES = [
-    ("own scopes: plain max", ["account", "api_key"], [0.2, 0.4], [[0, 1]], [0.4]),
-    ("uncorroborated address block left out", ["account", "ip_prefix"], [0.2, 0.95], [[0, 1]], [0.2]),
-    ("corroborated address block counts", ["account", "ip_prefix"], [0.6, 0.95], [[0, 1]], [0.95]),
-    ("key corroborates", ["account", "api_key", "ip_prefix"], [0.1, 0.7, 0.9], [[0, 1, 2]], [0.9]),
+    ("own scopes: plain max", ["account", "api_key"], [False, False], [0.2, 0.4], [[0, 1]], [0.4]),
+    ("uncorroborated address block left out", ["account", "ip_prefix"], [False, True], [0.2, 0.95], [[0, 1]], [0.2]),
+    ("corroborated address block counts", ["account", "ip_prefix"], [False, True], [0.6, 0.95], [[0, 1]], [0.95]),
+    ("key corroborates", ["account", "api_key", "ip_prefix"], [False, False, True], [0.1, 0.7, 0.9], [[0, 1, 2]], [0.9]),
+    ("partial key left out without corroboration", ["account", "api_key"], [False, True], [0.1, 0.98], [[0, 1]], [0.1]),
 ]
 
 
-@pytest.mark.parametrize("case, scopes, risks, event_rows, expected", EVENT_CASES, ids=[c[0] for c in EVENT_CASES])
-def test_event_risk_combines_scopes_like_the_policy(case, scopes, risks, event_rows, expected) -> None:
-    seqs = _seqs(scopes, [1] * len(scopes), event_rows)
+@pytest.mark.parametrize("case, scopes, dependent, risks, event_rows, expected", EVENT_CASES, ids=[c[0] for c in EVENT_CASES])
+def test_event_risk_combines_scopes_like_the_policy(case, scopes, dependent, risks, event_rows, expected) -> None:
+    seqs = _seqs(scopes, dependent, event_rows)
     got = event_risk(seqs, np.array([_logit(r) for r in risks]), temperature=1.0, corroboration=0.5)
     np.testing.assert_allclose(got, expected, rtol=1e-9)
