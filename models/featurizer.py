@@ -63,6 +63,7 @@ class Featurizer:
             feats, tokens, fp, vec, total = self.store.update(scope, key, s.ts, apply)
             if account is None:
                 account = (fp, vec, total)
-            dependent = scope in MIXED_SCOPES or (scope == "api_key" and total < account[2])
+            # Fewer requests than the account: the scope carries only part of its traffic.
+            dependent = scope in MIXED_SCOPES or total < account[2]
             windows.append(ScopeWindow(scope, key, feats, tokens, dependent))
         return Step(s, campaign, windows)

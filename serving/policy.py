@@ -10,12 +10,12 @@ ACTIONS = ("allow", "throttle", "perturb", "block")
 HOLD_FROM = 2  # perturb and block are held for the cool-down; throttle is not
 
 
-def combined_risk(own: float, shared: float, corroboration: float) -> float:
+def combined_risk(own: float, dependent: float, corroboration: float) -> float:
     """The risk a request acts on: its own scopes' (the account, a key that carries all of it),
     and a dependent scope's (an address block, a key carrying part of the account's traffic)
     only once the own risk corroborates it. Serving reports this, and training chooses the
     action thresholds on it, so thresholds and actions read the same number."""
-    return max(own, shared) if own >= corroboration else own
+    return max(own, dependent) if own >= corroboration else own
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Policy:
         own = max((s.risk for s in scopes if not s.dependent), default=0.0)
         for s in scopes:
             if s.dependent and own < self.corroboration:
-                continue  # uncorroborated shared evidence: neither acts nor starts a hold
+                continue  # uncorroborated dependent evidence: neither acts nor starts a hold
             lvl = self.level(s.risk)
             if lvl >= HOLD_FROM:
                 # (Re)start the hold: a scope at perturb or block stays there for the cool-down,
@@ -79,9 +79,9 @@ class Policy:
             cand = (lvl, s.risk, s)
             if best is None or cand[:2] > best[:2]:
                 best = cand
-        assert best is not None, "every request has the account scope, which is never shared"
+        assert best is not None, "every request has the account scope, which is never dependent"
         lvl, _, s = best
-        shared = max((x.risk for x in scopes if x.dependent), default=0.0)
-        risk = combined_risk(own, shared, self.corroboration)
+        dependent = max((x.risk for x in scopes if x.dependent), default=0.0)
+        risk = combined_risk(own, dependent, self.corroboration)
         action = ACTIONS[lvl]
         return Decision("allow" if self.shadow else action, 0 if self.shadow else lvl, action, s.scope, s.key, risk, holds)

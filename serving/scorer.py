@@ -74,12 +74,15 @@ class Plan:
     """The network inputs of a list of steps: own windows and dependent windows (an address
     block; a key carrying part of its account's traffic), each with the index of its step."""
 
-    n_events: int
     own: Batch
     own_event: np.ndarray
     dependent: Batch
     dependent_event: np.ndarray
     steps: list[Step]
+
+    @property
+    def n_events(self) -> int:
+        return len(self.steps)
 
 
 @dataclass
@@ -144,7 +147,7 @@ class Scorer:
                 else:
                     own.append(w)
                     own_ev.append(i)
-        return Plan(len(steps), _pack(own), np.array(own_ev, dtype=np.intp), _pack(dep), np.array(dep_ev, dtype=np.intp), steps)
+        return Plan(_pack(own), np.array(own_ev, dtype=np.intp), _pack(dep), np.array(dep_ev, dtype=np.intp), steps)
 
     def _infer(self, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated risk of each own window, then of each dependent window whose request's own

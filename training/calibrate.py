@@ -74,8 +74,8 @@ def event_risk(seqs: Sequences, row_logits: np.ndarray, temperature: float, corr
     out = np.empty(len(seqs.event_rows), dtype=np.float64)
     for i, rows in enumerate(seqs.event_rows):
         own = max((float(p[r]) for r in rows if not dep[r]), default=0.0)
-        shared = max((float(p[r]) for r in rows if dep[r]), default=0.0)
-        out[i] = combined_risk(own, shared, corroboration)
+        dependent = max((float(p[r]) for r in rows if dep[r]), default=0.0)
+        out[i] = combined_risk(own, dependent, corroboration)
     return out
 
 

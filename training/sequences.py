@@ -69,8 +69,8 @@ def featurize_trace(path: str | Path, progress: bool = True, limit: int | None =
         for w in step.windows:
             k = (w.scope, w.key)
             r = len(labels)
-            all_feats.append(w.feats[-1].astype(np.float16))  # a copy: a view would pin the window
-            all_tokens.append(w.tokens[-1].astype(np.uint16))
+            all_feats.append(w.feats[-1].copy())  # a copy: a view would pin the window
+            all_tokens.append(w.tokens[-1].copy())
             labels.append(int(raw.get("label") or 0))
             dependent.append(w.dependent)
             rows[k].append(r)
