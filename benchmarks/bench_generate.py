@@ -21,7 +21,7 @@ def main() -> None:
     actors = max(50, int(args.events / (440 * days)))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-c", "import sys; from moat_cli import main; sys.exit(main())", "generate", "--out", tmp, "--actors", str(actors), "--days", str(days), "--seed", "1", "--no-progress"]
+        cmd = [sys.executable, "-c", "import sys; from moat.cli import main; sys.exit(main())", "generate", "--out", tmp, "--actors", str(actors), "--days", str(days), "--seed", "1", "--no-progress"]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
         dt = time.perf_counter() - t0
         n = sum(sum(1 for _ in open(Path(tmp) / f"{s}.jsonl", encoding="utf-8")) for s in ("train", "val", "test"))

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from models.traces import iter_raw
+from moat.models.traces import iter_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,10 +105,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "moat_cli", "generate", "--out", tmp, "--actors", "150", "--days", "1", "--seed", "4", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        subprocess.run([sys.executable, "-m", "moat", "generate", "--out", tmp, "--actors", "150", "--days", "1", "--seed", "4", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
         events = [{k: v for k, v in e.items() if k not in ("label", "family", "actor")} for e in itertools.islice(iter_raw(Path(tmp) / "test.jsonl"), 20000)]
     results = {}
-    for name, target, wd in (("trivial", "trivial_service:Trivial", ROOT / "benchmarks"), ("moat", "serving.service:MoatService", ROOT)):
+    for name, target, wd in (("trivial", "trivial_service:Trivial", ROOT / "benchmarks"), ("moat", "moat.serving.service:MoatService", ROOT)):
         proc, url = start(target, wd)
         try:
             open_loop(url, events[:200], 50, 2)  # warm-up

@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from models.bundle import DEFAULT_BUNDLE, load_bundle
-from models.events import Event
-from models.features import N_FEATURES, N_TOKENS, WINDOW, ScopeState, summarize, window
-from models.traces import iter_raw
-from serving.scorer import Scorer
-from serving.settings import ServingSettings
+from moat.models.bundle import DEFAULT_BUNDLE, load_bundle
+from moat.models.events import Event
+from moat.models.features import N_FEATURES, N_TOKENS, WINDOW, ScopeState, summarize, window
+from moat.models.traces import iter_raw
+from moat.serving.scorer import Scorer
+from moat.serving.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trace = args.trace
         if trace is None:
-            subprocess.run([sys.executable, "-m", "moat_cli", "generate", "--out", tmp, "--actors", "200", "--days", "1", "--seed", "2", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+            subprocess.run([sys.executable, "-m", "moat", "generate", "--out", tmp, "--actors", "200", "--days", "1", "--seed", "2", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
             trace = Path(tmp) / "test.jsonl"
         events = [Event.model_validate(r) for r in itertools.islice(iter_raw(trace), 30000)]
 
@@ -79,7 +79,7 @@ def main() -> None:
         rates = []
         for _ in range(args.replay_runs):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "moat_cli", "replay", str(trace), "-o", str(out), "--no-progress"], check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
+            subprocess.run([sys.executable, "-m", "moat", "replay", str(trace), "-o", str(out), "--no-progress"], check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
             rates.append(n / (time.perf_counter() - t0))
         print(f"moat replay: {n} events, {len(rates)} runs: median {statistics.median(rates):,.0f} events/s "
               f"(min {min(rates):,.0f}, max {max(rates):,.0f}; start-up included)")

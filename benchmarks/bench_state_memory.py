@@ -11,9 +11,9 @@ import time
 
 import numpy as np
 
-from models.events import Event
-from models.features import WINDOW, ScopeState, summarize, window
-from serving.state.memory import MemoryStore
+from moat.models.events import Event
+from moat.models.features import WINDOW, ScopeState, summarize, window
+from moat.models.memory_store import MemoryStore
 
 
 def rss_mb() -> float:

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from data_gen.identity import Account, Prefix
-from data_gen.text import PromptGrammar
-from data_gen.timing import TimingLibrary
+from moat.data_gen.identity import Account, Prefix
+from moat.data_gen.text import PromptGrammar
+from moat.data_gen.timing import TimingLibrary
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
@@ -179,8 +179,8 @@ def register(cls: type[Actor]) -> type[Actor]:
 
 def registry() -> dict[str, type[Actor]]:
     """Every persona and attack family, by name. Importing the modules registers them."""
-    import data_gen.attacks  # noqa: F401
-    import data_gen.personas  # noqa: F401
+    import moat.data_gen.attacks  # noqa: F401
+    import moat.data_gen.personas  # noqa: F401
 
     return dict(_REGISTRY)
 

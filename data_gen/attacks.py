@@ -14,11 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from data_gen.actors import Actor, ParamHabit, Query, SimContext, register
-from data_gen.identity import UA_HUMAN, UA_SCRIPT, Account, Prefix
-from data_gen.personas import system_prompt
-from data_gen.text import DOMAINS, DOMAIN_NAMES, REASONING_SUFFIXES, fill, perturb, random_words
-from data_gen.timing import HumanTiming, MachineTiming, ServiceTiming
+from moat.data_gen.actors import Actor, ParamHabit, Query, SimContext, register
+from moat.data_gen.identity import UA_HUMAN, UA_SCRIPT, Account, Prefix
+from moat.data_gen.personas import system_prompt
+from moat.data_gen.text import DOMAIN_NAMES, DOMAINS, REASONING_SUFFIXES, fill, perturb, random_words
+from moat.data_gen.timing import HumanTiming, MachineTiming, ServiceTiming
 
 
 def _as_query(rng: random.Random, text: str, params: dict[str, Any], completion_p: float, system: str | None = None) -> Query:
@@ -159,7 +159,7 @@ class CoverageSweep(Strategy):
     """Walks a domain's templates and slot values in order: every language x every task, etc."""
 
     def setup(self) -> None:
-        from data_gen import text as T
+        from moat.data_gen import text as T
 
         r = self.rng
         axes = [("lang", T.LANGS), ("obj", T.CODE_OBJECTS), ("topic", T.TOPICS), ("lang_h", T.LANG_H), ("job", T.JOBS), ("sentence", T.SENTENCES), ("city", T.CITIES)]

@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from data_gen.actors import registry
-from data_gen.corpus import load_corpus
-from data_gen.simulator import EPOCH, SimConfig, simulate
-from data_gen.text import PromptGrammar
-from data_gen.timing import DAY, TimingLibrary
+from moat.data_gen.actors import registry
+from moat.data_gen.corpus import load_corpus
+from moat.data_gen.simulator import EPOCH, SimConfig, simulate
+from moat.data_gen.text import PromptGrammar
+from moat.data_gen.timing import DAY, TimingLibrary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     cfg = SimConfig(actors=args.actors, days=args.days, seed=args.seed, attack_share=args.attack_share, holdout=holdout, compress=args.gzip)
-    from data_gen.actors import SimContext
+    from moat.data_gen.actors import SimContext
 
     ctx = SimContext(start=EPOCH, end=EPOCH + args.days * DAY, grammar=PromptGrammar(corpus), timing=timing)
     stats = simulate(cfg, ctx, args.out, progress=not args.no_progress)

@@ -8,10 +8,10 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-from data_gen.actors import Actor, ParamHabit, Query, register
-from data_gen.identity import UA_HUMAN, UA_SCRIPT, UA_SERVICE, Prefix
-from data_gen.text import DOMAIN_NAMES, fill, perturb
-from data_gen.timing import ActiveHours, HumanTiming, MachineTiming, ServiceTiming
+from moat.data_gen.actors import Actor, ParamHabit, Query, register
+from moat.data_gen.identity import UA_HUMAN, UA_SCRIPT, UA_SERVICE, Prefix
+from moat.data_gen.text import DOMAIN_NAMES, fill, perturb
+from moat.data_gen.timing import ActiveHours, HumanTiming, MachineTiming, ServiceTiming
 
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.", "You are {app}'s support assistant. Answer briefly and politely.",

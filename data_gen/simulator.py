@@ -12,8 +12,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from data_gen.actors import Actor, SimContext, attacks, personas, registry
-from models.traces import TraceWriter
+from moat.data_gen.actors import Actor, SimContext, attacks, personas, registry
+from moat.models.traces import TraceWriter
 
 # Simulated time starts on a Monday (2026-01-05 00:00 UTC) so weekday effects are meaningful.
 EPOCH = 1767571200.0

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from evals.data import EvalData
+from moat.evals.data import EvalData
 
 
 class Baseline(ABC):

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from evals.baselines import BASELINES
+from moat.evals.baselines import BASELINES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,10 +58,10 @@ def _flat(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from evals.cost import CostModel
-    from evals.evaluate import MOAT, evaluate
-    from evals.plots import plot_benign_actions, plot_detection_delay, plot_risk_over_time, plot_roc
-    from evals.report import render
+    from moat.evals.cost import CostModel
+    from moat.evals.evaluate import MOAT, evaluate
+    from moat.evals.plots import plot_benign_actions, plot_detection_delay, plot_risk_over_time, plot_roc
+    from moat.evals.report import render
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     cost = CostModel()
     train_trace = args.train_traces or _sibling_train(args.traces)
     progress = not args.no_progress
-    from models.bundle import BundleError
+    from moat.models.bundle import BundleError
 
     try:
         metrics, runs, acc, _ = evaluate(args.traces, args.model, baselines, train_trace, cost, progress)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     lofo = None
     if args.leave_one_family_out:
-        from evals.lofo import leave_one_family_out, load_config
+        from moat.evals.lofo import leave_one_family_out, load_config
 
         data_dir = args.data or args.traces.parent
         fams = [f for f in args.lofo_families.split(",") if f] or sorted(metrics["methods"][MOAT]["per_family"])
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     moat_run = runs[0]
-    from models.bundle import DEFAULT_BUNDLE, read_meta
+    from moat.models.bundle import DEFAULT_BUNDLE, read_meta
 
     thr = read_meta(args.model or DEFAULT_BUNDLE).thresholds.model_dump()
     plot_roc(runs, acc, out / "roc.png")
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_mlflow:
         import mlflow
 
-        from training.registry import tracking_uri
+        from moat.models.bundle_source import tracking_uri
 
         mlflow.set_tracking_uri(tracking_uri(args.tracking_uri))
         mlflow.set_experiment("moat-eval")

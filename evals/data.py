@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.events import Event
-from models.features import N_OWN, TEXT_LIMIT, _texts, summarize
-from models.traces import iter_raw
-from training.sequences import featurize_trace
+from moat.models.events import Event
+from moat.models.features import N_OWN, TEXT_LIMIT, _texts, summarize
+from moat.models.traces import iter_raw
+from moat.training.sequences import featurize_trace
 
 CHAR_DIM = 256  # hashed character-trigram buckets for PRADA
 

@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from evals.baselines import BASELINES, Baseline
-from evals.cost import AttackOutcome, CostModel, cost_multiplier
-from evals.data import EvalData
-from evals.metrics import auroc, percentile, pr_auc, roc_curve, tpr_at_fpr
-from models.events import Event
-from models.traces import iter_raw
-from serving.policy import ACTIONS
-from serving.settings import ServingSettings
+from moat.evals.baselines import BASELINES, Baseline
+from moat.evals.cost import AttackOutcome, CostModel, cost_multiplier
+from moat.evals.data import EvalData
+from moat.models.events import Event
+from moat.models.metrics import auroc, percentile, pr_auc, roc_curve, tpr_at_fpr
+from moat.models.policy import ACTIONS
+from moat.models.traces import iter_raw
+from moat.serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 MOAT = "moat"
@@ -64,7 +64,7 @@ class Accounts:
 
 
 def moat_run(trace: Path, bundle: Path | None, progress: bool) -> MethodRun:
-    from serving.scorer import Scorer
+    from moat.serving.scorer import Scorer
 
     settings = ServingSettings(state="memory", **({"model": str(bundle)} if bundle else {}))
     scorer = Scorer(settings)

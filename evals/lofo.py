@@ -9,11 +9,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from evals.cost import CostModel
-from evals.evaluate import evaluate
-from models.traces import TraceWriter, iter_raw
-from training.config import TrainConfig
-from training.datamodule import TraceDataModule
+from moat.evals.cost import CostModel
+from moat.evals.evaluate import evaluate
+from moat.models.traces import TraceWriter, iter_raw
+from moat.training.config import TrainConfig
+from moat.training.datamodule import TraceDataModule
 
 
 def _filter(src: Path, dst: Path, keep) -> int:
@@ -27,7 +27,7 @@ def _filter(src: Path, dst: Path, keep) -> int:
 
 
 def leave_one_family_out(data_dir: Path, families: list[str], baselines: list[str], cost: CostModel, cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    from training.trainer import train
+    from moat.training.trainer import train
 
     table: dict[str, Any] = {}
     for fam in tqdm(families, desc="leave-one-family-out", disable=not progress):

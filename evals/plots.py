@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from evals.evaluate import MOAT, Accounts, MethodRun, roc_points  # noqa: E402
+from moat.evals.evaluate import MOAT, Accounts, MethodRun, roc_points  # noqa: E402
 
 
 def plot_roc(runs: list[MethodRun], acc: Accounts, path: Path) -> None:

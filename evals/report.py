@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from evals.evaluate import MOAT
+from moat.evals.evaluate import MOAT
 
 HARD_NEGATIVES = ("prompt_developer", "app_backend", "batch_pipeline", "eval_runner", "agent_loop", "labeller", "corporate_nat", "logprob_researcher")
 

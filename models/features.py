@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from models.events import Event
+from moat.models.events import Event
 
 FEATURE_SPEC_VERSION = "1"
 WINDOW = 16  # requests of history the model reads per scope; longer horizons enter via the

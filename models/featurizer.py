@@ -10,10 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.events import Event
-from models.features import ScopeState, Summary, fingerprint, push, relational, rescope, summarize
-from models.state import StateStore
-
+from moat.models.events import Event
+from moat.models.features import ScopeState, Summary, fingerprint, push, relational, rescope, summarize
+from moat.models.state import StateStore
 
 # Address blocks mix parties (a corporate NAT, a cloud range).
 MIXED_SCOPES = frozenset({"ip_prefix"})

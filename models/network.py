@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from models.features import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
+from moat.models.features import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from models.events import Event
+from moat.models.events import Event
 
 
 def _open(path: Path, mode: str) -> IO[str]:

@@ -14,7 +14,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.events import Event
+from moat.models.events import Event
 
 FAIL_OPEN = Counter("moat_client_fail_open", "calls answered allow because Moat was unreachable, slow or faulty")
 FAIL_CLOSED = Counter("moat_client_fail_closed", "calls answered block because Moat was unreachable, slow or faulty")

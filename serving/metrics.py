@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import bentoml
 
 if TYPE_CHECKING:
-    from serving.scorer import Score, Scorer
+    from moat.serving.scorer import Score, Scorer
 
 # Millisecond-scale buckets (in seconds): the service should answer in about a millisecond.
 ERROR_KINDS = ("invalid", "bad_json", "too_large", "internal")

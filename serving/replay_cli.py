@@ -8,21 +8,20 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
-
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from models.events import Event
-from models.traces import TraceWriter, iter_lines
-from serving.settings import ServingSettings
+from moat.models.events import Event
+from moat.models.traces import TraceWriter, iter_lines
+from moat.serving.settings import ServingSettings
 
 if TYPE_CHECKING:
-    from serving.scorer import Scorer
+    from moat.serving.scorer import Scorer
 
 log = logging.getLogger("moat.replay")
 
@@ -79,8 +78,8 @@ def replay(scorer: "Scorer", raws: Iterable[str | dict], emit: Callable[[dict], 
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.bundle import BundleError
-    from serving.scorer import Scorer
+    from moat.models.bundle import BundleError
+    from moat.serving.scorer import Scorer
 
     logging.basicConfig(level=logging.WARNING)
     overrides = {"state": "memory", **({"model": args.model} if args.model else {}), **({"mode": "shadow"} if args.shadow else {})}

@@ -16,17 +16,17 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel
 
-from models.bundle import Thresholds, load_bundle
-from models.events import Event
-from models.featurizer import Featurizer, ScopeWindow, Step
-from models.features import N_FEATURES, N_TOKENS
-from models.state import StateStore, StoreUnavailable
-from serving.bundle_source import resolve_model
-from serving.policy import Policy, ScopeRisk
-from serving.reasons import reasons
-from serving.settings import ServingSettings
-from serving.state import open_store
-from serving.state.memory import MemoryStore
+from moat.models.bundle import Thresholds, load_bundle
+from moat.models.bundle_source import resolve_model
+from moat.models.events import Event
+from moat.models.features import N_FEATURES, N_TOKENS
+from moat.models.featurizer import Featurizer, ScopeWindow, Step
+from moat.models.memory_store import MemoryStore
+from moat.models.policy import Policy, ScopeRisk
+from moat.models.state import StateStore, StoreUnavailable
+from moat.serving.reasons import reasons
+from moat.serving.settings import ServingSettings
+from moat.serving.state import open_store
 
 log = logging.getLogger(__name__)
 ONNX_CHUNK = 256  # scope windows per network call in batched scoring

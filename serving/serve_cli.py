@@ -6,9 +6,6 @@ import argparse
 import os
 import subprocess
 import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -20,9 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.bundle import BundleError
-    from serving.bundle_source import resolve_model
-    from serving.settings import ServingSettings
+    from moat.models.bundle import BundleError
+    from moat.models.bundle_source import resolve_model
+    from moat.serving.settings import ServingSettings
 
     env = dict(os.environ)
     if args.model:
@@ -32,12 +29,12 @@ def run(args: argparse.Namespace) -> int:
     if args.shadow:
         env["MOAT_MODE"] = "shadow"
     try:
-        from models.bundle import load_bundle
+        from moat.models.bundle import load_bundle
 
         load_bundle(resolve_model(env.get("MOAT_MODEL", ServingSettings().model)))  # fail fast, with a clear message
     except BundleError as exc:
         print(f"moat serve: error: {exc}", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "bentoml", "serve", "serving.service:MoatService", "--port", str(args.port), "--host", args.host, "--working-dir", str(ROOT)]
+    cmd = [sys.executable, "-m", "bentoml", "serve", "moat.serving.service:MoatService", "--port", str(args.port), "--host", args.host]
     print(f"moat serve: http://{args.host}:{args.port}  (POST /score, /score/batch; /livez /readyz /metrics)", file=sys.stderr)
     return subprocess.call(cmd, env=env)

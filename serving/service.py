@@ -22,10 +22,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from models.events import Event
-from serving.metrics import ServiceMetrics
-from serving.scorer import Scorer
-from serving.settings import ServingSettings
+from moat.models.events import Event
+from moat.serving.metrics import ServiceMetrics
+from moat.serving.scorer import Scorer
+from moat.serving.settings import ServingSettings
 
 log = logging.getLogger("moat.service")
 WARM_REQUESTS = 500

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.bundle import DEFAULT_BUNDLE
+from moat.models.bundle import DEFAULT_BUNDLE
 
 
 class ServingSettings(BaseSettings):

@@ -23,7 +23,7 @@ def score_schema() -> dict:
 def generate(out: Path, actors: int, days: float, seed: int) -> Path:
     import argparse
 
-    from data_gen.cli import add_arguments, run
+    from moat.data_gen.cli import add_arguments, run
 
     p = argparse.ArgumentParser()
     add_arguments(p)
@@ -46,8 +46,8 @@ def tiny_traces(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained(tiny_traces: Path, tmp_path_factory):
     """One quick training run: (TrainResult, tracking URI)."""
-    from training.config import TrainConfig
-    from training.trainer import train
+    from moat.training.config import TrainConfig
+    from moat.training.trainer import train
 
     tmp = tmp_path_factory.mktemp("run")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

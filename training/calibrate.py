@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from evals.metrics import auroc, tpr_at_fpr
-from models.bundle import Thresholds
-from models.features import WINDOW
-from serving.policy import combined_risk
-from training.sequences import Sequences, row_windows
+from moat.models.bundle import Thresholds
+from moat.models.features import WINDOW
+from moat.models.metrics import auroc, tpr_at_fpr
+from moat.models.policy import combined_risk
+from moat.training.sequences import Sequences, row_windows
 
 RunFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 

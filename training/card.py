@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from models.bundle import BundleMeta
-from models.features import FEATURES
+from moat.models.bundle import BundleMeta
+from moat.models.features import FEATURES
 
 
 def render_card(meta: BundleMeta) -> str:

@@ -23,8 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from training.config import TrainConfig
-    from training.trainer import train
+    from moat.training.config import TrainConfig
+    from moat.training.trainer import train
 
     logging.basicConfig(level=logging.WARNING)
     try:

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from models.features import WINDOW
-from training.sequences import Sequences, featurize_trace
+from moat.models.features import WINDOW
+from moat.training.sequences import Sequences, featurize_trace
 
 
 class WindowDataset(Dataset):

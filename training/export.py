@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.features import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
-from models.network import RiskNet
+from moat.models.features import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
+from moat.models.network import RiskNet
 
 INPUT_NAMES = ["feats", "tokens", "mask"]
 OUTPUT_NAMES = ["logits"]

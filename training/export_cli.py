@@ -26,16 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _registry_sources(uri: str, tracking: str | None) -> tuple[Path, Path]:
     """The checkpoint and bundle directory that a registry version was trained as."""
     import mlflow
-    from mlflow import MlflowClient
 
-    from training.registry import resolve_registry_uri, tracking_uri
+    from moat.models.bundle_source import registry_version, resolve_registry_uri
 
     bundle_dir = resolve_registry_uri(uri, tracking)
-    mlflow.set_tracking_uri(tracking_uri(tracking))
-    client = MlflowClient()
-    ref = uri.removeprefix("models:/")
-    name, _, tail = ref.partition("@") if "@" in ref else ref.partition("/")
-    mv = client.get_model_version_by_alias(name, tail) if "@" in ref else client.get_model_version(name, tail)
+    mv = registry_version(uri, tracking)
     ckpt_dir = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="checkpoint"))
     ckpts = sorted(ckpt_dir.glob("*.ckpt"))
     if not ckpts:
@@ -46,14 +41,14 @@ def _registry_sources(uri: str, tracking: str | None) -> tuple[Path, Path]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from models.bundle import BundleMeta, read_meta, sha256_file, write_meta
-    from training.card import render_card
-    from training.config import TrainConfig
-    from training.datamodule import TraceDataModule
-    from training.export import export_onnx, parity
-    from training.module import RiskModule
-    from training.sequences import featurize_trace
-    from training.trainer import finalize_bundle
+    from moat.models.bundle import BundleMeta, read_meta, sha256_file, write_meta
+    from moat.training.card import render_card
+    from moat.training.config import TrainConfig
+    from moat.training.datamodule import TraceDataModule
+    from moat.training.export import export_onnx, parity
+    from moat.training.module import RiskModule
+    from moat.training.sequences import featurize_trace
+    from moat.training.trainer import finalize_bundle
 
     try:
         if args.checkpoint:

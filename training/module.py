@@ -10,9 +10,9 @@ import pytorch_lightning as pl
 import torch
 from torch.nn import functional as F
 
-from evals.metrics import auroc, tpr_at_fpr
-from models.network import NetConfig, RiskNet
-from training.augment import jitter_values
+from moat.models.metrics import auroc, tpr_at_fpr
+from moat.models.network import NetConfig, RiskNet
+from moat.training.augment import jitter_values
 
 
 class RiskModule(pl.LightningModule):

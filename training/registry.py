@@ -5,20 +5,15 @@ validation traces."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_NAME = "moat-risk"
 ALIAS = "champion"
-DEFAULT_TRACKING_URI = f"sqlite:///{Path(__file__).resolve().parents[1] / 'mlflow.db'}"
 log = logging.getLogger(__name__)
 
 
-def tracking_uri(explicit: str | None = None) -> str:
-    """--tracking-uri wins, then MLFLOW_TRACKING_URI, then the project's SQLite file."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 @dataclass
@@ -60,20 +55,3 @@ def register_and_promote(run_id: str, bundle_artifact: str, new_score: float, sc
         client.set_registered_model_alias(MODEL_NAME, ALIAS, mv.version)
         return Promotion(mv.version, True, f"validation AUROC {new_score:.4f} beats champion v{champ.version} ({champ_score:.4f})")
     return Promotion(mv.version, False, f"not promoted: validation AUROC {new_score:.4f} does not beat champion v{champ.version} ({champ_score:.4f})")
-
-
-def resolve_registry_uri(model_uri: str, uri: str | None = None) -> Path:
-    """Download a registry bundle such as `models:/moat-risk@champion` and return its directory."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    client = MlflowClient()
-    name_ref = model_uri.removeprefix("models:/")
-    if "@" in name_ref:
-        name, alias = name_ref.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, version = name_ref.split("/", 1)
-        mv = client.get_model_version(name, version)
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source))

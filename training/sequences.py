@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.events import Event
-from models.featurizer import Featurizer
-from models.features import N_FEATURES, N_TOKENS
-from models.traces import iter_raw
-from serving.state.memory import MemoryStore
+from moat.models.events import Event
+from moat.models.features import N_FEATURES, N_TOKENS
+from moat.models.featurizer import Featurizer
+from moat.models.memory_store import MemoryStore
+from moat.models.traces import iter_raw
 
 
 @dataclass

@@ -15,17 +15,18 @@ import torch
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
-from models.bundle import BundleMeta, Calibration, load_bundle, sha256_file, write_meta
-from models.features import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
-from models.network import NetConfig, RiskNet, count_parameters
-from training.calibrate import account_scores, choose_thresholds, event_risk, exact_logits, fit_temperature, summary_metrics
-from training.card import render_card
-from training.config import TrainConfig
-from training.datamodule import TraceDataModule
-from training.export import export_onnx, parity
-from training.module import RiskModule
-from training.registry import Promotion, register_and_promote, tracking_uri
-from training.sequences import Sequences
+from moat.models.bundle import BundleMeta, Calibration, load_bundle, sha256_file, write_meta
+from moat.models.bundle_source import tracking_uri
+from moat.models.features import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
+from moat.models.network import NetConfig, RiskNet, count_parameters
+from moat.training.calibrate import account_scores, choose_thresholds, event_risk, exact_logits, fit_temperature, summary_metrics
+from moat.training.card import render_card
+from moat.training.config import TrainConfig
+from moat.training.datamodule import TraceDataModule
+from moat.training.export import export_onnx, parity
+from moat.training.module import RiskModule
+from moat.training.registry import Promotion, register_and_promote
+from moat.training.sequences import Sequences
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def onnx_runner(path: Path):
 
 def bundle_account_auroc(bundle_dir: Path, val: Sequences) -> float | None:
     """Validation account AUROC of any bundle with this feature spec (used against the champion)."""
-    from models.bundle import BundleError
+    from moat.models.bundle import BundleError
 
     try:
         meta, onnx_path = load_bundle(bundle_dir)

@@ -24,8 +24,8 @@ from typing import TypeVar
 import numpy as np
 import redis
 
-from models.features import BLOOM_WORDS, ROW, WINDOW, ScopeState
-from models.state import CAMPAIGN_BUCKET_S, CAMPAIGN_BUCKETS, StateStore, StoreUnavailable
+from moat.models.features import BLOOM_WORDS, ROW, WINDOW, ScopeState
+from moat.models.state import CAMPAIGN_BUCKET_S, CAMPAIGN_BUCKETS, StateStore, StoreUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -9,11 +9,11 @@ import statistics
 import jsonschema
 import pytest
 
-from data_gen.actors import SimContext, attacks, personas, registry
-from data_gen.simulator import EPOCH
-from data_gen.text import PromptGrammar
-from data_gen.timing import DAY
-from models.events import Event
+from moat.data_gen.actors import SimContext, attacks, personas, registry
+from moat.data_gen.simulator import EPOCH
+from moat.data_gen.text import PromptGrammar
+from moat.data_gen.timing import DAY
+from moat.models.events import Event
 
 CTX = SimContext(start=EPOCH, end=EPOCH + 3 * DAY, grammar=PromptGrammar())
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from data_gen.cli import add_arguments, run
-from models.traces import iter_raw
+from moat.data_gen.cli import add_arguments, run
+from moat.models.traces import iter_raw
 
 
 def generate(out: Path, *extra: str) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from data_gen.actors import registry
-from models.features import FEATURES
-from serving.reasons import RULES
+from moat.data_gen.actors import registry
+from moat.models.features import FEATURES
+from moat.serving.reasons import RULES
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evals.baselines import BASELINES
-from evals.data import EvalData, char_trigrams
-from models.events import Event
-from models.features import N_FEATURES, N_OWN, summarize
+from moat.evals.baselines import BASELINES
+from moat.evals.data import EvalData, char_trigrams
+from moat.models.events import Event
+from moat.models.features import N_FEATURES, N_OWN, summarize
 
 
 def build(rows: list[tuple[str, float, str, int, dict]]) -> EvalData:
     """Rows of (account, ts, text, label, params) -> EvalData, features from the real summariser."""
-    from models.features import ScopeState, window
+    from moat.models.features import ScopeState, window
 
     states: dict[str, ScopeState] = {}
     sims, chars, session = [], [], []

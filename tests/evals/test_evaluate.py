@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from evals.cli import add_arguments, run
+from moat.evals.cli import add_arguments, run
 
 
 def test_end_to_end_evaluation(tiny_traces: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from models.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+from moat.models.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models.events import Event
-from models.features import FEATURES, N_FEATURES, WINDOW, ScopeState, Summary, ip_prefix, summarize, ua_group, window
+from moat.models.events import Event
+from moat.models.features import FEATURES, N_FEATURES, WINDOW, ScopeState, Summary, ip_prefix, summarize, ua_group, window
 
 I = {f.name: i for i, f in enumerate(FEATURES)}
 

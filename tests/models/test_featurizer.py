@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.events import Event
-from models.featurizer import Featurizer
-from models.features import ScopeState, summarize, window
-from models.state import CampaignSketch
-from serving.state.memory import MemoryStore
+from moat.models.events import Event
+from moat.models.features import ScopeState, summarize, window
+from moat.models.featurizer import Featurizer
+from moat.models.memory_store import MemoryStore
+from moat.models.state import CampaignSketch
 
 
 def ev(i: int, account: str, key: str | None, ip: str, text: str | None = None, **params) -> Event:

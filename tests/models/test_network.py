@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.features import N_FEATURES, N_TOKENS
-from models.network import NetConfig, RiskNet, count_parameters
+from moat.models.features import N_FEATURES, N_TOKENS
+from moat.models.network import NetConfig, RiskNet, count_parameters
 
 
 @pytest.fixture(scope="module")

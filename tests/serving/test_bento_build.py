@@ -29,7 +29,7 @@ def test_bento_builds_without_the_training_stack(tmp_path: Path) -> None:
 def test_bundle_round_trips_through_the_bentoml_model_store(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     code = (
-        "from serving.bundle_source import save_to_bentoml, resolve_model\n"
+        "from moat.models.bundle_source import save_to_bentoml, resolve_model\n"
         "from models.bundle import DEFAULT_BUNDLE, load_bundle\n"
         "tag = save_to_bentoml(DEFAULT_BUNDLE)\n"
         "print(load_bundle(resolve_model('bentoml:' + tag))[0].model_version == load_bundle(DEFAULT_BUNDLE)[0].model_version)\n"

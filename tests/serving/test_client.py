@@ -7,7 +7,7 @@ import json
 import httpx
 import pytest
 
-from serving.client import FAIL_CLOSED, FAIL_OPEN, AsyncMoatClient, InvalidEvent, MoatClient
+from moat.serving.client import FAIL_CLOSED, FAIL_OPEN, AsyncMoatClient, InvalidEvent, MoatClient
 from tests.conftest import CONTRACT
 
 EVENT = json.loads((CONTRACT / "example_trace.jsonl").read_text().splitlines()[0])

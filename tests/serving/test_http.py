@@ -9,10 +9,10 @@ import httpx
 import jsonschema
 import pytest
 
-from models.traces import iter_raw
-from serving.replay_cli import replay
-from serving.scorer import Scorer
-from serving.settings import ServingSettings
+from moat.models.traces import iter_raw
+from moat.serving.replay_cli import replay
+from moat.serving.scorer import Scorer
+from moat.serving.settings import ServingSettings
 from tests.conftest import CONTRACT
 from tests.serving.conftest import start_service
 

@@ -7,14 +7,13 @@ import logging
 import threading
 from pathlib import Path
 
-
-from models.events import Event
-from models.features import WINDOW, summarize, window
-from models.state import StoreUnavailable
-from models.traces import iter_raw
-from serving.scorer import Scorer
-from serving.settings import ServingSettings
-from serving.state.redis_store import RedisStore
+from moat.models.events import Event
+from moat.models.features import WINDOW, summarize, window
+from moat.models.state import StoreUnavailable
+from moat.models.traces import iter_raw
+from moat.serving.scorer import Scorer
+from moat.serving.settings import ServingSettings
+from moat.serving.state.redis_store import RedisStore
 
 
 def events(traces: Path, n: int) -> list[Event]:

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.events import Event
-from models.traces import iter_raw
-from serving.replay_cli import replay
-from serving.scorer import Scorer
-from serving.settings import ServingSettings
-from serving.state.memory import MemoryStore
+from moat.models.events import Event
+from moat.models.memory_store import MemoryStore
+from moat.models.traces import iter_raw
+from moat.serving.replay_cli import replay
+from moat.serving.scorer import Scorer
+from moat.serving.settings import ServingSettings
 from tests.conftest import CONTRACT, ROOT
 
 
@@ -115,7 +115,7 @@ def test_replay_writes_one_score_per_event_in_order(tmp_path: Path, score_schema
 def test_serving_and_replay_never_import_torch(tmp_path: Path) -> None:
     code = (
         "import sys, serving.scorer, serving.service, serving.client, serving.state.redis_store\n"
-        "from moat_cli import main\n"
+        "from moat.cli import main\n"
         f"rc = main(['replay', r'{CONTRACT / 'example_trace.jsonl'}', '-o', r'{tmp_path / 's.jsonl'}', '--no-progress'])\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'pytorch_lightning', 'lightning', 'mlflow') if m in sys.modules)\n"
         "print(rc, heavy)\n"
@@ -134,7 +134,7 @@ def test_serve_extra_pulls_no_training_stack() -> None:
 
 
 def test_replay_command_keeps_bad_lines_in_place(tmp_path: Path) -> None:
-    from moat_cli import main
+    from moat.cli import main
 
     lines = (CONTRACT / "example_trace.jsonl").read_text().splitlines()
     trace = tmp_path / "t.jsonl"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.features import FEATURES, N_FEATURES
-from training.augment import VALUE_FEATURES, _COLS, jitter_values
+from moat.models.features import FEATURES, N_FEATURES
+from moat.training.augment import _COLS, VALUE_FEATURES, jitter_values
 
 I = {f.name: i for i, f in enumerate(FEATURES)}
 

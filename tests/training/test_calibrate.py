@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.calibrate import AccountScores, choose_thresholds, event_risk, fit_temperature, sigmoid
-from training.sequences import Sequences
+from moat.training.calibrate import AccountScores, choose_thresholds, event_risk, fit_temperature, sigmoid
+from moat.training.sequences import Sequences
 
 
 @pytest.mark.parametrize("true_t", [0.5, 1.0, 3.0])

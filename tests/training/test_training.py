@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from models.bundle import load_bundle
-from models.features import WINDOW
+from moat.models.bundle import load_bundle
+from moat.models.features import WINDOW
 
 
 def test_run_is_tracked_registered_and_bundled(trained) -> None:
@@ -29,8 +28,8 @@ def test_run_is_tracked_registered_and_bundled(trained) -> None:
 
 
 def test_onnx_matches_torch_at_several_shapes(trained) -> None:
-    from training.export import parity
-    from training.module import RiskModule
+    from moat.training.export import parity
+    from moat.training.module import RiskModule
 
     result, uri = trained
     # Rebuild the torch net from the registered checkpoint and compare with the bundle's ONNX.
@@ -46,7 +45,7 @@ def test_onnx_matches_torch_at_several_shapes(trained) -> None:
 
 @pytest.mark.parametrize("champion_score, promoted", [(0.0, True), (1.0, False), (None, True)])
 def test_champion_moves_only_when_beaten(trained, champion_score, promoted) -> None:
-    from training.registry import register_and_promote
+    from moat.training.registry import register_and_promote
 
     result, uri = trained
     before = result.promotion.version
@@ -65,10 +64,10 @@ def test_champion_moves_only_when_beaten(trained, champion_score, promoted) -> N
 
 
 def test_scores_ignore_ground_truth_fields(trained, tiny_traces, tmp_path) -> None:
-    from models.traces import iter_raw
-    from serving.replay_cli import replay
-    from serving.scorer import Scorer
-    from serving.settings import ServingSettings
+    from moat.models.traces import iter_raw
+    from moat.serving.replay_cli import replay
+    from moat.serving.scorer import Scorer
+    from moat.serving.settings import ServingSettings
 
     result, _ = trained
     events = [e for _, e in zip(range(400), iter_raw(tiny_traces / "test.jsonl"))]
@@ -88,7 +87,7 @@ def test_export_rebuilds_a_loadable_bundle(trained, tiny_traces, tmp_path, sourc
 
     import mlflow
 
-    from training.export_cli import add_arguments, run
+    from moat.training.export_cli import add_arguments, run
 
     result, uri = trained
     p = argparse.ArgumentParser()
@@ -106,8 +105,8 @@ def test_export_rebuilds_a_loadable_bundle(trained, tiny_traces, tmp_path, sourc
 
 
 def test_serving_loads_the_champion_from_the_registry(trained, monkeypatch) -> None:
-    from serving.scorer import Scorer
-    from serving.settings import ServingSettings
+    from moat.serving.scorer import Scorer
+    from moat.serving.settings import ServingSettings
 
     result, uri = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from models.bundle import Thresholds
-from serving.policy import Policy, ScopeRisk, combined_risk
+from moat.models.bundle import Thresholds
+from moat.models.policy import Policy, ScopeRisk, combined_risk
 
 T = Thresholds(throttle=0.5, perturb=0.8, block=0.95)
 

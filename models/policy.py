@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.bundle import Thresholds
+from moat.models.bundle import Thresholds
 
 ACTIONS = ("allow", "throttle", "perturb", "block")
 HOLD_FROM = 2  # perturb and block are held for the cool-down; throttle is not

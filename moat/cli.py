@@ -9,12 +9,12 @@ import sys
 
 # subcommand -> (module, help). The module provides add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("data_gen.cli", "simulate labelled benign and extraction traffic"),
-    "train": ("training.cli", "train a model bundle on generated traces"),
-    "export": ("training.export_cli", "re-export a bundle from a checkpoint or registry version"),
-    "replay": ("serving.replay_cli", "score a trace offline with the serving scorer"),
-    "serve": ("serving.serve_cli", "start the scoring service (BentoML)"),
-    "evaluate": ("evals.cli", "evaluate a model and baselines on held-out traces"),
+    "generate": ("moat.data_gen.cli", "simulate labelled benign and extraction traffic"),
+    "train": ("moat.training.cli", "train a model bundle on generated traces"),
+    "export": ("moat.training.export_cli", "re-export a bundle from a checkpoint or registry version"),
+    "replay": ("moat.serving.replay_cli", "score a trace offline with the serving scorer"),
+    "serve": ("moat.serving.serve_cli", "start the scoring service (BentoML)"),
+    "evaluate": ("moat.evals.cli", "evaluate a model and baselines on held-out traces"),
 }
 
 

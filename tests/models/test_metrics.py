@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from evals.cost import AttackOutcome, CostModel, cost_multiplier, cost_with_moat, cost_without_moat
-from evals.metrics import auroc, pr_auc, queries_to_detection, tpr_at_fpr
+from moat.evals.cost import AttackOutcome, CostModel, cost_multiplier, cost_with_moat, cost_without_moat
+from moat.models.metrics import auroc, pr_auc, queries_to_detection, tpr_at_fpr
 
 # (case, labels, scores, AUROC)
 AUROC_CASES = [

@@ -6,8 +6,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
-from models.features import ScopeState
-from models.state import CampaignSketch, StateStore
+from moat.models.features import ScopeState
+from moat.models.state import CampaignSketch, StateStore
 
 T = TypeVar("T")
 

@@ -1,0 +1,110 @@
+"""Where a bundle comes from: a directory, the BentoML model store, or the MLflow registry.
+
+Serving, training and evaluation all name bundles the same way, so the one parser of
+`models:/NAME@ALIAS` and `models:/NAME/VERSION` lives here, in the core. MLflow and BentoML are
+imported only when such a URI is given: the serve extra needs neither for a bundle directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from moat.models.bundle import BundleError
+
+BENTO_PREFIX = "bentoml:"
+REGISTRY_PREFIX = "models:/"
+# The registry's SQLite file lives in the user's data directory, never inside a source tree
+# (a run from the repository must leave `git status` clean).
+DEFAULT_TRACKING_URI = f"sqlite:///{Path(os.environ.get('MOAT_HOME', Path.home() / '.moat')) / 'mlflow.db'}"
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """--tracking-uri wins, then MLFLOW_TRACKING_URI, then `$MOAT_HOME/mlflow.db` (~/.moat)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+@dataclass(frozen=True)
+class RegistryRef:
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+
+def parse_registry_uri(uri: str) -> RegistryRef:
+    """`models:/NAME@ALIAS` or `models:/NAME/VERSION`; a clear error for anything else."""
+    ref = uri.removeprefix(REGISTRY_PREFIX)
+    if not uri.startswith(REGISTRY_PREFIX) or not ref:
+        raise BundleError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        if name and alias:
+            return RegistryRef(name, alias=alias)
+    elif "/" in ref:
+        name, version = ref.split("/", 1)
+        if name and version.isdigit():
+            return RegistryRef(name, version=version)
+    raise BundleError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+
+
+def registry_version(uri: str, tracking: str | None = None):  # -> mlflow ModelVersion
+    """The registry's model version that `uri` names; BundleError (one line) when it has none."""
+    try:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+    except ImportError as exc:  # the serve extra has no mlflow
+        raise BundleError(f"{uri}: loading from the MLflow registry needs mlflow (pip install 'moat[train]')") from exc
+    ref = parse_registry_uri(uri)
+    client = MlflowClient(tracking_uri=tracking_uri(tracking))
+    try:
+        if ref.alias is not None:
+            return client.get_model_version_by_alias(ref.name, ref.alias)
+        return client.get_model_version(ref.name, ref.version)
+    except MlflowException as exc:
+        what = f"alias {ref.alias!r}" if ref.alias is not None else f"version {ref.version}"
+        raise BundleError(f"{uri}: the registry at {tracking_uri(tracking)} has no {what} of model {ref.name!r}") from exc
+
+
+def resolve_registry_uri(uri: str, tracking: str | None = None) -> Path:
+    """Download the registry bundle `uri` names and return its directory."""
+    import mlflow
+
+    mv = registry_version(uri, tracking)
+    mlflow.set_tracking_uri(tracking_uri(tracking))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source))
+
+
+def resolve_model(spec: str) -> Path:
+    """A bundle directory from a directory path, `models:/...` or `bentoml:TAG`."""
+    if spec.startswith(REGISTRY_PREFIX):
+        return resolve_registry_uri(spec)
+    if spec.startswith(BENTO_PREFIX):
+        import bentoml
+
+        tag = spec.removeprefix(BENTO_PREFIX)
+        try:
+            return Path(bentoml.models.get(tag).path)
+        except bentoml.exceptions.NotFound as exc:
+            raise BundleError(f"{spec}: no such model in the BentoML model store") from exc
+    path = Path(spec)
+    if not path.is_dir():
+        raise BundleError(f"{spec}: no such bundle directory")
+    return path
+
+
+def save_to_bentoml(bundle_dir: Path, name: str = "moat-risk") -> str:
+    """Copy a bundle into the BentoML model store; returns the tag to serve it by."""
+    import bentoml
+
+    from moat.models.bundle import load_bundle
+
+    meta, _ = load_bundle(bundle_dir)
+    with bentoml.models.create(name, metadata={"model_version": meta.model_version}) as model:
+        for f in ("model.onnx", "meta.json", "card.md"):
+            shutil.copy2(bundle_dir / f, Path(model.path) / f)
+    return str(model.tag)
