@@ -18,7 +18,9 @@ import onnxruntime as ort
 
 from moat.models.bundle import DEFAULT_BUNDLE, load_bundle
 from moat.models.events import Event
-from moat.models.features import N_FEATURES, N_TOKENS, WINDOW, ScopeState, summarize, window
+from moat.models.feature_spec import N_FEATURES, N_TOKENS, WINDOW
+from moat.models.scope_window import ScopeState, window
+from moat.models.summary import summarize
 from moat.models.traces import iter_raw
 from moat.serving.scorer import Scorer
 from moat.serving.settings import ServingSettings

@@ -12,8 +12,10 @@ import time
 import numpy as np
 
 from moat.models.events import Event
-from moat.models.features import WINDOW, ScopeState, summarize, window
+from moat.models.feature_spec import WINDOW
 from moat.models.memory_store import MemoryStore
+from moat.models.scope_window import ScopeState, window
+from moat.models.summary import summarize
 
 
 def rss_mb() -> float:

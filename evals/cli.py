@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from moat.evals.baselines import BASELINES
+from moat.models.traces import split_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,13 +42,6 @@ def _baselines(spec: str) -> list[str]:
     return names
 
 
-def _sibling_train(trace: Path) -> Path | None:
-    for name in ("train.jsonl", "train.jsonl.gz"):
-        if (trace.parent / name).is_file():
-            return trace.parent / name
-    return None
-
-
 def _flat(metrics: dict[str, Any]) -> dict[str, float]:
     out = {}
     for method, m in metrics["methods"].items():
@@ -74,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     cost = CostModel()
-    train_trace = args.train_traces or _sibling_train(args.traces)
+    train_trace = args.train_traces or split_path(args.traces.parent, "train")
     progress = not args.no_progress
     from moat.models.bundle import BundleError
 

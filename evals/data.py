@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from moat.models.events import Event
-from moat.models.features import N_OWN, TEXT_LIMIT, _texts, summarize
+from moat.models.feature_spec import N_OWN, TEXT_LIMIT
+from moat.models.summary import newest_text, summarize
 from moat.models.traces import iter_raw
 from moat.training.sequences import featurize_trace
 
@@ -52,7 +53,7 @@ class EvalData:
             s = summarize(ev)
             sims.append(s.simhash)
             ts.append(s.ts)
-            chars.append(char_trigrams(_texts(ev)[0][:TEXT_LIMIT]))
+            chars.append(char_trigrams(newest_text(ev)[0][:TEXT_LIMIT]))
         account_rows = np.array([rows[0] for rows in seqs.event_rows], dtype=np.int64)  # scope 0 is the account
         session = seqs.feats[account_rows].astype(np.float32)
         return cls(

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from moat.models.features import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
+from moat.models.feature_spec import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "default"
 

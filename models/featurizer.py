@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from moat.models.events import Event
-from moat.models.features import ScopeState, Summary, fingerprint, push, relational, rescope, summarize
+from moat.models.scope_window import ScopeState, fingerprint, push, relational, rescope
 from moat.models.state import StateStore
+from moat.models.summary import Summary, summarize
 
 # Address blocks mix parties (a corporate NAT, a cloud range).
 MIXED_SCOPES = frozenset({"ip_prefix"})

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
-from moat.models.features import ScopeState
+from moat.models.scope_window import ScopeState
 from moat.models.state import CampaignSketch, StateStore
 
 T = TypeVar("T")

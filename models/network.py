@@ -1,7 +1,7 @@
 """The sequence risk network: a small causal transformer over a scope's request vectors.
 
 Input per position t (one request of a scope, oldest first):
-  feats  float32[B, T, F]   the request's feature vector (models/features.py)
+  feats  float32[B, T, F]   the request's feature vector (moat.models.feature_spec)
   tokens int64[B, T, K]     hashed token ids of its newest prompt text, 0 = padding
   mask   float32[B, T]      1 for real requests, 0 for padding
 Output: a risk logit at every position. Attention is causal, so position t sees only requests
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from moat.models.features import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
+from moat.models.feature_spec import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
-from moat.models.features import ScopeState
+from moat.models.scope_window import ScopeState
 
 T = TypeVar("T")
 CAMPAIGN_BUCKET_S = 600  # campaign counts cover the current 10-minute bucket and the 5 before

@@ -79,3 +79,11 @@ class TraceWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def split_path(data_dir: Path, split: str) -> Path | None:
+    """`DIR/SPLIT.jsonl` or `DIR/SPLIT.jsonl.gz` as `moat generate` writes them; None if neither."""
+    for name in (f"{split}.jsonl", f"{split}.jsonl.gz"):
+        if (data_dir / name).is_file():
+            return data_dir / name
+    return None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moat.models.features import FEATURES
+from moat.models.feature_spec import FEATURES
 
 _I = {f.name: i for i, f in enumerate(FEATURES)}
 

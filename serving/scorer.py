@@ -18,8 +18,9 @@ from pydantic import BaseModel
 
 from moat.models.bundle import Thresholds, load_bundle
 from moat.models.bundle_source import resolve_model
+from moat.models.calibration import calibrated_risk
 from moat.models.events import Event
-from moat.models.features import N_FEATURES, N_TOKENS
+from moat.models.feature_spec import N_FEATURES, N_TOKENS
 from moat.models.featurizer import Featurizer, ScopeWindow, Step
 from moat.models.memory_store import MemoryStore
 from moat.models.policy import Policy, ScopeRisk
@@ -169,7 +170,7 @@ class Scorer:
             b = slice(a, a + ONNX_CHUNK)
             out = self.session.run(["logits"], {"feats": batch.feats[b], "tokens": batch.tokens[b], "mask": batch.mask[b]})[0]
             logits[b] = out[np.arange(len(out)), batch.last[b]]
-        return 1.0 / (1.0 + np.exp(-np.clip(logits / self.temperature, -60, 60)))
+        return calibrated_risk(logits, self.temperature)
 
     def _unplan(self, plan: Plan, risks: tuple[np.ndarray, np.ndarray]) -> list[list[float]]:
         """Per step, the risk of each of its windows in window order (NaN: not computed)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from moat.models.features import FEATURES
+from moat.models.feature_spec import FEATURES
 
 # Request features that hold a parameter's or a text's magnitude (scaled to about [0, 1]).
 VALUE_FEATURES = (

@@ -10,7 +10,8 @@ import numpy as np
 from tqdm import tqdm
 
 from moat.models.bundle import Thresholds
-from moat.models.features import WINDOW
+from moat.models.calibration import sigmoid
+from moat.models.feature_spec import WINDOW
 from moat.models.metrics import auroc, tpr_at_fpr
 from moat.models.policy import combined_risk
 from moat.training.sequences import Sequences, row_windows
@@ -40,10 +41,6 @@ def exact_logits(run: RunFn, seqs: Sequences, batch: int = 1024, progress: bool 
             bar.update()
     bar.close()
     return out
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

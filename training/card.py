@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from moat.models.bundle import BundleMeta
-from moat.models.features import FEATURES
+from moat.models.feature_spec import FEATURES
 
 
 def render_card(meta: BundleMeta) -> str:

@@ -10,7 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from moat.models.features import WINDOW
+from moat.models.feature_spec import WINDOW
+from moat.models.traces import split_path
 from moat.training.sequences import Sequences, featurize_trace
 
 
@@ -90,9 +91,9 @@ class TraceDataModule(pl.LightningDataModule):
 
     @staticmethod
     def trace_path(data_dir: Path, split: str) -> Path:
-        for name in (f"{split}.jsonl", f"{split}.jsonl.gz"):
-            if (data_dir / name).is_file():
-                return data_dir / name
+        path = split_path(data_dir, split)
+        if path is not None:
+            return path
         raise FileNotFoundError(f"{data_dir}: no {split}.jsonl[.gz]; run `moat generate --out {data_dir}` first")
 
     def setup(self, stage: str | None = None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moat.models.features import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
+from moat.models.feature_spec import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
 from moat.models.network import RiskNet
 
 INPUT_NAMES = ["feats", "tokens", "mask"]

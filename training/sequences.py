@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from moat.models.events import Event
-from moat.models.features import N_FEATURES, N_TOKENS
+from moat.models.feature_spec import N_FEATURES, N_TOKENS
 from moat.models.featurizer import Featurizer
 from moat.models.memory_store import MemoryStore
 from moat.models.traces import iter_raw

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 
 from moat.models.bundle import BundleMeta, Calibration, load_bundle, sha256_file, write_meta
 from moat.models.bundle_source import tracking_uri
-from moat.models.features import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
+from moat.models.feature_spec import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
 from moat.models.network import NetConfig, RiskNet, count_parameters
 from moat.training.calibrate import account_scores, choose_thresholds, event_risk, exact_logits, fit_temperature, summary_metrics
 from moat.training.card import render_card

@@ -24,7 +24,8 @@ from typing import TypeVar
 import numpy as np
 import redis
 
-from moat.models.features import BLOOM_WORDS, ROW, WINDOW, ScopeState
+from moat.models.feature_spec import BLOOM_WORDS, WINDOW
+from moat.models.scope_window import ROW, ScopeState
 from moat.models.state import CAMPAIGN_BUCKET_S, CAMPAIGN_BUCKETS, StateStore, StoreUnavailable
 
 T = TypeVar("T")

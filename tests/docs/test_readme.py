@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from moat.data_gen.actors import registry
-from moat.models.features import FEATURES
+from moat.models.feature_spec import FEATURES
 from moat.serving.reasons import RULES
 from tests.conftest import ROOT
 

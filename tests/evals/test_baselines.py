@@ -8,12 +8,13 @@ import pytest
 from moat.evals.baselines import BASELINES
 from moat.evals.data import EvalData, char_trigrams
 from moat.models.events import Event
-from moat.models.features import N_FEATURES, N_OWN, summarize
+from moat.models.feature_spec import N_FEATURES, N_OWN
+from moat.models.summary import summarize
 
 
 def build(rows: list[tuple[str, float, str, int, dict]]) -> EvalData:
     """Rows of (account, ts, text, label, params) -> EvalData, features from the real summariser."""
-    from moat.models.features import ScopeState, window
+    from moat.models.scope_window import ScopeState, window
 
     states: dict[str, ScopeState] = {}
     sims, chars, session = [], [], []

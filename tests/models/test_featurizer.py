@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from moat.models.events import Event
-from moat.models.features import ScopeState, summarize, window
 from moat.models.featurizer import Featurizer
 from moat.models.memory_store import MemoryStore
+from moat.models.scope_window import ScopeState, window
 from moat.models.state import CampaignSketch
+from moat.models.summary import summarize
 
 
 def ev(i: int, account: str, key: str | None, ip: str, text: str | None = None, **params) -> Event:

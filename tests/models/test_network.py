@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moat.models.features import N_FEATURES, N_TOKENS
+from moat.models.feature_spec import N_FEATURES, N_TOKENS
 from moat.models.network import NetConfig, RiskNet, count_parameters
 
 

@@ -8,8 +8,10 @@ import threading
 from pathlib import Path
 
 from moat.models.events import Event
-from moat.models.features import WINDOW, summarize, window
+from moat.models.feature_spec import WINDOW
+from moat.models.scope_window import window
 from moat.models.state import StoreUnavailable
+from moat.models.summary import summarize
 from moat.models.traces import iter_raw
 from moat.serving.scorer import Scorer
 from moat.serving.settings import ServingSettings

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moat.models.features import FEATURES, N_FEATURES
+from moat.models.feature_spec import FEATURES, N_FEATURES
 from moat.training.augment import _COLS, VALUE_FEATURES, jitter_values
 
 I = {f.name: i for i, f in enumerate(FEATURES)}

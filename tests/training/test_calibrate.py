@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moat.training.calibrate import AccountScores, choose_thresholds, event_risk, fit_temperature, sigmoid
+from moat.models.calibration import sigmoid
+from moat.training.calibrate import AccountScores, choose_thresholds, event_risk, fit_temperature
 from moat.training.sequences import Sequences
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from moat.models.bundle import load_bundle
-from moat.models.features import WINDOW
+from moat.models.feature_spec import WINDOW
 
 
 def test_run_is_tracked_registered_and_bundled(trained) -> None:

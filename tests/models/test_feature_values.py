@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from moat.models.events import Event
-from moat.models.features import FEATURES, N_FEATURES, WINDOW, ScopeState, Summary, ip_prefix, summarize, ua_group, window
+from moat.models.feature_spec import FEATURES, N_FEATURES, WINDOW
+from moat.models.scope_window import ScopeState, window
+from moat.models.summary import Summary, ip_prefix, summarize, ua_group
 
 I = {f.name: i for i, f in enumerate(FEATURES)}
 

@@ -1,0 +1,207 @@
+"""A scope's windowed state and the relational features of a request against it.
+
+`window(state, summary, campaign, scope)` computes the request's relational features against the
+scope's history (time gaps, similarity, novelty, repetition, parameter changes), appends the
+request to the scope's bounded history and returns the latest WINDOW per-request vectors, which
+is what the sequence model reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moat.models.feature_spec import BLOOM_ROTATE, BLOOM_WORDS, FIRST_REQUEST_ONES, INDEX, N_FEATURES, N_OWN, N_TOKENS, SCOPE_FLAG_COLUMNS, SCOPE_INDEX, WINDOW
+from moat.models.summary import Summary
+
+# One stored row per request of a scope's history.
+ROW = np.dtype([
+    ("vec", np.float16, (N_FEATURES,)),
+    ("tokens", np.uint16, (N_TOKENS,)),
+    ("ts", np.float64),
+    ("simhash", np.uint64),
+    ("shape", np.uint32),
+    ("prompt", np.uint32),
+    ("lb", np.uint32),
+    ("param", np.uint32),
+    ("flags", np.uint8),  # bit 0: logprobs, bit 1: logit_bias, bit 2: param changed from predecessor
+])
+
+
+@dataclass(slots=True)
+class ScopeState:
+    """A scope's bounded history: the latest WINDOW rows plus O(1) running aggregates.
+
+    Rows are stored with the capacity they need (grown by doubling up to WINDOW), so a scope
+    that has sent three requests costs a few hundred bytes, not a full window.
+    """
+
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=ROW))
+    n: int = 0
+    total: int = 0
+    ewma_1h: float = 0.0
+    ewma_1d: float = 0.0
+    bloom_cur: np.ndarray = field(default_factory=lambda: np.zeros(BLOOM_WORDS, dtype=np.uint64))
+    # The previous novelty generation exists only once a scope has rotated (64+ requests):
+    # most scopes never get there, and this keeps them small.
+    bloom_prev: np.ndarray | None = None
+    bloom_count: int = 0
+    hold_action: int = 0  # policy hysteresis: the action level held and until when
+    hold_until: float = 0.0
+
+    @property
+    def last_ts(self) -> float | None:
+        return float(self.rows["ts"][self.n - 1]) if self.n else None
+
+    def history(self) -> np.ndarray:
+        return self.rows[: self.n]
+
+    def append(self, row: tuple) -> None:
+        if self.n == len(self.rows):
+            if self.n < WINDOW:
+                grown = np.zeros(min(2 * len(self.rows), WINDOW), dtype=ROW)
+                grown[: self.n] = self.rows
+                self.rows = grown
+            else:
+                # Shift by one row as raw bytes: a structured-array slice copy with sub-array
+                # fields takes numpy's slow path and cost more than the rest of the request.
+                raw = self.rows.view(np.uint8)
+                raw[: -ROW.itemsize] = raw[ROW.itemsize :]
+                self.n -= 1
+        self.rows[self.n] = row
+        self.n += 1
+
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.bloom_cur.nbytes + (self.bloom_prev.nbytes if self.bloom_prev is not None else 0) + 8 * 8
+
+
+def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.ndarray:
+    """The full feature vector of request `s` against the scope's history (state unchanged).
+
+    This runs once per scope for every request served, over at most WINDOW rows. At that size
+    a numpy call on a strided field costs more than a Python pass over `.tolist()`, so each
+    stored field is read once as a list and the window statistics are plain Python."""
+    vec = np.zeros(N_FEATURES, dtype=np.float32)
+    vec[:N_OWN] = s.own
+    vec[SCOPE_INDEX[scope]] = 1.0
+    k = state.n
+    vec[INDEX["total"]] = math.log1p(state.total + 1) / 12
+    vec[INDEX["campaign"]] = math.log1p(max(campaign - 1, 0)) / 5
+    if k == 0:
+        vec[FIRST_REQUEST_ONES] = 1.0
+        vec[INDEX["rate_1m"]] = math.log1p(1) / 4
+        vec[INDEX["rate_1h"]] = math.log1p(1) / 8
+        vec[INDEX["rate_1d"]] = math.log1p(1) / 10
+        vec[INDEX["lb_share"]] = float(s.has_lb)
+        vec[INDEX["logprob_share"]] = float(s.logprobs)
+        return vec
+    h = state.rows[:k]
+    ts = h["ts"].tolist()
+    dt = max(s.ts - ts[-1], 0.0)
+    first8 = ts[-8] if k >= 8 else ts[0]
+    gap_cv = 0.0
+    mean_gap = (s.ts - ts[0]) / k
+    if k >= 2 and mean_gap > 0:
+        dev = [b - a - mean_gap for a, b in zip(ts, ts[1:])]
+        dev.append(dt - mean_gap)
+        gap_cv = min(math.sqrt(sum([d * d for d in dev]) / k) / mean_gap, 3.0) / 3
+    cut = s.ts - 60
+    # SimHash Hamming distances; similarity is 1 - d/64, so "similarity >= 0.9" is d <= 6.
+    dists = [(x ^ s.simhash).bit_count() for x in h["simhash"].tolist()]
+    prompts = h["prompt"].tolist()
+    n_same = prompts.count(s.prompt_hash)
+    novelty = 0.0
+    if len(s.buckets):
+        bloom = state.bloom_cur if state.bloom_prev is None else state.bloom_cur | state.bloom_prev
+        seen = np.unpackbits(bloom.view(np.uint8), bitorder="little")  # bit b is bucket b
+        novelty = 1.0 - np.count_nonzero(seen[s.buckets]) / len(s.buckets)
+    changed = s.param_hash != int(h["param"][-1])
+    lb_variety = 0.0
+    if s.has_lb:
+        lbs = {lb for lb, p in zip(h["lb"].tolist(), prompts) if p == s.prompt_hash}
+        lbs.add(s.lb_hash)
+        lbs.discard(0)
+        lb_variety = math.log1p(len(lbs)) / 5
+    # Counts of each flag combination give the three flag shares in one call.
+    fc = np.bincount(h["flags"], minlength=8).tolist()
+    n_logprobs, n_lb, n_changed = fc[1] + fc[3] + fc[5] + fc[7], fc[2] + fc[3] + fc[6] + fc[7], fc[4] + fc[5] + fc[6] + fc[7]
+    # In FEATURES order, from first_in_scope to campaign: one slice assignment.
+    vec[INDEX["first_in_scope"] : INDEX["campaign"] + 1] = (
+        0.0,  # first_in_scope
+        math.log1p(dt) / 12,  # dt_prev
+        math.log1p(max(s.ts - first8, 0.0) / min(k, 8)) / 12,  # dt_mean_k
+        gap_cv,
+        math.log1p(1 + len([t for t in ts if t > cut])) / 4,  # rate_1m
+        math.log1p(state.ewma_1h * math.exp(-dt / 3600) + 1) / 8,  # rate_1h
+        math.log1p(state.ewma_1d * math.exp(-dt / 86400) + 1) / 10,  # rate_1d
+        math.log1p(state.total + 1) / 12,  # total
+        min(max((0.5 - dists[-1] / 64.0) * 2.0, 0.0), 1.0),  # sim_prev
+        min(max((0.5 - min(dists) / 64.0) * 2.0, 0.0), 1.0),  # sim_max
+        len([d for d in dists if d <= 6]) / k,  # near_dup_share
+        n_same / k,  # exact_repeat_share
+        (len(set(prompts)) + (n_same == 0)) / (k + 1),  # distinct_share
+        novelty,
+        h["shape"].tolist().count(s.shape) / k,  # template_share
+        float(changed),  # param_change
+        (n_changed + changed) / (k + 1),  # param_change_share
+        lb_variety,
+        (n_lb + s.has_lb) / (k + 1),  # lb_share
+        (n_logprobs + s.logprobs) / (k + 1),  # logprob_share
+        math.log1p(max(campaign - 1, 0)) / 5,  # campaign
+    )
+    return vec
+
+
+def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np.ndarray, np.ndarray]:
+    """Append request `s` to the scope and return the model input for the latest WINDOW
+    requests as stored: features float16[n, N_FEATURES] and hashed tokens uint16[n, N_TOKENS]
+    (copies; the caller casts when it batches them for the network)."""
+    return push(state, s, relational(state, s, campaign, scope))
+
+
+_META_FROM = ROW.fields["tokens"][1]  # byte offset where a row's non-feature fields start
+
+
+def fingerprint(state: ScopeState) -> tuple:
+    """Everything `relational` reads from a scope's state. Two scopes with equal fingerprints
+    give the same vector for the same request, apart from the scope flag: an API key or an
+    address block used by one account only mirrors that account's history."""
+    k = state.n
+    meta = state.rows.view(np.uint8).reshape(-1, ROW.itemsize)[:k, _META_FROM:].tobytes()
+    prev = state.bloom_prev.tobytes() if state.bloom_prev is not None else None
+    return (k, state.total, state.ewma_1h, state.ewma_1d, meta, state.bloom_cur.tobytes(), prev)
+
+
+def rescope(vec: np.ndarray, scope: str) -> np.ndarray:
+    """`vec` as computed for another scope, with this scope's flag instead."""
+    out = vec.copy()
+    out[SCOPE_FLAG_COLUMNS] = 0.0
+    out[SCOPE_INDEX[scope]] = 1.0
+    return out
+
+
+def push(state: ScopeState, s: Summary, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Append request `s` with its feature vector `vec` (from `relational` on this state) and
+    return the window, as `window` does."""
+    changed = bool(vec[INDEX["param_change"]])  # relational already compared with the predecessor
+    last = state.last_ts
+    flags = int(s.logprobs) | (int(s.has_lb) << 1) | (int(changed) << 2)
+    row = (vec, s.tokens, s.ts, s.simhash, s.shape, s.prompt_hash, s.lb_hash, s.param_hash, flags)
+    if last is not None:
+        gap = max(s.ts - last, 0)
+        state.ewma_1h = state.ewma_1h * math.exp(-gap / 3600) + 1
+        state.ewma_1d = state.ewma_1d * math.exp(-gap / 86400) + 1
+    else:
+        state.ewma_1h = state.ewma_1d = 1.0
+    state.total += 1
+    state.bloom_cur |= s.bloom_mask
+    state.bloom_count += 1
+    if state.bloom_count >= BLOOM_ROTATE:
+        state.bloom_prev, state.bloom_cur = state.bloom_cur, np.zeros(BLOOM_WORDS, dtype=np.uint64)
+        state.bloom_count = 0
+    state.append(row)
+    h = state.history()
+    # The stored float16 vector is what the model reads, in training and in serving alike.
+    return h["vec"].copy(), h["tokens"].copy()
