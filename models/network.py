@@ -11,6 +11,7 @@ up to t: one forward pass trains on every prefix, and serving reads the last pos
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -21,6 +22,9 @@ from moat.models.feature_spec import N_FEATURES, N_TOKENS, TOKEN_VOCAB, WINDOW
 
 @dataclass(frozen=True)
 class NetConfig:
+    """The network's one definition: training configures it as `TrainConfig.net`, checkpoints
+    and bundles (meta.json `net`) record it."""
+
     # d=32 with 2 layers: about 0.15M parameters, most of them the token table. Serving runs
     # one window per scope for every request, so compute per window is the budget (about
     # 50 us on one CPU thread); the hand-built features carry most of the signal.
@@ -29,6 +33,9 @@ class NetConfig:
     heads: int = 4
     ffn: int = 64
     dropout: float = 0.1
+    # Input sizes: the feature spec's, recorded so a checkpoint rebuilds the net it was trained
+    # as. Not a training choice: a net of other sizes could not read serving's windows.
+    INPUT_FIELDS: ClassVar[tuple[str, ...]] = ("token_vocab", "n_features", "n_tokens", "window")
     token_vocab: int = TOKEN_VOCAB
     n_features: int = N_FEATURES
     n_tokens: int = N_TOKENS

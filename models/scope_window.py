@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moat.models.feature_spec import BLOOM_ROTATE, BLOOM_WORDS, FIRST_REQUEST_ONES, INDEX, N_FEATURES, N_OWN, N_TOKENS, SCOPE_FLAG_COLUMNS, SCOPE_INDEX, WINDOW
+from moat.models.feature_spec import BLOOM_ROTATE, BLOOM_WORDS, FEATURES, FIRST_REQUEST_ONES, INDEX, N_FEATURES, N_OWN, N_TOKENS, SCOPE_FLAG_COLUMNS, SCOPE_INDEX, SPEC, WINDOW
 from moat.models.summary import Summary
 
 # One stored row per request of a scope's history.
@@ -28,6 +28,8 @@ ROW = np.dtype([
     ("param", np.uint32),
     ("flags", np.uint8),  # bit 0: logprobs, bit 1: logit_bias, bit 2: param changed from predecessor
 ])
+# Encoders of the relational features, from first_in_scope to campaign (FEATURES order).
+_RELATIONAL = [f.scale.encode for f in FEATURES[INDEX["first_in_scope"] : INDEX["campaign"] + 1]]
 
 
 @dataclass(slots=True)
@@ -87,13 +89,11 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
     vec[:N_OWN] = s.own
     vec[SCOPE_INDEX[scope]] = 1.0
     k = state.n
-    vec[INDEX["total"]] = math.log1p(state.total + 1) / 12
-    vec[INDEX["campaign"]] = math.log1p(max(campaign - 1, 0)) / 5
     if k == 0:
         vec[FIRST_REQUEST_ONES] = 1.0
-        vec[INDEX["rate_1m"]] = math.log1p(1) / 4
-        vec[INDEX["rate_1h"]] = math.log1p(1) / 8
-        vec[INDEX["rate_1d"]] = math.log1p(1) / 10
+        # This request is the only one in the window and in the rates.
+        for name, raw in (("rate_1m", 1), ("rate_1h", 1), ("rate_1d", 1), ("total", state.total + 1), ("campaign", max(campaign - 1, 0))):
+            vec[INDEX[name]] = SPEC[name].scale(raw)
         vec[INDEX["lb_share"]] = float(s.has_lb)
         vec[INDEX["logprob_share"]] = float(s.logprobs)
         return vec
@@ -106,7 +106,7 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
     if k >= 2 and mean_gap > 0:
         dev = [b - a - mean_gap for a, b in zip(ts, ts[1:])]
         dev.append(dt - mean_gap)
-        gap_cv = min(math.sqrt(sum([d * d for d in dev]) / k) / mean_gap, 3.0) / 3
+        gap_cv = math.sqrt(sum([d * d for d in dev]) / k) / mean_gap
     cut = s.ts - 60
     # SimHash Hamming distances; similarity is 1 - d/64, so "similarity >= 0.9" is d <= 6.
     dists = [(x ^ s.simhash).bit_count() for x in h["simhash"].tolist()]
@@ -118,25 +118,25 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
         seen = np.unpackbits(bloom.view(np.uint8), bitorder="little")  # bit b is bucket b
         novelty = 1.0 - np.count_nonzero(seen[s.buckets]) / len(s.buckets)
     changed = s.param_hash != int(h["param"][-1])
-    lb_variety = 0.0
+    lb_variety = 0
     if s.has_lb:
         lbs = {lb for lb, p in zip(h["lb"].tolist(), prompts) if p == s.prompt_hash}
         lbs.add(s.lb_hash)
         lbs.discard(0)
-        lb_variety = math.log1p(len(lbs)) / 5
+        lb_variety = len(lbs)
     # Counts of each flag combination give the three flag shares in one call.
     fc = np.bincount(h["flags"], minlength=8).tolist()
     n_logprobs, n_lb, n_changed = fc[1] + fc[3] + fc[5] + fc[7], fc[2] + fc[3] + fc[6] + fc[7], fc[4] + fc[5] + fc[6] + fc[7]
-    # In FEATURES order, from first_in_scope to campaign: one slice assignment.
-    vec[INDEX["first_in_scope"] : INDEX["campaign"] + 1] = (
+    # Raw values in FEATURES order, from first_in_scope to campaign, encoded by the spec.
+    raw = (
         0.0,  # first_in_scope
-        math.log1p(dt) / 12,  # dt_prev
-        math.log1p(max(s.ts - first8, 0.0) / min(k, 8)) / 12,  # dt_mean_k
+        dt,  # dt_prev
+        max(s.ts - first8, 0.0) / min(k, 8),  # dt_mean_k
         gap_cv,
-        math.log1p(1 + len([t for t in ts if t > cut])) / 4,  # rate_1m
-        math.log1p(state.ewma_1h * math.exp(-dt / 3600) + 1) / 8,  # rate_1h
-        math.log1p(state.ewma_1d * math.exp(-dt / 86400) + 1) / 10,  # rate_1d
-        math.log1p(state.total + 1) / 12,  # total
+        1 + len([t for t in ts if t > cut]),  # rate_1m
+        state.ewma_1h * math.exp(-dt / 3600) + 1,  # rate_1h
+        state.ewma_1d * math.exp(-dt / 86400) + 1,  # rate_1d
+        state.total + 1,  # total
         min(max((0.5 - dists[-1] / 64.0) * 2.0, 0.0), 1.0),  # sim_prev
         min(max((0.5 - min(dists) / 64.0) * 2.0, 0.0), 1.0),  # sim_max
         len([d for d in dists if d <= 6]) / k,  # near_dup_share
@@ -144,13 +144,14 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
         (len(set(prompts)) + (n_same == 0)) / (k + 1),  # distinct_share
         novelty,
         h["shape"].tolist().count(s.shape) / k,  # template_share
-        float(changed),  # param_change
+        changed,  # param_change
         (n_changed + changed) / (k + 1),  # param_change_share
         lb_variety,
         (n_lb + s.has_lb) / (k + 1),  # lb_share
         (n_logprobs + s.logprobs) / (k + 1),  # logprob_share
-        math.log1p(max(campaign - 1, 0)) / 5,  # campaign
+        max(campaign - 1, 0),  # campaign
     )
+    vec[INDEX["first_in_scope"] : INDEX["campaign"] + 1] = [encode(x) for encode, x in zip(_RELATIONAL, raw, strict=True)]
     return vec
 
 

@@ -5,7 +5,6 @@ It holds no raw text, so the state stores keep nothing sensitive at rest."""
 from __future__ import annotations
 
 import ipaddress
-import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -14,9 +13,11 @@ from functools import lru_cache
 import numpy as np
 
 from moat.models.events import Event
-from moat.models.feature_spec import BLOOM_WORDS, N_OWN, N_TOKENS, TEXT_LIMIT, TOKEN_VOCAB, UA_GROUPS
+from moat.models.feature_spec import BLOOM_WORDS, FEATURES, N_OWN, N_TOKENS, TEXT_LIMIT, TOKEN_VOCAB, UA_GROUPS
 
 _UA_ONE_HOT = {g: tuple(float(g == h) for h in UA_GROUPS) for g in UA_GROUPS}
+# The request features before the user-agent one-hot: (name, absent value, encoder).
+_ENCODERS = [(f.name, f.absent, f.scale.encode) for f in FEATURES[: N_OWN - len(UA_GROUPS)]]
 _WORD = re.compile(r"\w+")
 _DIGIT = re.compile(r"\d")
 _NONASCII = re.compile(r"[^\x00-\x7f]")
@@ -139,32 +140,35 @@ def summarize(event: Event) -> Summary:
     lb_vals = np.fromiter(lb.values(), dtype=np.float64, count=len(lb)) if lb else None
     head = text[:1024]
     n_chars = max(len(head), 1)
-    own = np.zeros(N_OWN, dtype=np.float32)
-    own[:N_OWN] = [
-        math.log1p(total_chars) / 12,
-        math.log1p(len(newest)) / 10,
-        math.log1p(n_msgs) / 5,
-        float(has_system),
-        tool_share,
-        float(event.messages is None),
-        (p.temperature / 2) if p.temperature is not None else 0.5,
-        float(p.temperature is not None),
-        float(p.top_p is not None),
-        math.log1p(p.max_tokens) / 9 if p.max_tokens else 0.0,
-        float(p.max_tokens is not None),
-        math.log(p.n or 1) / math.log(128),
-        float(bool(p.logprobs)),
-        (p.top_logprobs or 0) / 20,
-        math.log1p(len(lb)) / 6,
-        float(np.abs(lb_vals).max()) / 100 if lb_vals is not None else 0.0,
-        float(lb_vals.std()) / 100 if lb_vals is not None else 0.0,
-        float(p.seed is not None),
-        float(p.stop is not None),
-        float(bool(p.stream)),
-        len(_DIGIT.findall(head)) / n_chars,
-        len(_NONASCII.findall(head)) / n_chars,
-        *_UA_ONE_HOT[ua_group(event.user_agent)],
-    ]
+    # Raw values, encoded below by the spec; None is a field the request did not carry.
+    raw = {
+        "prompt_chars": total_chars,
+        "last_chars": len(newest),
+        "n_messages": n_msgs,
+        "has_system": has_system,
+        "tool_share": tool_share,
+        "is_completion": event.messages is None,
+        "temperature": p.temperature,
+        "temperature_set": p.temperature is not None,
+        "top_p_set": p.top_p is not None,
+        "max_tokens": p.max_tokens,
+        "max_tokens_set": p.max_tokens is not None,
+        "n": p.n,
+        "logprobs": p.logprobs,
+        "top_logprobs": p.top_logprobs,
+        "logit_bias_size": len(p.logit_bias) if p.logit_bias is not None else None,
+        "logit_bias_max": float(np.abs(lb_vals).max()) if lb_vals is not None else None,
+        "logit_bias_spread": float(lb_vals.std()) if lb_vals is not None else None,
+        "seed_set": p.seed is not None,
+        "stop_set": p.stop is not None,
+        "stream": p.stream,
+        "digit_share": len(_DIGIT.findall(head)) / n_chars,
+        "nonascii_share": len(_NONASCII.findall(head)) / n_chars,
+    }
+    own = np.array(
+        [*(absent if (x := raw[name]) is None else encode(x) for name, absent, encode in _ENCODERS), *_UA_ONE_HOT[ua_group(event.user_agent)]],
+        dtype=np.float32,
+    )
     hashes = gram_hashes(lower)
     buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.intp)
     # The buckets as one bloom bitmap: bit b of the little-endian words is bucket b.

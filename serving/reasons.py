@@ -1,54 +1,79 @@
 """Short machine-readable reason codes: which signals stand out in the window that drove a
 decision. Each rule reads the driving scope's newest feature vector; the table below is the
-documentation (the README lists it)."""
+documentation (the README lists it).
+
+Thresholds are written in each feature's own units (requests, seconds, distinct biases) and
+encoded through the feature spec's scale, so a rule cannot drift from how a feature is encoded.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
+import operator
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from moat.models.feature_spec import FEATURES
+from moat.models.feature_spec import INDEX, SPEC
 
-_I = {f.name: i for i, f in enumerate(FEATURES)}
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt}
+
+
+@dataclass(frozen=True)
+class Cond:
+    """`feature op raw`, with `raw` in the feature's own units, compared with the encoded value."""
+
+    feature: str
+    op: Literal[">=", "<=", ">"]
+    raw: float
+    _index: int = field(init=False, repr=False, compare=False)
+    _bound: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_index", INDEX[self.feature])
+        object.__setattr__(self, "_bound", SPEC[self.feature].scale(self.raw))
+
+    def holds(self, vec: np.ndarray) -> bool:
+        return _OPS[self.op](float(vec[self._index]), self._bound)
 
 
 @dataclass(frozen=True)
 class ReasonRule:
+    """Fires on a window of at least `min_window` requests when every condition of any one of
+    the groups in `any_of` holds."""
+
     code: str
     meaning: str
-    test: Callable[[np.ndarray, int], bool]  # (feature vector, window length) -> fires
+    any_of: tuple[tuple[Cond, ...], ...]
+    min_window: int = 1
 
-
-def _f(v: np.ndarray, name: str) -> float:
-    return float(v[_I[name]])
+    def fires(self, vec: np.ndarray, window_len: int) -> bool:
+        return window_len >= self.min_window and any(all(c.holds(vec) for c in group) for group in self.any_of)
 
 
 RULES: list[ReasonRule] = [
     ReasonRule("logit_bias_probe", "one prompt repeated with several different logit_bias values",
-               lambda v, n: _f(v, "lb_variety") >= math.log1p(3) / 5 or (_f(v, "lb_share") >= 0.5 and _f(v, "param_change_share") >= 0.5)),
+               ((Cond("lb_variety", ">=", 3),), (Cond("lb_share", ">=", 0.5), Cond("param_change_share", ">=", 0.5)))),
     ReasonRule("logprob_harvest", "most recent requests ask for logprobs",
-               lambda v, n: n >= 5 and _f(v, "logprob_share") >= 0.8),
+               ((Cond("logprob_share", ">=", 0.8),),), min_window=5),
     ReasonRule("near_duplicate_burst", "many near-duplicate prompts in a short time",
-               lambda v, n: n >= 5 and _f(v, "near_dup_share") >= 0.4 and _f(v, "rate_1m") >= math.log1p(4) / 4),
+               ((Cond("near_dup_share", ">=", 0.4), Cond("rate_1m", ">=", 4)),), min_window=5),
     ReasonRule("novelty_sweep", "nearly every prompt is new content: coverage-seeking traffic",
-               lambda v, n: n >= 10 and _f(v, "novelty") >= 0.6 and _f(v, "distinct_share") >= 0.9),
+               ((Cond("novelty", ">=", 0.6), Cond("distinct_share", ">=", 0.9)),), min_window=10),
     ReasonRule("template_sweep", "one prompt template filled with ever-changing values",
-               lambda v, n: n >= 10 and _f(v, "template_share") >= 0.6 and _f(v, "distinct_share") >= 0.9),
+               ((Cond("template_share", ">=", 0.6), Cond("distinct_share", ">=", 0.9)),), min_window=10),
     ReasonRule("machine_timing", "steady, machine-like gaps between requests",
-               lambda v, n: n >= 8 and _f(v, "gap_cv") <= 0.5 / 3 and _f(v, "dt_mean_k") <= math.log1p(30) / 12),
+               ((Cond("gap_cv", "<=", 0.5), Cond("dt_mean_k", "<=", 30)),), min_window=8),
     ReasonRule("high_volume", "sustained volume over the last hour",
-               lambda v, n: _f(v, "rate_1h") >= math.log1p(200) / 8),
+               ((Cond("rate_1h", ">=", 200),),)),
     ReasonRule("long_output_harvest", "large output budgets or several samples per query",
-               lambda v, n: _f(v, "max_tokens") >= math.log1p(2000) / 9 or _f(v, "n") > 0),
+               ((Cond("max_tokens", ">=", 2000),), (Cond("n", ">", 1),))),
     ReasonRule("cross_account_campaign", "the same prompt template from many accounts within the hour",
-               lambda v, n: _f(v, "campaign") >= math.log1p(4) / 5),
+               ((Cond("campaign", ">=", 4),),)),
 ]
 
 
 def reasons(vec: np.ndarray, window_len: int, scope: str) -> list[str]:
-    out = [r.code for r in RULES if r.test(vec, window_len)]
+    out = [r.code for r in RULES if r.fires(vec, window_len)]
     out.append(f"scope:{scope}")
     return out

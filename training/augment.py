@@ -5,34 +5,40 @@ logit_bias size, ...) from ranges the team chose, so a model can separate famili
 value instead of by behaviour. Real clients send values nobody drew. Shifting those value
 features by one random offset per window (the same client habit, at a value the model has not
 memorised) makes the sequence signatures (a prompt re-sent with many different biases, near
-duplicates, sweeps) carry the decision. Presence flags and absent values (0) are left alone, so
-the augmentation never invents a parameter the client did not send.
+duplicates, sweeps) carry the decision.
+
+Which features are parameter values, and how an absent parameter is encoded, come from the
+feature spec (`param`, `absent`, the `*_set` presence flags). Only values the client sent move:
+presence flags and absent values are left alone, so the augmentation never invents a parameter
+the client did not send.
 """
 
 from __future__ import annotations
 
 import torch
 
-from moat.models.feature_spec import FEATURES
+from moat.models.feature_spec import FEATURES, INDEX, SPEC, presence_flag
 
-# Request features that hold a parameter's or a text's magnitude (scaled to about [0, 1]).
-VALUE_FEATURES = (
-    "prompt_chars", "last_chars", "n_messages", "temperature", "max_tokens", "n", "top_logprobs",
-    "logit_bias_size", "logit_bias_max", "logit_bias_spread", "digit_share", "nonascii_share",
-)
-_COLS = [next(i for i, f in enumerate(FEATURES) if f.name == name) for name in VALUE_FEATURES]
+PARAM_FEATURES = tuple(f.name for f in FEATURES if f.param)
+_COLS = [INDEX[name] for name in PARAM_FEATURES]
+# A value was sent when its presence column (its `*_set` flag, else the value itself) differs
+# from that column's encoding of an absent field.
+_PRESENCE = [presence_flag(name) or name for name in PARAM_FEATURES]
+_PRESENCE_COLS = [INDEX[name] for name in _PRESENCE]
+_PRESENCE_ABSENT = [SPEC[name].absent for name in _PRESENCE]
 
 
 def jitter_values(feats: torch.Tensor, p: float, scale: float) -> torch.Tensor:
-    """A copy of feats[B, T, F] where, for each window and each value feature with probability
-    `p`, the feature's non-zero entries are shifted by one offset drawn from U(-scale, scale)
-    (kept above 0, so a sent parameter stays sent)."""
+    """A copy of feats[B, T, F] where, for each window and each parameter-value feature with
+    probability `p`, the feature's sent entries are shifted by one offset drawn from
+    U(-scale, scale) (kept above 0, so a value without a presence flag stays sent)."""
     if p <= 0 or scale <= 0:
         return feats
     b = feats.shape[0]
     cols = feats[:, :, _COLS]
+    sent = feats[:, :, _PRESENCE_COLS] != torch.tensor(_PRESENCE_ABSENT, dtype=feats.dtype, device=feats.device)
     picked = torch.rand(b, 1, len(_COLS), device=feats.device) < p
     shift = (torch.rand(b, 1, len(_COLS), device=feats.device) * 2 - 1) * scale
     out = feats.clone()
-    out[:, :, _COLS] = torch.where(picked & (cols > 0), (cols + shift).clamp(min=1e-3), cols)
+    out[:, :, _COLS] = torch.where(picked & sent, (cols + shift).clamp(min=1e-3), cols)
     return out

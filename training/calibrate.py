@@ -10,13 +10,24 @@ import numpy as np
 from tqdm import tqdm
 
 from moat.models.bundle import Thresholds
-from moat.models.calibration import sigmoid
+from moat.models.calibration import calibrated_risk
 from moat.models.feature_spec import WINDOW
 from moat.models.metrics import auroc, tpr_at_fpr
 from moat.models.policy import combined_risk
 from moat.training.sequences import Sequences, row_windows
 
 RunFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CalibrationTargets:
+    """What a bundle's calibration is chosen for (TrainConfig's fields of the same names). Every
+    checkpoint records it, so that `moat export` recalibrates for the run's own targets."""
+
+    corroboration: float
+    target_block_fpr: float
+    target_perturb_fpr: float
+    target_action_fpr: float
 
 
 def exact_logits(run: RunFn, seqs: Sequences, batch: int = 1024, progress: bool = False) -> np.ndarray:
@@ -48,7 +59,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     y = labels.astype(np.float64)
     best_t, best = 1.0, np.inf
     for t in np.exp(np.linspace(np.log(0.2), np.log(10), 120)):
-        p = np.clip(sigmoid(logits / t), 1e-7, 1 - 1e-7)
+        p = np.clip(calibrated_risk(logits, t), 1e-7, 1 - 1e-7)
         nll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
         if nll < best:
             best_t, best = float(t), nll
@@ -66,7 +77,7 @@ class AccountScores:
 def event_risk(seqs: Sequences, row_logits: np.ndarray, temperature: float, corroboration: float) -> np.ndarray:
     """A request's risk combined over its scopes exactly as the serving policy combines them
     (a dependent window counts only once the own windows corroborate it)."""
-    p = sigmoid(row_logits / temperature)
+    p = calibrated_risk(row_logits, temperature)
     dep = seqs.dependent
     out = np.empty(len(seqs.event_rows), dtype=np.float64)
     for i, rows in enumerate(seqs.event_rows):

@@ -11,8 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from moat.models.feature_spec import WINDOW
-from moat.models.traces import split_path
-from moat.training.sequences import Sequences, featurize_trace
+from moat.training.sequences import Sequences, featurize_trace, trace_file
 
 
 class WindowDataset(Dataset):
@@ -89,17 +88,12 @@ class TraceDataModule(pl.LightningDataModule):
         self.train: Sequences | None = None
         self.val: Sequences | None = None
 
-    @staticmethod
-    def trace_path(data_dir: Path, split: str) -> Path:
-        path = split_path(data_dir, split)
-        if path is not None:
-            return path
-        raise FileNotFoundError(f"{data_dir}: no {split}.jsonl[.gz]; run `moat generate --out {data_dir}` first")
+    trace_path = staticmethod(trace_file)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train is None:
-            self.train = featurize_trace(self.trace_path(self.data_dir, "train"), self.progress)
-            self.val = featurize_trace(self.trace_path(self.data_dir, "val"), self.progress)
+            self.train = featurize_trace(trace_file(self.data_dir, "train"), self.progress)
+            self.val = featurize_trace(trace_file(self.data_dir, "val"), self.progress)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train is not None

@@ -1,5 +1,12 @@
-"""LightningModule around RiskNet: loss at every position with padding masked; validation
-AUROC at the level of the account (the unit an operator acts on)."""
+"""LightningModule around RiskNet: loss at every position with padding masked; a per-epoch
+validation AUROC at the level of the account (the unit an operator acts on).
+
+That per-epoch metric is `val_window_auroc`: each validation account's highest raw logit over
+its own account windows, cut every WINDOW requests. It is cheap enough for every epoch and
+picks the checkpoint. It is not the run's "account AUROC", which the trainer measures once at
+the end as serving scores: a window ending at every request, calibrated, and with the key and
+address-block scopes combined (training/calibrate.py). The two usually differ.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +21,18 @@ from moat.models.metrics import auroc, tpr_at_fpr
 from moat.models.network import NetConfig, RiskNet
 from moat.training.augment import jitter_values
 
+# The metric that early stopping and checkpointing follow (see the module's docstring).
+MONITOR = "val_window_auroc"
+
 
 class RiskModule(pl.LightningModule):
-    def __init__(self, net: dict, lr: float, weight_decay: float, val_seq_labels: list[int] | None = None, jitter_p: float = 0.0, jitter_scale: float = 0.0) -> None:
+    def __init__(
+        self, net: dict, lr: float, weight_decay: float, val_seq_labels: list[int] | None = None, jitter_p: float = 0.0, jitter_scale: float = 0.0,
+        calibration: dict | None = None,
+    ) -> None:
         super().__init__()
+        # `calibration` (CalibrationTargets as a dict) is unused in training: it is saved with
+        # the other hyperparameters so that a checkpoint says what its run calibrated for.
         self.save_hyperparameters(ignore=["val_seq_labels"])
         self.net = RiskNet(NetConfig(**net))
         self.lr, self.weight_decay = lr, weight_decay
@@ -53,8 +68,8 @@ class RiskModule(pl.LightningModule):
             y = np.array([self.val_seq_labels[s] for s in seqs])
             score = np.array([self._val_max[s] for s in seqs])
             if 0 < y.sum() < len(y):
-                self.log("val_auroc", auroc(y, score), prog_bar=True)
-                self.log("val_tpr_at_1pct", tpr_at_fpr(y, score, 0.01))
+                self.log(MONITOR, auroc(y, score), prog_bar=True)
+                self.log("val_window_tpr_at_1pct_fpr", tpr_at_fpr(y, score, 0.01))
         self._val_max.clear()
 
     def configure_optimizers(self):

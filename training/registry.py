@@ -11,16 +11,30 @@ from pathlib import Path
 
 MODEL_NAME = "moat-risk"
 ALIAS = "champion"
+ARTIFACTS_DIR = "mlartifacts"
 log = logging.getLogger(__name__)
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite tracking database. MLflow's
+    own default for a database is ./mlruns in the current directory, which puts runs into
+    whatever directory the command ran in (a repository: `git status` no longer clean). Other
+    tracking stores choose for themselves (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS_DIR).as_uri()
 
 
 @dataclass
 class Promotion:
     version: str
     promoted: bool
-    reason: str
+    reason: str  # why the champion alias moved or stayed
+
+    @property
+    def summary(self) -> str:
+        outcome = "promoted to champion" if self.promoted else "not promoted"
+        return f"registered {MODEL_NAME} v{self.version}; {outcome} ({self.reason})"
 
 
 def register_and_promote(run_id: str, bundle_artifact: str, new_score: float, score_champion: Callable[[Path], float | None], uri: str) -> Promotion:
@@ -44,7 +58,7 @@ def register_and_promote(run_id: str, bundle_artifact: str, new_score: float, sc
         champ = None
     if champ is None:
         client.set_registered_model_alias(MODEL_NAME, ALIAS, mv.version)
-        return Promotion(mv.version, True, "no champion yet")
+        return Promotion(mv.version, True, "first version" if str(mv.version) == "1" else "no version held the alias")
     mlflow.set_tracking_uri(uri)
     champ_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=champ.source))
     champ_score = score_champion(champ_dir)
@@ -53,5 +67,5 @@ def register_and_promote(run_id: str, bundle_artifact: str, new_score: float, sc
         return Promotion(mv.version, True, f"champion v{champ.version} cannot be scored with this feature spec")
     if new_score > champ_score:
         client.set_registered_model_alias(MODEL_NAME, ALIAS, mv.version)
-        return Promotion(mv.version, True, f"validation AUROC {new_score:.4f} beats champion v{champ.version} ({champ_score:.4f})")
-    return Promotion(mv.version, False, f"not promoted: validation AUROC {new_score:.4f} does not beat champion v{champ.version} ({champ_score:.4f})")
+        return Promotion(mv.version, True, f"validation account AUROC {new_score:.4f} beats champion v{champ.version}'s {champ_score:.4f}")
+    return Promotion(mv.version, False, f"validation account AUROC {new_score:.4f} does not beat champion v{champ.version}'s {champ_score:.4f}")

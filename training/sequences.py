@@ -18,7 +18,7 @@ from moat.models.events import Event
 from moat.models.feature_spec import N_FEATURES, N_TOKENS
 from moat.models.featurizer import Featurizer
 from moat.models.memory_store import MemoryStore
-from moat.models.traces import iter_raw
+from moat.models.traces import iter_raw, split_path
 
 
 @dataclass
@@ -46,6 +46,16 @@ class Sequences:
 
     def length(self, i: int) -> int:
         return int(self.offsets[i + 1] - self.offsets[i])
+
+
+def trace_file(data_dir: Path, split: str) -> Path:
+    """DIR/SPLIT.jsonl[.gz] as `moat generate` writes it, or an error that says how to make it."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: no such directory")
+    path = split_path(data_dir, split)
+    if path is None:
+        raise FileNotFoundError(f"{data_dir}: no {split}.jsonl[.gz]; run `moat generate --out {data_dir}` first")
+    return path
 
 
 def featurize_trace(path: str | Path, progress: bool = True, limit: int | None = None) -> Sequences:

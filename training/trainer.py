@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,14 +18,14 @@ from pytorch_lightning.loggers import MLFlowLogger
 from moat.models.bundle import BundleMeta, Calibration, load_bundle, sha256_file, write_meta
 from moat.models.bundle_source import tracking_uri
 from moat.models.feature_spec import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
-from moat.models.network import NetConfig, RiskNet, count_parameters
-from moat.training.calibrate import account_scores, choose_thresholds, event_risk, exact_logits, fit_temperature, summary_metrics
+from moat.models.network import RiskNet, count_parameters
+from moat.training.calibrate import CalibrationTargets, account_scores, choose_thresholds, event_risk, exact_logits, fit_temperature, summary_metrics
 from moat.training.card import render_card
 from moat.training.config import TrainConfig
 from moat.training.datamodule import TraceDataModule
 from moat.training.export import export_onnx, parity
-from moat.training.module import RiskModule
-from moat.training.registry import Promotion, register_and_promote
+from moat.training.module import MONITOR, RiskModule
+from moat.training.registry import Promotion, artifact_location, register_and_promote
 from moat.training.sequences import Sequences
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,14 @@ def bundle_account_auroc(bundle_dir: Path, val: Sequences) -> float | None:
     return summary_metrics(scores, meta.thresholds)["account_auroc"]
 
 
-def finalize_bundle(net: RiskNet, out: Path, val: Sequences, cfg: TrainConfig, data_stats: dict, progress: bool) -> BundleMeta:
+def finalize_bundle(net: RiskNet, out: Path, val: Sequences, targets: CalibrationTargets, data_stats: dict, progress: bool) -> BundleMeta:
     """Calibrate on validation, choose thresholds, export ONNX with a parity check, write the bundle."""
     out.mkdir(parents=True, exist_ok=True)
     logits = exact_logits(torch_runner(net), val, progress=progress)
     rows_labels = val.labels
     temperature = fit_temperature(logits, rows_labels)
-    scores = account_scores(val, event_risk(val, logits, temperature, cfg.corroboration))
-    thresholds = choose_thresholds(scores, cfg.target_block_fpr, cfg.target_perturb_fpr, cfg.target_action_fpr)
+    scores = account_scores(val, event_risk(val, logits, temperature, targets.corroboration))
+    thresholds = choose_thresholds(scores, targets.target_block_fpr, targets.target_perturb_fpr, targets.target_action_fpr)
     metrics = summary_metrics(scores, thresholds)
     onnx_path = out / "model.onnx"
     export_onnx(net, onnx_path)
@@ -91,9 +91,9 @@ def finalize_bundle(net: RiskNet, out: Path, val: Sequences, cfg: TrainConfig, d
         n_tokens=N_TOKENS,
         model_version=f"moat-{digest[:12]}",
         onnx_sha256=digest,
-        calibration=Calibration(temperature=temperature, corroboration=cfg.corroboration),
+        calibration=Calibration(temperature=temperature, corroboration=targets.corroboration),
         thresholds=thresholds,
-        targets={"benign_ever_blocked": cfg.target_block_fpr, "benign_ever_perturbed": cfg.target_perturb_fpr, "benign_ever_non_allow": cfg.target_action_fpr},
+        targets={"benign_ever_blocked": targets.target_block_fpr, "benign_ever_perturbed": targets.target_perturb_fpr, "benign_ever_non_allow": targets.target_action_fpr},
         net=net.cfg.as_dict(),
         data_stats=data_stats,
         metrics=metrics,
@@ -111,21 +111,23 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, p
     dm = TraceDataModule(data_dir, cfg.batch_size, cfg.windows_per_epoch, cfg.shared_scope_weight, cfg.seed, cfg.num_workers, progress)
     dm.setup()
     assert dm.train is not None and dm.val is not None
-    net_cfg = NetConfig(hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, ffn=cfg.ffn, dropout=cfg.dropout)
-    val_labels = dm.val.label.tolist()
-    module = RiskModule(net=net_cfg.as_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, val_seq_labels=val_labels, jitter_p=cfg.jitter_p, jitter_scale=cfg.jitter_scale)
+    targets = cfg.calibration_targets()
+    module = RiskModule(
+        net=cfg.net.as_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, val_seq_labels=dm.val.label.tolist(),
+        jitter_p=cfg.jitter_p, jitter_scale=cfg.jitter_scale, calibration=asdict(targets),
+    )
     stats_path = data_dir / "stats.json"
     data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    logger = MLFlowLogger(experiment_name=cfg.experiment, tracking_uri=uri, log_model=False)
+    logger = MLFlowLogger(experiment_name=cfg.experiment, tracking_uri=uri, artifact_location=artifact_location(uri), log_model=False)
     logger.log_hyperparams({**cfg.model_dump(), "data_dir": str(data_dir), "train_sequences": len(dm.train), "val_sequences": len(dm.val), "feature_spec": FEATURE_SPEC_VERSION})
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = ModelCheckpoint(dirpath=tmp, monitor="val_auroc", mode="max", save_top_k=1, filename="best")
+        ckpt = ModelCheckpoint(dirpath=tmp, monitor=MONITOR, mode="max", save_top_k=1, filename="best")
         trainer = pl.Trainer(
             max_epochs=cfg.max_epochs,
             accelerator=cfg.accelerator,
             devices=cfg.devices,
             strategy=cfg.strategy,
-            callbacks=[EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience), ckpt],
+            callbacks=[EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience), ckpt],
             logger=logger,
             enable_progress_bar=progress,
             enable_model_summary=False,
@@ -135,7 +137,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, p
         trainer.fit(module, datamodule=dm)
         best = RiskModule.load_from_checkpoint(ckpt.best_model_path, map_location="cpu") if ckpt.best_model_path else module
         net = best.net.cpu().eval()
-        meta = finalize_bundle(net, out, dm.val, cfg, data_stats, progress)
+        meta = finalize_bundle(net, out, dm.val, targets, data_stats, progress)
         run_id = logger.run_id
         client = logger.experiment
         for k, v in meta.metrics.items():
@@ -147,5 +149,5 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, p
             client.log_artifact(run_id, str(stats_path), artifact_path="data")
     promotion = register_and_promote(run_id, "bundle", meta.metrics["account_auroc"], lambda d: bundle_account_auroc(d, dm.val), uri)
     client.set_tag(run_id, "registry_version", promotion.version)
-    client.set_tag(run_id, "promotion", promotion.reason)
+    client.set_tag(run_id, "promotion", promotion.summary)
     return TrainResult(out, run_id, meta.metrics, promotion)

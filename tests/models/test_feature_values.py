@@ -26,12 +26,6 @@ def run(events: list[Event], campaign: int = 1) -> np.ndarray:
     return np.asarray(rows)
 
 
-def test_feature_table_is_complete() -> None:
-    assert len(FEATURES) == N_FEATURES == len({f.name for f in FEATURES})
-    for f in FEATURES:
-        assert f.definition and f.why, f.name
-
-
 # (case, events, feature, index of event, expected value)
 CASES = [
     ("first request has no history", [ev(0, 0.0)], "first_in_scope", 0, 1.0),

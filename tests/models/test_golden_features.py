@@ -1,0 +1,94 @@
+"""Golden hashes: the feature rows and the replay scores of fixed traces, pinned bit for bit.
+
+A model is only valid on the vectors it was trained on, and `moat replay` must stay
+byte-identical across refactors. Any change to a feature value, to the windowing, or to a
+decision of the shipped model changes a hash here. If the change is intended, bump
+FEATURE_SPEC_VERSION for a feature change (old bundles then refuse to load) and pin the new
+hash that the failure message prints.
+
+tests/data/golden_trace.jsonl is a seeded simulation (tests/data/README.md says how it was made);
+the contract example is the repository's own contract/example_trace.jsonl.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from moat.models.featurizer import Featurizer
+from moat.models.memory_store import MemoryStore
+from moat.models.traces import dumps, iter_events, iter_lines
+from moat.serving.replay_cli import replay
+from moat.serving.scorer import Scorer
+from moat.serving.settings import ServingSettings
+from tests.conftest import CONTRACT, ROOT
+
+GOLDEN = ROOT / "tests" / "data" / "golden_trace.jsonl"
+EXAMPLE = CONTRACT / "example_trace.jsonl"
+
+# (case, trace, scope windows, sha256 of every window's float16 vectors and tokens in order)
+FEATURES = [
+    ("golden trace", GOLDEN, 1431, "3296ca6f032fe5c289f33dba6e1a52926f9e396a5df13c6f15c5b547c5bbde05"),
+    ("contract example", EXAMPLE, 10, "614df7dd96541a43760f243cc1ee3500a61a3c24c2cd585ae865150578f2529b"),
+]
+# (case, trace, events, sha256 of the `moat replay` output lines with the shipped model)
+SCORES = [
+    ("golden trace", GOLDEN, 477, "cafa56f5e76b29f03c3aaffed7ec87966aa85057d6b4622ed464059e694ab371"),
+    ("contract example", EXAMPLE, 4, "9eff65c840d2968a2acc2a277526f6f299ef4a970824627eded3ea8d268b12d8"),
+]
+
+
+def feature_digest(trace: Path) -> tuple[str, int]:
+    """sha256 over each event's scope windows as the model reads them (scope, key, float16
+    vectors, token ids), with unbounded state as training uses; and the number of windows."""
+    h = hashlib.sha256()
+    featurizer = Featurizer(MemoryStore(max_scopes=None, ttl_s=None))
+    n = 0
+    for event in iter_events(trace):
+        for w in featurizer.step(event).windows:
+            h.update(f"{w.scope}\0{w.key}\0{len(w.feats)}\0".encode())
+            h.update(w.feats.astype("<f2").tobytes())
+            h.update(w.tokens.astype("<u2").tobytes())
+            n += 1
+    return h.hexdigest(), n
+
+
+def replay_lines(trace: Path) -> list[str]:
+    """What `moat replay TRACE` writes, line by line, with the shipped model and default settings."""
+    lines: list[str] = []
+    replay(Scorer(ServingSettings(state="memory")), iter_lines(trace), lambda score: lines.append(dumps(score) + "\n"))
+    return lines
+
+
+@pytest.fixture(autouse=True)
+def default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's MOAT_MODEL or threshold override must not change the pinned output."""
+    for name in ServingSettings.model_fields:
+        monkeypatch.delenv(f"MOAT_{name.upper()}", raising=False)
+
+
+@pytest.mark.parametrize("case, trace, windows, expected", FEATURES, ids=[c[0] for c in FEATURES])
+def test_feature_rows_are_pinned(case: str, trace: Path, windows: int, expected: str) -> None:
+    digest, n = feature_digest(trace)
+    assert n == windows, f"{case}: {n} scope windows, expected {windows}"
+    assert digest == expected, f"{case}: feature rows changed (sha256 {digest}). If intended, bump FEATURE_SPEC_VERSION and pin this hash."
+
+
+@pytest.mark.parametrize("case, trace, events, expected", SCORES, ids=[c[0] for c in SCORES])
+def test_replay_scores_are_pinned(case: str, trace: Path, events: int, expected: str) -> None:
+    lines = replay_lines(trace)
+    assert len(lines) == events
+    digest = hashlib.sha256("".join(lines).encode()).hexdigest()
+    assert digest == expected, f"{case}: `moat replay` output changed (sha256 {digest}). If intended, pin this hash."
+
+
+def test_golden_trace_exercises_every_action_and_reason() -> None:
+    """The pinned scores only guard what the trace reaches: every action level, and the reason
+    codes of attacks it holds (a regenerated trace must keep them)."""
+    scores = [json.loads(line) for line in replay_lines(GOLDEN)]
+    assert {s["action"] for s in scores} == {"allow", "throttle", "perturb", "block"}
+    reasons = {r for s in scores for r in s["reasons"]}
+    assert {"logit_bias_probe", "logprob_harvest", "machine_timing", "novelty_sweep", "long_output_harvest"} <= reasons

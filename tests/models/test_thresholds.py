@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moat.models.thresholds import MIN_BLOCK, MIN_THROTTLE, ActionTargets, choose_thresholds, operator_thresholds, population_mask
+
+
+def _sig(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z))
+
+
+def _benign(n: int, seed: int) -> np.ndarray:
+    return _sig(np.random.default_rng(seed).normal(-2.5, 1.2, n))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("targets", [ActionTargets(), ActionTargets(block=0.01, perturb=0.02, action=0.05)])
+def test_thresholds_keep_each_action_within_its_target_share(seed: int, targets: ActionTargets) -> None:
+    risk = _benign(3000, seed)
+    t = choose_thresholds(risk, targets)
+    assert (risk >= t.block).mean() <= targets.block
+    assert (risk >= t.perturb).mean() <= targets.perturb
+    assert (risk >= t.throttle).mean() <= targets.action
+    # ...and no lower than needed: one account more would cross the action target.
+    assert (risk >= t.throttle - 1e-3).mean() > targets.action - 2 / len(risk) or t.throttle == MIN_THROTTLE
+
+
+@pytest.mark.parametrize(
+    ("risk", "expected"),
+    [
+        ([], (0.5, 0.8, 0.95)),  # nothing to calibrate on: conservative defaults
+        ([0.01, 0.02, 0.03], (MIN_THROTTLE, MIN_THROTTLE, MIN_BLOCK)),  # floors
+    ],
+)
+def test_degenerate_populations_get_defaults_or_floors(risk: list[float], expected: tuple[float, float, float]) -> None:
+    t = choose_thresholds(np.array(risk), ActionTargets())
+    assert (t.throttle, t.perturb, t.block) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_few_percent_of_far_out_attackers_barely_move_the_action_threshold(seed: int) -> None:
+    benign = _benign(2000, seed)
+    attackers = _sig(np.random.default_rng(100 + seed).normal(6.0, 1.0, 105))  # 5% of the sample
+    clean = operator_thresholds(benign, ActionTargets())
+    mixed = operator_thresholds(np.concatenate([benign, attackers]), ActionTargets())
+    assert clean.trimmed == 0
+    assert mixed.trimmed >= 0.9 * len(attackers)
+    assert abs(mixed.thresholds.throttle - clean.thresholds.throttle) <= 0.05
+    # Attackers inside the fence may raise the deep quantiles, never lower them: the benign
+    # population is never blocked more because attackers were present.
+    assert mixed.thresholds.block >= clean.thresholds.block - 1e-9
+    assert (benign >= mixed.thresholds.block).mean() <= 0.001
+
+
+def test_the_fence_trims_far_out_accounts_only() -> None:
+    risk = np.concatenate([_benign(1000, 7), [0.999999]])
+    keep = population_mask(risk)
+    assert not keep[-1] and keep[:-1].all()
+
+
+def test_report_counts_accounts_near_each_threshold() -> None:
+    risk = _benign(2000, 5)
+    choice = operator_thresholds(risk, ActionTargets())
+    rep = choice.report()
+    assert rep["accounts"] == 2000 and set(rep["near_threshold"]) == {"throttle", "perturb", "block"}
+    assert rep["near_threshold"]["throttle"] >= 1  # the account just below the threshold is near it
+    assert rep["ever_acted_share"] <= 0.01
+
+
+@pytest.mark.parametrize(("block", "perturb", "action"), [(0.02, 0.01, 0.05), (0.0, 0.0, 1.0), (-0.1, 0.0, 0.1)])
+def test_invalid_targets_are_refused(block: float, perturb: float, action: float) -> None:
+    with pytest.raises(ValueError, match="target|targets"):
+        ActionTargets(block=block, perturb=perturb, action=action)
