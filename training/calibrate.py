@@ -14,6 +14,8 @@ from moat.models.calibration import calibrated_risk
 from moat.models.feature_spec import WINDOW
 from moat.models.metrics import auroc, tpr_at_fpr
 from moat.models.policy import combined_risk
+from moat.models.thresholds import ActionTargets
+from moat.models.thresholds import choose_thresholds as thresholds_for
 from moat.training.sequences import Sequences, row_windows
 
 RunFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -28,6 +30,9 @@ class CalibrationTargets:
     target_block_fpr: float
     target_perturb_fpr: float
     target_action_fpr: float
+
+    def action_targets(self) -> ActionTargets:
+        return ActionTargets(block=self.target_block_fpr, perturb=self.target_perturb_fpr, action=self.target_action_fpr)
 
 
 def exact_logits(run: RunFn, seqs: Sequences, batch: int = 1024, progress: bool = False) -> np.ndarray:
@@ -99,23 +104,10 @@ def account_scores(seqs: Sequences, ev_risk: np.ndarray) -> AccountScores:
     return AccountScores(accs, np.array([label[a] for a in accs]), [fam[a] for a in accs], np.array([best[a] for a in accs]))
 
 
-def choose_thresholds(scores: AccountScores, block_fpr: float, perturb_fpr: float, action_fpr: float) -> Thresholds:
+def choose_thresholds(scores: AccountScores, targets: CalibrationTargets) -> Thresholds:
     """Thresholds so that at most the target share of validation benign accounts ever reaches
-    each action. With few benign accounts a quantile is the maximum; a margin above it keeps
-    the choice conservative, since false positives are the product's worst failure."""
-    benign = np.sort(scores.risk[scores.labels == 0])
-    if len(benign) == 0:
-        return Thresholds(throttle=0.5, perturb=0.8, block=0.95)
-
-    def above(share: float) -> float:
-        k = int(np.floor(share * len(benign)))  # benign accounts allowed at or above
-        q = benign[-(k + 1)]  # the highest benign risk that must stay below
-        return float(min(np.nextafter(q, 2.0) + 1e-6, 1.0001))
-
-    throttle = max(above(action_fpr), 0.3)
-    perturb = max(above(perturb_fpr), throttle)
-    block = max(above(block_fpr), perturb, 0.5)
-    return Thresholds(throttle=round(throttle, 6), perturb=round(perturb, 6), block=round(block, 6))
+    each action (the core rule, on the benign accounts' maxima)."""
+    return thresholds_for(scores.risk[scores.labels == 0], targets.action_targets())
 
 
 def summary_metrics(scores: AccountScores, thr: Thresholds) -> dict[str, float]:

@@ -77,7 +77,7 @@ def finalize_bundle(net: RiskNet, out: Path, val: Sequences, targets: Calibratio
     rows_labels = val.labels
     temperature = fit_temperature(logits, rows_labels)
     scores = account_scores(val, event_risk(val, logits, temperature, targets.corroboration))
-    thresholds = choose_thresholds(scores, targets.target_block_fpr, targets.target_perturb_fpr, targets.target_action_fpr)
+    thresholds = choose_thresholds(scores, targets)
     metrics = summary_metrics(scores, thresholds)
     onnx_path = out / "model.onnx"
     export_onnx(net, onnx_path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moat.models.calibration import sigmoid
-from moat.training.calibrate import AccountScores, choose_thresholds, event_risk, fit_temperature
+from moat.training.calibrate import AccountScores, CalibrationTargets, choose_thresholds, event_risk, fit_temperature
 from moat.training.sequences import Sequences
 
 
@@ -21,7 +21,7 @@ def test_temperature_recovers_the_generating_scale(true_t: float) -> None:
 def test_thresholds_meet_benign_targets() -> None:
     benign = np.linspace(0.0, 0.9, 1000)  # 1000 benign accounts
     scores = AccountScores([f"a{i}" for i in range(1100)], np.r_[np.zeros(1000), np.ones(100)].astype(np.uint8), ["x"] * 1100, np.r_[benign, np.full(100, 0.99)])
-    t = choose_thresholds(scores, block_fpr=0.001, perturb_fpr=0.005, action_fpr=0.01)
+    t = choose_thresholds(scores, CalibrationTargets(corroboration=0.5, target_block_fpr=0.001, target_perturb_fpr=0.005, target_action_fpr=0.01))
     assert (benign >= t.block).mean() <= 0.001
     assert (benign >= t.perturb).mean() <= 0.005
     assert (benign >= t.throttle).mean() <= 0.01
