@@ -1,9 +1,10 @@
-"""The shared interface of every simulated actor, and the registry that lists them.
+"""The shared interface of every simulated actor, and the decorator that registers a family.
 
 An actor is one real party: a person, a company's backend, an attacker. Each instance draws
 its own behavioural parameters from distributions in `setup()` (never fixed constants) and
-then yields its requests in time order from `events()`. Registration happens once, through
-the `register` decorator, and `registry()` is the one place that lists them all.
+then yields its requests in time order from `events()`. Families register through `register`;
+`moat.data_gen.registry` imports every family module and lists them. This module imports no
+family module, so personas and attacks build on it without an import circle.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from moat.data_gen.identity import Account, Prefix
 from moat.data_gen.text import PromptGrammar
@@ -109,6 +110,8 @@ class Query:
 
 
 class Actor(ABC):
+    """One simulated party. Subclasses name their family and label and implement `events()`."""
+
     family: ClassVar[str]
     label: ClassVar[int]
     kind: ClassVar[str]  # "persona" or "attack"
@@ -167,27 +170,21 @@ class Actor(ABC):
         return ev
 
 
-_REGISTRY: dict[str, type[Actor]] = {}
+_REGISTERED: dict[str, type[Actor]] = {}
 
 
-def register(cls: type[Actor]) -> type[Actor]:
-    if cls.family in _REGISTRY:
+ActorClass = TypeVar("ActorClass", bound=type[Actor])
+
+
+def register(cls: ActorClass) -> ActorClass:
+    """Class decorator: make a family known to `registered()` under its `family` name."""
+    if cls.family in _REGISTERED:
         raise ValueError(f"family {cls.family!r} registered twice")
-    _REGISTRY[cls.family] = cls
+    _REGISTERED[cls.family] = cls
     return cls
 
 
-def registry() -> dict[str, type[Actor]]:
-    """Every persona and attack family, by name. Importing the modules registers them."""
-    import moat.data_gen.attacks  # noqa: F401
-    import moat.data_gen.personas  # noqa: F401
-
-    return dict(_REGISTRY)
-
-
-def personas() -> dict[str, type[Actor]]:
-    return {k: v for k, v in registry().items() if v.label == 0}
-
-
-def attacks() -> dict[str, type[Actor]]:
-    return {k: v for k, v in registry().items() if v.label == 1}
+def registered() -> dict[str, type[Actor]]:
+    """The families registered so far, in registration order: only those whose modules have been
+    imported. `moat.data_gen.registry.registry()` imports them all first."""
+    return dict(_REGISTERED)

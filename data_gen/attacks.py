@@ -16,21 +16,17 @@ from typing import Any, ClassVar
 
 from moat.data_gen.actors import Actor, ParamHabit, Query, SimContext, register
 from moat.data_gen.identity import UA_HUMAN, UA_SCRIPT, Account, Prefix
-from moat.data_gen.personas import system_prompt
-from moat.data_gen.text import DOMAIN_NAMES, DOMAINS, REASONING_SUFFIXES, fill, perturb, random_words
-from moat.data_gen.timing import HumanTiming, MachineTiming, ServiceTiming
-
-
-def _as_query(rng: random.Random, text: str, params: dict[str, Any], completion_p: float, system: str | None = None) -> Query:
-    if rng.random() < completion_p:
-        return Query(params, prompt=text)
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": text})
-    return Query(params, messages=messages)
+from moat.data_gen.text import DOMAIN_NAMES, DOMAINS, REASONING_SUFFIXES, fill, perturb, random_words, system_prompt
+from moat.data_gen.timing import HumanTiming, MachineTiming, ServiceTiming, Timing
 
 
 class Strategy(ABC):
-    """Decides the content and parameters of an attacker's next query."""
+    """Decides the content and parameters of an attacker's next query. Subclasses draw their
+    parameters in `setup()` and write the prompt in `text()`; the parameters default to the
+    strategy's habit, and the prompt goes out as a completion or as chat with an optional system
+    prompt, at a per-attacker ratio."""
+
+    habit: ParamHabit
 
     def __init__(self, rng: random.Random, ctx: SimContext, evasive: bool) -> None:
         self.rng, self.ctx, self.evasive = rng, ctx, evasive
@@ -39,10 +35,24 @@ class Strategy(ABC):
         self.setup()
 
     def setup(self) -> None:
-        pass
+        """Draw this strategy's parameters."""
 
     @abstractmethod
-    def next(self) -> Query: ...
+    def text(self) -> str:
+        """The next prompt."""
+
+    def params(self) -> dict[str, Any]:
+        """The next request's parameters (drawn after the prompt)."""
+        return self.habit.sample(self.rng)
+
+    def next(self) -> Query:
+        text = self.text()
+        params = self.params()
+        if self.rng.random() < self.completion_p:
+            return Query(params, prompt=text)
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        messages.append({"role": "user", "content": text})
+        return Query(params, messages=messages)
 
 
 class RandomQueries(Strategy):
@@ -52,14 +62,12 @@ class RandomQueries(Strategy):
         self.length = (r.randint(3, 10), r.randint(12, 80))
         self.synthetic_p = r.uniform(0, 0.6)
 
-    def next(self) -> Query:
+    def text(self) -> str:
         r = self.rng
         if r.random() < self.synthetic_p:
             # Synthetic queries: real task templates with random slot fillers glued together.
-            text = " ".join(fill(r.choice(DOMAINS[r.choice(DOMAIN_NAMES)]), r) for _ in range(r.randint(1, 3)))
-        else:
-            text = random_words(r, r.randint(*self.length))
-        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+            return " ".join(fill(r.choice(DOMAINS[r.choice(DOMAIN_NAMES)]), r) for _ in range(r.randint(1, 3)))
+        return random_words(r, r.randint(*self.length))
 
 
 class DatasetReplay(Strategy):
@@ -68,9 +76,8 @@ class DatasetReplay(Strategy):
         self.habit = ParamHabit.draw(r, max_tokens=r.choice([None, 512, 1024, 2048]))
         self.domains = r.sample(DOMAIN_NAMES, r.randint(2, len(DOMAIN_NAMES)))
 
-    def next(self) -> Query:
-        r = self.rng
-        return _as_query(r, self.ctx.grammar.prompt(r, r.choice(self.domains)), self.habit.sample(r), self.completion_p, self.system)
+    def text(self) -> str:
+        return self.ctx.grammar.prompt(self.rng, self.rng.choice(self.domains))
 
 
 INSTRUCTION_VERBS = [
@@ -90,15 +97,13 @@ class SelfInstruct(Strategy):
         self.habit = ParamHabit.draw(r, temperature=r.choice([None, round(r.uniform(0.6, 1.1), 2)]), max_tokens=r.choice([1024, 2048, 4096, r.randint(700, 4000)]))
         self.bootstrap_p = r.uniform(0.05, 0.4)
 
-    def next(self) -> Query:
+    def text(self) -> str:
         r, g = self.rng, self.ctx.grammar
         if r.random() < self.bootstrap_p:
-            text = SEED_TASK_PROMPT.format(ex1=g.prompt(r), ex2=g.prompt(r), ex3=g.prompt(r), a=r.randint(5, 20))
-        elif r.random() < 0.5:
-            text = f"{r.choice(INSTRUCTION_VERBS)} {fill('{topic}', r)} for {fill('{job}', r)}s."
-        else:
-            text = g.prompt(r)
-        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+            return SEED_TASK_PROMPT.format(ex1=g.prompt(r), ex2=g.prompt(r), ex3=g.prompt(r), a=r.randint(5, 20))
+        if r.random() < 0.5:
+            return f"{r.choice(INSTRUCTION_VERBS)} {fill('{topic}', r)} for {fill('{job}', r)}s."
+        return g.prompt(r)
 
 
 class LogitProbe(Strategy):
@@ -117,8 +122,12 @@ class LogitProbe(Strategy):
         self.interleave = r.random() < 0.3
         self._i = 0
         self._j = 0
+        # Probes send the bare prompt without a system prompt; an attacker drawn to never send
+        # completions sends them half the time.
+        self.completion_p = self.completion_p or 0.5
+        self.system = None
 
-    def next(self) -> Query:
+    def text(self) -> str:
         r = self.rng
         if self.interleave:
             prompt = r.choice(self.prompts)
@@ -129,6 +138,10 @@ class LogitProbe(Strategy):
             self._j += 1
         if self.evasive and r.random() < 0.3:
             prompt = prompt + r.choice([" ", "  ", "\n", " ."])
+        return prompt
+
+    def params(self) -> dict[str, Any]:
+        r = self.rng
         size = r.randint(*self.bias_size)
         bias = {str(r.randint(0, 100255)): (self.bias_value if self.bias_value is not None else round(r.uniform(-100, 100), 1)) for _ in range(size)}
         params: dict[str, Any] = {"max_tokens": r.randint(*self.max_tokens), "logprobs": True, "logit_bias": bias}
@@ -136,7 +149,7 @@ class LogitProbe(Strategy):
             params["top_logprobs"] = self.top_logprobs if not self.evasive else r.randint(1, 20)
         if self.temperature is not None:
             params["temperature"] = self.temperature if not self.evasive else round(r.uniform(0, 0.5), 2)
-        return _as_query(r, prompt, params, self.completion_p if self.completion_p else 0.5)
+        return params
 
 
 class ActiveLearning(Strategy):
@@ -147,12 +160,11 @@ class ActiveLearning(Strategy):
         self.new_seed_p = r.uniform(0.01, 0.1)
         self.habit = ParamHabit.draw(r)
 
-    def next(self) -> Query:
+    def text(self) -> str:
         r = self.rng
         if r.random() < self.new_seed_p:
             self.seeds.append(self.ctx.grammar.prompt(r))
-        text = perturb(r.choice(self.seeds), r, r.uniform(*self.strength))
-        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+        return perturb(r.choice(self.seeds), r, r.uniform(*self.strength))
 
 
 class CoverageSweep(Strategy):
@@ -173,13 +185,11 @@ class CoverageSweep(Strategy):
         self._k = 0
         self.habit = ParamHabit.draw(r)
 
-    def next(self) -> Query:
-        r = self.rng
+    def text(self) -> str:
         tpl, x, y = self.cells[self._k % len(self.cells)]
         self._k += 1
         (na, _), (nb, _) = self.axes
-        text = fill(tpl.replace("{" + na + "}", x).replace("{" + nb + "}", y), r)
-        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+        return fill(tpl.replace("{" + na + "}", x).replace("{" + nb + "}", y), self.rng)
 
 
 class ReasoningHarvest(Strategy):
@@ -190,21 +200,23 @@ class ReasoningHarvest(Strategy):
         self.domains = r.sample(["math", "code", "qa"], r.randint(1, 3))
         self.suffix_p = r.uniform(0.5, 1.0)
 
-    def next(self) -> Query:
+    def text(self) -> str:
         r = self.rng
         text = self.ctx.grammar.prompt(r, r.choice(self.domains))
         if r.random() < self.suffix_p:
             text += r.choice(REASONING_SUFFIXES)
-        return _as_query(r, text, self.habit.sample(r), self.completion_p, self.system)
+        return text
 
 
 class AttackActor(Actor):
     """One attacker with one account: strategy queries at machine or service pace, with cover
-    traffic when evasive. Subclasses pick the strategy; campaigns override `send`."""
+    traffic when evasive, until the budget or the simulation ends. Subclasses pick the strategy;
+    campaigns override `start` (accounts, pace, first request) and `next_account`."""
 
     label = 1
     kind = "attack"
     strategy_cls: ClassVar[type[Strategy]]
+    account: Account  # opened by `start`
 
     def setup(self) -> None:
         r = self.rng
@@ -224,23 +236,33 @@ class AttackActor(Actor):
     def query(self) -> Query:
         return self.cover_query() if self.cover_p and self.rng.random() < self.cover_p else self.strategy.next()
 
-    def timing(self):
+    def scripted_timing(self) -> Timing:
+        """A script's pace: a steady machine, or a service-like rate when evasive."""
         r = self.rng
         rate = r.lognormvariate(math.log(0.3), 1.0)
         if self.evasive and r.random() < 0.5:
             return ServiceTiming.draw(r, rate, library=self.ctx.timing)
         return MachineTiming.draw(r, rate, evasive=self.evasive)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def start(self) -> tuple[Timing, float]:
+        """Open the account, then draw the pace and the first request's time. Runs when events
+        begin, after every subclass's setup, so those draws come first."""
         r = self.rng
-        account = self.new_account(UA_HUMAN if self.evasive and r.random() < 0.4 else UA_SCRIPT, n_keys=r.randint(1, 2), n_hosts=r.randint(1, 4))
-        timing = self.timing()
-        t = self.start_time(0.8)
+        self.account = self.new_account(UA_HUMAN if self.evasive and r.random() < 0.4 else UA_SCRIPT, n_keys=r.randint(1, 2), n_hosts=r.randint(1, 4))
+        return self.scripted_timing(), self.start_time(0.8)
+
+    def next_account(self) -> Account:
+        """The account that sends the next request (drawn before the query)."""
+        return self.account
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        timing, t = self.start()
         for _ in range(self.limit):
             if t >= self.ctx.end:
                 return
+            account = self.next_account()
             yield self.event(account, t, self.query())
-            t += timing.gap(r, t)
+            t += timing.gap(self.rng, t)
 
 
 @register
@@ -332,25 +354,21 @@ class SybilCampaign(AttackActor):
             for _ in range(max(10, self.limit // self.per_account))
         ]
         self.parallel = r.random() < 0.5
+        self._used = {a.account_id: 0 for a in self.accounts}
+        self._idx = 0
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        r = self.rng
-        timing = self.timing()
-        t = self.start_time(0.8)
-        used = {a.account_id: 0 for a in self.accounts}
-        idx = 0
-        for _ in range(self.limit):
-            if t >= self.ctx.end:
-                return
-            if self.parallel:
-                account = r.choice(self.accounts)
-            else:  # burn accounts one after another
-                account = self.accounts[idx % len(self.accounts)]
-                used[account.account_id] += 1
-                if used[account.account_id] >= self.per_account:
-                    idx += 1
-            yield self.event(account, t, self.query())
-            t += timing.gap(r, t)
+    def start(self) -> tuple[Timing, float]:
+        return self.scripted_timing(), self.start_time(0.8)
+
+    def next_account(self) -> Account:
+        if self.parallel:
+            return self.rng.choice(self.accounts)
+        # Burn accounts one after another.
+        account = self.accounts[self._idx % len(self.accounts)]
+        self._used[account.account_id] += 1
+        if self._used[account.account_id] >= self.per_account:
+            self._idx += 1
+        return account
 
 
 @register
@@ -370,13 +388,8 @@ class SlowLowMimicry(AttackActor):
         self.cover_p = r.uniform(0.2, 0.6)
         self.limit = self.budget(400, 0.8, low=60, high=5000)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def start(self) -> tuple[Timing, float]:
         r = self.rng
-        account = self.new_account(UA_HUMAN, n_keys=1, n_hosts=r.randint(1, 3))
+        self.account = self.new_account(UA_HUMAN, n_keys=1, n_hosts=r.randint(1, 3))
         timing = HumanTiming.draw(r)  # the same distribution benign chat users are drawn from
-        t = timing.hours.next_start(self.start_time(0.3), r)
-        for _ in range(self.limit):
-            if t >= self.ctx.end:
-                return
-            yield self.event(account, t, self.query())
-            t += timing.gap(r, t)
+        return timing, timing.hours.next_start(self.start_time(0.3), r)

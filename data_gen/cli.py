@@ -7,24 +7,25 @@ import json
 import sys
 from pathlib import Path
 
-from moat.data_gen.actors import registry
+from moat.data_gen.actors import SimContext
 from moat.data_gen.corpus import load_corpus
-from moat.data_gen.simulator import EPOCH, SimConfig, simulate
+from moat.data_gen.registry import registry
+from moat.data_gen.simulator import EPOCH, EmptySplitError, SimConfig, min_actors, simulate
 from moat.data_gen.text import PromptGrammar
 from moat.data_gen.timing import DAY, TimingLibrary
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--actors", type=int, default=1000, help="number of actors (people, services, attackers)")
+    p.add_argument("--actors", type=int, default=1000, help=f"number of actors (people, services, attackers); at least {min_actors()}, so that train, val and test each get some")
     p.add_argument("--days", type=float, default=3.0, help="simulated days")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed and options write byte-identical files")
     p.add_argument("--corpus", action="append", default=[], help="file of real prompts to mix in (repeatable)")
     p.add_argument("--timing-from", action="append", default=[], help="ServeGen folder/CSV or Azure CSV to fit service rates from")
     p.add_argument("--holdout-families", default="", help="comma-separated attack families kept out of train and val")
     p.add_argument("--attack-share", type=float, default=0.25, help="share of actors that are attackers")
     p.add_argument("--gzip", action="store_true", help="write .jsonl.gz")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
 
 def _fail(msg: str) -> int:
@@ -38,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [f for f in holdout if f not in families]
     if unknown:
         return _fail(f"unknown family {unknown[0]!r}; valid: {', '.join(sorted(families))}")
-    if args.actors < 1:
-        return _fail("--actors must be at least 1")
+    if args.actors < min_actors():
+        return _fail(f"--actors must be at least {min_actors()} (two per family plus one), so that train, val and test each get actors; got {args.actors}")
     if args.days <= 0:
         return _fail("--days must be positive")
     if not 0 <= args.attack_share <= 1:
@@ -50,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         return _fail(str(exc))
     cfg = SimConfig(actors=args.actors, days=args.days, seed=args.seed, attack_share=args.attack_share, holdout=holdout, compress=args.gzip)
-    from moat.data_gen.actors import SimContext
-
     ctx = SimContext(start=EPOCH, end=EPOCH + args.days * DAY, grammar=PromptGrammar(corpus), timing=timing)
-    stats = simulate(cfg, ctx, args.out, progress=not args.no_progress)
+    try:
+        stats = simulate(cfg, ctx, args.out, progress=not args.no_progress)
+    except EmptySplitError as exc:
+        return _fail(str(exc))
     (args.out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     print_table(stats)
     return 0

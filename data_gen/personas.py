@@ -1,73 +1,111 @@
 """Benign personas. Several are deliberately hard negatives: they repeat prompts, run at
-machine rates, ask for logprobs or set logit_bias, because real customers do."""
+machine rates, ask for logprobs or set logit_bias, because real customers do.
+
+Most personas work in sessions (a conversation, a burst of edits, a batch run) and share one
+loop in `Persona`; each says only what a session asks, how fast, and what it does in between.
+"""
 
 from __future__ import annotations
 
+import heapq
 import math
-import random
+from abc import abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from moat.data_gen.actors import Actor, ParamHabit, Query, register
-from moat.data_gen.identity import UA_HUMAN, UA_SCRIPT, UA_SERVICE, Prefix
-from moat.data_gen.text import DOMAIN_NAMES, fill, perturb
-from moat.data_gen.timing import ActiveHours, HumanTiming, MachineTiming, ServiceTiming
-
-SYSTEM_PROMPTS = [
-    "You are a helpful assistant.", "You are {app}'s support assistant. Answer briefly and politely.",
-    "You are an expert {job}. Answer precisely.", "Reply in JSON only.", "You are a tutor for {topic}. Be encouraging.",
-]
+from moat.data_gen.identity import UA_HUMAN, UA_SCRIPT, UA_SERVICE, Account, Prefix
+from moat.data_gen.text import DOMAIN_NAMES, fill, perturb, system_prompt
+from moat.data_gen.timing import ActiveHours, HumanTiming, LogNormalTiming, MachineTiming, ServiceTiming, Timing
 
 
-def system_prompt(rng: random.Random) -> str:
-    return fill(rng.choice(SYSTEM_PROMPTS).replace("{app}", rng.choice(["Acme", "Docly", "Shopr", "Fintra"])), rng)
+class Persona(Actor):
+    """A benign party with one account that sends sessions of requests until the simulation ends
+    or its request budget runs out. `setup()` sets the attributes below; `session()` yields one
+    session's queries; the hooks default to "no pause, no follow-up"."""
+
+    label = 0
+    kind = "persona"
+    lead: ClassVar[float] = 0.7  # the first request falls within this share of the time span
+
+    account: Account
+    habit: ParamHabit
+    timing: Timing  # gaps between requests within a session
+    limit: int  # request budget
+    hours: ActiveHours | None = None  # when set, the first request waits for active hours
+    completion_style: bool = False  # send /v1/completions prompts instead of chat messages
+
+    @abstractmethod
+    def session(self) -> Iterator[Query]:
+        """Yield one session's queries. Its random draws happen as each query is asked for."""
+
+    def answered(self, query: Query) -> None:
+        """Runs after each request, before the next gap: a conversation records the reply here."""
+
+    def pause(self, t: float) -> float:
+        """The time the next session starts, given the time after the last request's gap."""
+        return t
+
+    def ask(self, text: str, params: dict[str, Any] | None = None) -> Query:
+        """One prompt as a query in this persona's style, with its habitual parameters by default."""
+        params = self.habit.sample(self.rng) if params is None else params
+        return Query(params, prompt=text) if self.completion_style else Query(params, messages=[{"role": "user", "content": text}])
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        r, end = self.rng, self.ctx.end
+        t = self.start_time(self.lead)
+        if self.hours is not None:
+            t = self.hours.next_start(t, r)
+        n = 0
+        while t < end and n < self.limit:
+            for query in self.session():
+                yield self.event(self.account, t, query)
+                n += 1
+                self.answered(query)
+                t += self.timing.gap(r, t)
+                if t >= end or n >= self.limit:
+                    return
+            t = self.pause(t)
 
 
 @register
-class ChatUser(Actor):
+class ChatUser(Persona):
     """A person in a chat app: multi-turn conversations, human think times, diurnal activity."""
 
     family = "chat_user"
-    label = 0
-    kind = "persona"
     weight = 5.0
 
     def setup(self) -> None:
         r = self.rng
         self.account = self.new_account(UA_HUMAN, n_hosts=r.randint(1, 3))
         self.timing = HumanTiming.draw(r)
+        self.hours = self.timing.hours
         self.habit = ParamHabit.draw(r)
         self.domains = r.sample(DOMAIN_NAMES, r.randint(1, 4))
         self.turns_mean = r.uniform(1.5, 6)
         self.system = system_prompt(r) if r.random() < 0.4 else None
         self.limit = self.budget(60, 1.0, high=3000)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def session(self) -> Iterator[Query]:
         r, g = self.rng, self.ctx.grammar
-        t = self.timing.hours.next_start(self.start_time(), r)
-        n = 0
-        while t < self.ctx.end and n < self.limit:
-            history: list[dict[str, str]] = [{"role": "system", "content": self.system}] if self.system else []
-            turns = 1 + int(r.expovariate(1 / self.turns_mean))
-            for turn in range(min(turns, 30)):
-                text = g.prompt(r, r.choice(self.domains)) if turn == 0 else g.follow_up(r)
-                history.append({"role": "user", "content": text})
-                yield self.event(self.account, t, Query(self.habit.sample(r), messages=list(history)))
-                n += 1
-                history.append({"role": "assistant", "content": g.answer(r, text)})
-                t += self.timing.gap(r, t)
-                if t >= self.ctx.end or n >= self.limit:
-                    return
+        self.history: list[dict[str, str]] = [{"role": "system", "content": self.system}] if self.system else []
+        turns = 1 + int(r.expovariate(1 / self.turns_mean))
+        for turn in range(min(turns, 30)):
+            text = g.prompt(r, r.choice(self.domains)) if turn == 0 else g.follow_up(r)
+            self.history.append({"role": "user", "content": text})
+            yield Query(self.habit.sample(r), messages=list(self.history))
+
+    def answered(self, query: Query) -> None:
+        self.history.append({"role": "assistant", "content": self.ctx.grammar.answer(self.rng, self.history[-1]["content"])})
 
 
 @register
-class PromptDeveloper(Actor):
+class PromptDeveloper(Persona):
     """A developer iterating on one prompt: near-duplicates with small edits, bursts, then idle."""
 
     family = "prompt_developer"
-    label = 0
-    kind = "persona"
     weight = 3.0
+    hours: ActiveHours  # drawn in setup
 
     def setup(self) -> None:
         r = self.rng
@@ -75,45 +113,36 @@ class PromptDeveloper(Actor):
         self.hours = ActiveHours.draw(r)
         self.habit = ParamHabit.draw(r, logprobs_p=r.choice([0.0, 0.0, r.uniform(0.1, 0.8)]))
         self.burst_len = r.uniform(4, 30)
-        self.gap_median = r.uniform(8, 90)
+        self.timing = LogNormalTiming(median_s=r.uniform(8, 90), sigma=0.8)
         self.edit_strength = r.uniform(0.02, 0.15)
         self.completion_style = r.random() < 0.25
         self.limit = self.budget(200, 0.9, high=5000)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def session(self) -> Iterator[Query]:
         r, g = self.rng, self.ctx.grammar
-        t = self.hours.next_start(self.start_time(), r)
-        n = 0
-        while t < self.ctx.end and n < self.limit:
-            base = g.prompt(r)
-            if r.random() < 0.5:
-                base = f"{system_prompt(r)}\n\n{base}\n\nInput: {g.prompt(r)}"
-            for _ in range(1 + int(r.expovariate(1 / self.burst_len))):
-                if r.random() < 0.6:
-                    base = perturb(base, r, self.edit_strength)
-                if r.random() < 0.1:  # tweak a parameter while debugging
-                    self.habit.temperature = r.choice([0.0, 0.3, 0.7, 1.0])
-                params = self.habit.sample(r)
-                q = Query(params, prompt=base) if self.completion_style else Query(params, messages=[{"role": "user", "content": base}])
-                yield self.event(self.account, t, q)
-                n += 1
-                t += r.lognormvariate(math.log(self.gap_median), 0.8)
-                if t >= self.ctx.end or n >= self.limit:
-                    return
-            t += r.uniform(600, 3 * 3600)
-            if not self.hours.is_active(t):
-                t = self.hours.next_start(t, r)
+        base = g.prompt(r)
+        if r.random() < 0.5:
+            base = f"{system_prompt(r)}\n\n{base}\n\nInput: {g.prompt(r)}"
+        for _ in range(1 + int(r.expovariate(1 / self.burst_len))):
+            if r.random() < 0.6:
+                base = perturb(base, r, self.edit_strength)
+            if r.random() < 0.1:  # tweak a parameter while debugging
+                self.habit.temperature = r.choice([0.0, 0.3, 0.7, 1.0])
+            yield self.ask(base)
+
+    def pause(self, t: float) -> float:
+        t += self.rng.uniform(600, 3 * 3600)
+        return t if self.hours.is_active(t) else self.hours.next_start(t, self.rng)
 
 
 @register
-class AppBackend(Actor):
+class AppBackend(Persona):
     """An application backend: one account serving many end users through several API keys,
     a constant system prompt, and a diurnal Poisson/Gamma arrival rate."""
 
     family = "app_backend"
-    label = 0
-    kind = "persona"
     weight = 2.0
+    lead = 0.3
 
     def setup(self) -> None:
         r = self.rng
@@ -125,31 +154,24 @@ class AppBackend(Actor):
         self.multi_turn_p = r.uniform(0.0, 0.6)
         self.limit = self.budget(1500, 1.0, high=15000)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def session(self) -> Iterator[Query]:
         r, g = self.rng, self.ctx.grammar
-        t = self.start_time(0.3)
-        n = 0
-        while t < self.ctx.end and n < self.limit:
-            history = [{"role": "system", "content": self.system}]
-            text = g.prompt(r, r.choice(self.domains))
-            history.append({"role": "user", "content": text})
-            if r.random() < self.multi_turn_p:
-                for _ in range(r.randint(1, 3)):
-                    history.append({"role": "assistant", "content": g.answer(r, text)})
-                    history.append({"role": "user", "content": g.follow_up(r)})
-            yield self.event(self.account, t, Query(self.habit.sample(r), messages=history))
-            n += 1
-            t += self.timing.gap(r, t)
+        text = g.prompt(r, r.choice(self.domains))
+        history = [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
+        if r.random() < self.multi_turn_p:
+            for _ in range(r.randint(1, 3)):
+                history.append({"role": "assistant", "content": g.answer(r, text)})
+                history.append({"role": "user", "content": g.follow_up(r)})
+        yield Query(self.habit.sample(r), messages=history)
 
 
 @register
-class BatchPipeline(Actor):
+class BatchPipeline(Persona):
     """An enterprise batch job: one template over many documents, at a steady high rate."""
 
     family = "batch_pipeline"
-    label = 0
-    kind = "persona"
     weight = 1.5
+    lead = 0.5
 
     def setup(self) -> None:
         r = self.rng
@@ -162,36 +184,30 @@ class BatchPipeline(Actor):
             "You are a compliance reviewer. Flag any risk in this contract clause:\n",
         ]), r)
         self.habit = ParamHabit.draw(r, temperature=r.choice([0.0, 0.0, 0.1, 0.3, None]), n=1)
-        self.rate = r.lognormvariate(math.log(1.0), 0.8)
+        rate = r.lognormvariate(math.log(1.0), 0.8)
         self.run_hour = r.uniform(0, 24)
         self.run_size = int(r.lognormvariate(math.log(600), 0.9))
         self.limit = self.budget(4000, 0.9, high=20000)
+        self.timing = MachineTiming.draw(r, rate)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def session(self) -> Iterator[Query]:
         r, g = self.rng, self.ctx.grammar
-        timing = MachineTiming.draw(r, self.rate)
-        t = self.start_time(0.5)
-        n = 0
-        while t < self.ctx.end and n < self.limit:
-            for _ in range(max(20, int(self.run_size * r.uniform(0.5, 1.5)))):
-                doc = fill("{doc}", r) if r.random() < 0.7 else g.prompt(r, "extraction")
-                yield self.event(self.account, t, Query(self.habit.sample(r), messages=[{"role": "user", "content": self.template + doc}]))
-                n += 1
-                t += timing.gap(r, t)
-                if t >= self.ctx.end or n >= self.limit:
-                    return
-            t += r.uniform(6, 30) * 3600
+        for _ in range(max(20, int(self.run_size * r.uniform(0.5, 1.5)))):
+            doc = fill("{doc}", r) if r.random() < 0.7 else g.prompt(r, "extraction")
+            yield self.ask(self.template + doc)
+
+    def pause(self, t: float) -> float:
+        return t + self.rng.uniform(6, 30) * 3600
 
 
 @register
-class EvalRunner(Actor):
+class EvalRunner(Persona):
     """A benchmark runner: a fixed question set at temperature 0, sometimes with logprobs,
     re-run for each new checkpoint or prompt variant."""
 
     family = "eval_runner"
-    label = 0
-    kind = "persona"
     weight = 1.5
+    lead = 0.6
 
     def setup(self) -> None:
         r = self.rng
@@ -204,34 +220,26 @@ class EvalRunner(Actor):
             top_logprobs=r.choice([0, 1, 5]), n=r.choice([1, 1, 1, 5, 10]), max_tokens=r.choice([None, 256, 1024, 2048]),
         )
         self.shot_prefix = fill("Answer the following {word} question. Put the final answer after 'Answer:'.\n", r) if r.random() < 0.5 else ""
-        self.rate = r.lognormvariate(math.log(0.5), 0.8)
+        rate = r.lognormvariate(math.log(0.5), 0.8)
         self.limit = self.budget(800, 0.8, high=15000)
+        self.timing = MachineTiming.draw(r, rate)
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        r = self.rng
-        timing = MachineTiming.draw(r, self.rate)
-        t = self.start_time(0.6)
-        n = 0
-        while t < self.ctx.end and n < self.limit:
-            order = list(self.questions)
-            if r.random() < 0.5:
-                r.shuffle(order)
-            for q in order:
-                yield self.event(self.account, t, Query(self.habit.sample(r), messages=[{"role": "user", "content": self.shot_prefix + q}]))
-                n += 1
-                t += timing.gap(r, t)
-                if t >= self.ctx.end or n >= self.limit:
-                    return
-            t += r.uniform(2, 48) * 3600
+    def session(self) -> Iterator[Query]:
+        order = list(self.questions)
+        if self.rng.random() < 0.5:
+            self.rng.shuffle(order)
+        for q in order:
+            yield self.ask(self.shot_prefix + q)
+
+    def pause(self, t: float) -> float:
+        return t + self.rng.uniform(2, 48) * 3600
 
 
 @register
-class AgentLoop(Actor):
+class AgentLoop(Persona):
     """An agent or tool loop: long conversations of tool calls and tool results."""
 
     family = "agent_loop"
-    label = 0
-    kind = "persona"
     weight = 1.5
 
     def setup(self) -> None:
@@ -240,36 +248,33 @@ class AgentLoop(Actor):
         self.system = fill("You are an autonomous agent. Tools: search, calculator, {word}_db, http_get. Goal-directed; call tools as JSON.", r)
         self.habit = ParamHabit.draw(r, temperature=r.choice([0.0, 0.2, 0.7, None]))
         self.steps_mean = r.uniform(4, 30)
-        self.step_gap = r.uniform(0.8, 10)
-        self.task_gap = r.lognormvariate(math.log(900), 1.0)
+        self.timing = LogNormalTiming(median_s=r.uniform(0.8, 10), sigma=0.6)
+        self.task_gap = LogNormalTiming(median_s=r.lognormvariate(math.log(900), 1.0), sigma=1.0)
         self.limit = self.budget(600, 1.0, high=15000)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def session(self) -> Iterator[Query]:
         r, g = self.rng, self.ctx.grammar
-        t = self.start_time()
-        n = 0
-        while t < self.ctx.end and n < self.limit:
-            history = [{"role": "system", "content": self.system}, {"role": "user", "content": g.prompt(r, "tools")}]
-            for _ in range(1 + int(r.expovariate(1 / self.steps_mean))):
-                yield self.event(self.account, t, Query(self.habit.sample(r), messages=list(history[-60:])))
-                n += 1
-                history.append({"role": "assistant", "content": fill('{"tool": "{word}", "args": {"q": "{topic}", "n": {a}}}', r)})
-                history.append({"role": "tool", "content": fill("{doc}", r)})
-                t += r.lognormvariate(math.log(self.step_gap), 0.6)
-                if t >= self.ctx.end or n >= self.limit:
-                    return
-            t += r.lognormvariate(math.log(self.task_gap), 1.0)
+        self.history = [{"role": "system", "content": self.system}, {"role": "user", "content": g.prompt(r, "tools")}]
+        for _ in range(1 + int(r.expovariate(1 / self.steps_mean))):
+            yield Query(self.habit.sample(r), messages=list(self.history[-60:]))
+
+    def answered(self, query: Query) -> None:
+        r = self.rng
+        self.history.append({"role": "assistant", "content": fill('{"tool": "{word}", "args": {"q": "{topic}", "n": {a}}}', r)})
+        self.history.append({"role": "tool", "content": fill("{doc}", r)})
+
+    def pause(self, t: float) -> float:
+        return t + self.task_gap.gap(self.rng, t)
 
 
 @register
-class Labeller(Actor):
+class Labeller(Persona):
     """A classification or labelling pipeline: short prompts, tiny max_tokens, logprobs for
     label confidence, and often a constant logit_bias that restricts output to the labels."""
 
     family = "labeller"
-    label = 0
-    kind = "persona"
     weight = 1.3
+    lead = 0.5
 
     def setup(self) -> None:
         r = self.rng
@@ -286,30 +291,23 @@ class Labeller(Actor):
         self.completion_style = r.random() < 0.4
         self.limit = self.budget(1500, 0.9, high=15000)
 
-    def events(self) -> Iterator[dict[str, Any]]:
-        r, g = self.rng, self.ctx.grammar
-        t = self.start_time(0.5)
-        n = 0
-        while t < self.ctx.end and n < self.limit:
-            text = self.instruction + (fill("{review}", r) if r.random() < 0.5 else g.prompt(r))
-            params = self.habit.sample(r)
-            if self.bias:
-                params["logit_bias"] = dict(self.bias)
-            q = Query(params, prompt=text) if self.completion_style else Query(params, messages=[{"role": "user", "content": text}])
-            yield self.event(self.account, t, q)
-            n += 1
-            t += self.timing.gap(r, t)
+    def session(self) -> Iterator[Query]:
+        r = self.rng
+        text = self.instruction + (fill("{review}", r) if r.random() < 0.5 else self.ctx.grammar.prompt(r))
+        params = self.habit.sample(r)
+        if self.bias:
+            params["logit_bias"] = dict(self.bias)
+        yield self.ask(text, params)
 
 
 @register
-class LogprobResearcher(Actor):
+class LogprobResearcher(Persona):
     """Legitimate logprob or calibration research: a prompt set re-queried a few times with
     logprobs, varying temperature and seed, occasionally a logit_bias to suppress a token."""
 
     family = "logprob_researcher"
-    label = 0
-    kind = "persona"
     weight = 1.2
+    hours: ActiveHours  # drawn in setup
 
     def setup(self) -> None:
         r = self.rng
@@ -318,36 +316,31 @@ class LogprobResearcher(Actor):
         self.repeats = r.randint(1, 5)
         self.habit = ParamHabit.draw(r, logprobs_p=1.0, top_logprobs=r.randint(3, 20), max_tokens=r.choice([1, 5, 16, 64, 256]))
         self.bias_p = r.uniform(0, 0.3)
-        self.rate = r.lognormvariate(math.log(0.3), 0.8)
+        rate = r.lognormvariate(math.log(0.3), 0.8)
         self.hours = ActiveHours.draw(r)
         self.completion_style = r.random() < 0.5
         self.limit = self.budget(600, 0.8, high=8000)
+        self.timing = MachineTiming.draw(r, rate)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def session(self) -> Iterator[Query]:
         r = self.rng
-        timing = MachineTiming.draw(r, self.rate)
-        t = self.hours.next_start(self.start_time(), r)
-        n = 0
-        while t < self.ctx.end and n < self.limit:
-            for p in self.prompts:
-                for _ in range(self.repeats):
-                    params = self.habit.sample(r)
-                    params["temperature"] = r.choice([0.0, 0.5, 1.0])
-                    if r.random() < self.bias_p:
-                        params["logit_bias"] = {str(r.randint(100, 50000)): -100.0}
-                    q = Query(params, prompt=p) if self.completion_style else Query(params, messages=[{"role": "user", "content": p}])
-                    yield self.event(self.account, t, q)
-                    n += 1
-                    t += timing.gap(r, t)
-                    if t >= self.ctx.end or n >= self.limit:
-                        return
-            t = self.hours.next_start(t + r.uniform(3600, 48 * 3600), r)
+        for p in self.prompts:
+            for _ in range(self.repeats):
+                params = self.habit.sample(r)
+                params["temperature"] = r.choice([0.0, 0.5, 1.0])
+                if r.random() < self.bias_p:
+                    params["logit_bias"] = {str(r.randint(100, 50000)): -100.0}
+                yield self.ask(p, params)
+
+    def pause(self, t: float) -> float:
+        return self.hours.next_start(t + self.rng.uniform(3600, 48 * 3600), self.rng)
 
 
 @register
 class CorporateNat(Actor):
     """Many employees' accounts behind one corporate NAT prefix: chat users and developers
-    whose traffic shares one client IP block (a hard case for per-address limits)."""
+    whose traffic shares one client IP block (a hard case for per-address limits). A crowd,
+    not one persona: it merges its members' events instead of running sessions itself."""
 
     family = "corporate_nat"
     label = 0
@@ -357,18 +350,13 @@ class CorporateNat(Actor):
     def setup(self) -> None:
         r = self.rng
         self.prefix = Prefix.draw(r, v6_share=0.2)
-        self.members: list[Actor] = []
+        self.members: list[Persona] = []
         for i in range(r.randint(5, 40)):
             cls = ChatUser if r.random() < 0.7 else PromptDeveloper
-            member = cls(f"{self.actor_id}.{i}", r.getrandbits(64), self.ctx, shared_prefixes=[self.prefix])
-            self.members.append(member)
+            self.members.append(cls(f"{self.actor_id}.{i}", r.getrandbits(64), self.ctx, shared_prefixes=[self.prefix]))
 
     def events(self) -> Iterator[dict[str, Any]]:
-        import heapq
-
         for ev in heapq.merge(*(m.events() for m in self.members), key=lambda e: e["ts"]):
             ev["family"] = self.family
             ev["actor"] = self.actor_id
             yield ev
-
-

@@ -12,12 +12,18 @@ from typing import Any
 
 from tqdm import tqdm
 
-from moat.data_gen.actors import Actor, SimContext, attacks, personas, registry
+from moat.data_gen.actors import Actor, SimContext
+from moat.data_gen.registry import attacks, personas, registry
 from moat.models.traces import TraceWriter
 
 # Simulated time starts on a Monday (2026-01-05 00:00 UTC) so weekday effects are meaningful.
 EPOCH = 1767571200.0
 SPLITS = ("train", "val", "test")
+
+
+class EmptySplitError(Exception):
+    """A split would be written without events: too few actors, too short a span, or every
+    family of the split held out."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,13 @@ class ActorSpec:
     split: str
 
 
+def min_actors() -> int:
+    """The fewest actors that give every split an actor whatever the seed (held-out families
+    aside): `plan_actors` sends a family's first three actors to test, train and val, and 2F + 1
+    actors over F families put three in some family."""
+    return 2 * len(registry()) + 1
+
+
 def plan_actors(cfg: SimConfig) -> list[ActorSpec]:
     """Choose each actor's family and split. Splits are stratified per family and by actor, and
     held-out families go to test only, so evaluation measures unseen people and attack styles."""
@@ -119,22 +132,32 @@ def _events(specs: list[ActorSpec], ctx: SimContext) -> Iterator[dict[str, Any]]
 
 
 def simulate(cfg: SimConfig, ctx: SimContext, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Write train/val/test traces and return their statistics (also written to stats.json)."""
+    """Write train/val/test traces and return their statistics (also written to stats.json).
+    Raises EmptySplitError, and removes the traces it wrote, when a split gets no events: an
+    empty test file would otherwise pass for a data set."""
     specs = plan_actors(cfg)
     out.mkdir(parents=True, exist_ok=True)
     suffix = ".jsonl.gz" if cfg.compress else ".jsonl"
     stats: dict[str, Any] = {"config": {"actors": cfg.actors, "days": cfg.days, "seed": cfg.seed, "attack_share": cfg.attack_share, "holdout": list(cfg.holdout)}}
-    bar = tqdm(desc="generate", unit=" events", disable=not progress, mininterval=0.5)
-    for split in SPLITS:
-        mine = [s for s in specs if s.split == split]
-        st = SplitStats()
-        for s in mine:
-            st.family_actors[s.family] += 1
-        with TraceWriter(out / f"{split}{suffix}") as w:
-            for ev in _events(mine, ctx):
-                w.write(ev)
-                st.add(ev)
-                bar.update()
-        stats[split] = st.as_dict()
-    bar.close()
+    written: list[Path] = []
+    with tqdm(desc="generate", unit=" events", disable=not progress, mininterval=0.5) as bar:
+        try:
+            for split in SPLITS:
+                mine = [s for s in specs if s.split == split]
+                st = SplitStats()
+                for s in mine:
+                    st.family_actors[s.family] += 1
+                written.append(out / f"{split}{suffix}")
+                with TraceWriter(written[-1]) as w:
+                    for ev in _events(mine, ctx):
+                        w.write(ev)
+                        st.add(ev)
+                        bar.update()
+                if not st.events:
+                    raise EmptySplitError(f"the {split} split got no events ({len(mine)} of {cfg.actors} actors, {cfg.days:g} days); use more actors or days, or hold out fewer families")
+                stats[split] = st.as_dict()
+        except EmptySplitError:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
     return stats

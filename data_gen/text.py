@@ -121,6 +121,10 @@ FOLLOW_UPS = [
     "That didn't work, I get {err}", "Explain the second step again.", "Now translate it to {lang_h}.",
     "What about edge cases?", "Make it more formal.", "Great. What else should I consider?", "ok and how about {topic}?",
 ]
+SYSTEM_PROMPTS = [
+    "You are a helpful assistant.", "You are {app}'s support assistant. Answer briefly and politely.",
+    "You are an expert {job}. Answer precisely.", "Reply in JSON only.", "You are a tutor for {topic}. Be encouraging.",
+]
 REASONING_SUFFIXES = [
     " Think step by step and show all of your reasoning.", " Explain your reasoning in detail before giving the final answer.",
     " Show your full chain of thought, then the answer.", " Let's think step by step.", " Walk through every step carefully.",
@@ -185,6 +189,11 @@ def fill(template: str, rng: random.Random) -> str:
     """Replace `{slot}` markers; other braces (JSON, code) are left as they are."""
     slots = _Slots(rng)
     return _SLOT.sub(lambda m: slots[m.group(1)] if m.group(1) in _KNOWN else m.group(0), template)
+
+
+def system_prompt(rng: random.Random) -> str:
+    """A system prompt as apps set them; benign and attack traffic share the pool."""
+    return fill(rng.choice(SYSTEM_PROMPTS).replace("{app}", rng.choice(["Acme", "Docly", "Shopr", "Fintra"])), rng)
 
 
 @dataclass(frozen=True)

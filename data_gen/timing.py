@@ -11,6 +11,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -18,6 +19,12 @@ HOUR = 3600.0
 
 def _hour_of_day(t: float, tz_offset_h: float) -> float:
     return ((t / HOUR) + tz_offset_h) % 24.0
+
+
+class Timing(Protocol):
+    """Any arrival model: the gap in seconds from time t to the actor's next request."""
+
+    def gap(self, rng: random.Random, t: float) -> float: ...
 
 
 @dataclass
@@ -82,6 +89,18 @@ class HumanTiming:
             session_end_p=rng.uniform(0.05, 0.25),
             idle_median_s=rng.lognormvariate(math.log(2400), 0.8),
         )
+
+
+@dataclass
+class LogNormalTiming:
+    """Log-normal gaps around a median, at any hour: a developer's edit-and-retry or an agent's
+    tool steps, paced by the work rather than by a clock."""
+
+    median_s: float
+    sigma: float
+
+    def gap(self, rng: random.Random, t: float) -> float:
+        return rng.lognormvariate(math.log(self.median_s), self.sigma)
 
 
 @dataclass

@@ -9,7 +9,8 @@ import statistics
 import jsonschema
 import pytest
 
-from moat.data_gen.actors import SimContext, attacks, personas, registry
+from moat.data_gen.actors import SimContext
+from moat.data_gen.registry import attacks, personas, registry
 from moat.data_gen.simulator import EPOCH
 from moat.data_gen.text import PromptGrammar
 from moat.data_gen.timing import DAY

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from moat.data_gen.cli import add_arguments, run
+from moat.data_gen.registry import attacks
+from moat.data_gen.simulator import min_actors
 from moat.models.traces import iter_raw
 
 
@@ -72,6 +74,35 @@ def test_bad_options_get_one_line_errors(tmp_path: Path, capsys, extra: tuple[st
     assert message in err and "\n" not in err
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--actors", "3"), f"--actors must be at least {min_actors()}"),
+        (("--actors", str(min_actors() - 1)), f"--actors must be at least {min_actors()}"),
+        # Enough actors, but every one of them is a held-out attacker: nothing is left for train.
+        (("--actors", "40", "--attack-share", "1", "--holdout-families", ",".join(attacks())), "the train split got no events (0 of 40 actors"),
+    ],
+)
+def test_too_few_actors_for_every_split_is_refused_and_writes_no_trace(tmp_path: Path, capsys, extra: tuple[str, ...], message: str) -> None:
+    assert generate(tmp_path / "out", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not list(tmp_path.glob("**/*.jsonl")), "a refused run must not leave traces behind"
+
+
+def test_the_minimum_number_of_actors_fills_every_split(tmp_path: Path) -> None:
+    assert generate(tmp_path, "--actors", str(min_actors()), "--seed", "0") == 0
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert all(stats[split]["events"] > 0 for split in ("train", "val", "test"))
+
+
+def test_every_option_has_help_text() -> None:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert [a.dest for a in p._actions if not a.help] == []
+
+
+@pytest.mark.shared_data
 def test_corpus_and_timing_files_are_used(tmp_path: Path) -> None:
     from tests.conftest import SHARED_DATA
 
