@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test model eval bench install serve-deps clean
+.PHONY: run test model eval bench bento install serve-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,17 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_state_memory.py
 	$(BIN)/python benchmarks/bench_http.py
+
+# Build the service's bento into the BentoML store ($BENTOML_HOME, default ~/bentoml): the project
+# wheel plus the serve requirements (bentofile.yaml). The wheel is built from a copy of the tracked
+# and new files, and bentoml reads a scratch context of bentofile.yaml and dist/ only, so nothing
+# lands in the work tree and the bento's src/ holds no source folders.
+bento: $(STAMP)
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; mkdir -p "$$tmp/src" "$$tmp/ctx"; \
+	git ls-files -z -co --exclude-standard | tar --null -T - --ignore-failed-read -cf - | tar -xf - -C "$$tmp/src"; \
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w "$$tmp/ctx/dist" "$$tmp/src"; \
+	cp bentofile.yaml "$$tmp/ctx/"; \
+	cd "$$tmp/ctx"; BENTOML_DO_NOT_TRACK=True $(abspath $(BIN))/python -m bentoml build .
 
 clean:
 	rm -rf $(VENV) runs data
