@@ -1,7 +1,10 @@
-"""The attacker cost model: what a clean answer costs with Moat against without it.
+"""The attacker cost model: an estimate of what a clean answer costs with Moat against without it,
+for an open-loop attacker.
 
-Explicit and static: the trace is replayed as recorded, so the attacker does not react. Its
-parameters are settings (MOAT_COST_* environment variables or --cost-* options).
+Open loop: the trace is replayed as recorded, so the attacker does not react to Moat's actions.
+An attacker who slows down, spreads over more accounts or backs off when throttled may pay less,
+so the estimated cost multiplier is no lower bound: it can overstate what Moat costs an adaptive
+attacker. The parameters are settings (MOAT_COST_* environment variables).
 
 - Every request sent costs `price_per_query`, answered or not.
 - `allow` gives a clean answer. `throttle` gives a clean answer late: it costs
@@ -56,7 +59,8 @@ def cost_with_moat(o: AttackOutcome, m: CostModel) -> tuple[float, float]:
 
 
 def cost_multiplier(o: AttackOutcome, m: CostModel) -> float:
-    """Cost per clean answer with Moat divided by cost per clean answer without it."""
+    """The estimated cost multiplier (open-loop attacker): cost per clean answer with Moat divided
+    by cost per clean answer without it, for traffic that does not react to Moat."""
     c0, a0 = cost_without_moat(o, m)
     c1, a1 = cost_with_moat(o, m)
     if a0 <= 0:

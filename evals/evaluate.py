@@ -91,6 +91,8 @@ def baseline_run(b: Baseline, data: EvalData, acc: Accounts) -> MethodRun:
 
 
 def method_metrics(run: MethodRun, acc: Accounts, data: EvalData, cost: CostModel) -> dict[str, Any]:
+    """Account-level metrics of one method. `cost_multiplier` is an estimate against an open-loop
+    attacker: the recorded traffic does not react to the method's actions (evals/cost.py)."""
     y = acc.labels
     risk = acc.max_per_account(run.scores)
     level = acc.max_per_account(run.levels.astype(np.float64))
@@ -156,6 +158,7 @@ def method_metrics(run: MethodRun, acc: Accounts, data: EvalData, cost: CostMode
 
 
 def _outcome(levels: np.ndarray, ts: np.ndarray, cost: CostModel) -> AttackOutcome:
+    # Open loop: the account sends every recorded request, however the earlier ones were answered.
     o = AttackOutcome(sent=len(levels), accounts=1)
     counts = np.bincount(levels.astype(np.int64), minlength=4)
     o.allowed, o.throttled, o.perturbed, o.blocked = (int(c) for c in counts[:4])

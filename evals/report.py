@@ -45,7 +45,7 @@ def render(metrics: dict[str, Any], lofo: dict[str, Any] | None = None) -> str:
         "",
         "## Summary",
         "",
-        "| method | AUROC | PR-AUC | TPR@1%FPR | TPR@0.1%FPR | benign ever blocked | benign ever non-allow | attack accounts acted on | median queries to detection | clean yield | cost multiplier |",
+        "| method | AUROC | PR-AUC | TPR@1%FPR | TPR@0.1%FPR | benign ever blocked | benign ever non-allow | attack accounts acted on | median queries to detection | clean yield | est. cost multiplier (open-loop) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in methods.items():
@@ -66,11 +66,13 @@ def render(metrics: dict[str, Any], lofo: dict[str, Any] | None = None) -> str:
     c = metrics["cost_model"]
     lines += [
         "",
-        "## Attacker cost (Moat)",
+        "## Attacker cost (Moat): an estimate against an open-loop attacker",
         "",
         f"Cost model: ${c['price_per_query']}/query, ${c['account_cost']}/account, throttle penalty {c['throttle_penalty']} queries, fixed limit {c['rate_limit_per_min']}/min without Moat (see evals/cost.py).",
+        "The trace is replayed as recorded: the attacker does not slow down, switch accounts or back off when acted on. "
+        "An adaptive attacker may pay less, so the estimated cost multiplier is no lower bound.",
         "",
-        "| family | median queries to detection | clean yield | cost per clean answer, x without Moat |",
+        "| family | median queries to detection | clean yield | est. cost multiplier (open-loop): cost per clean answer, x without Moat |",
         "|---|---|---|---|",
     ]
     for f, v in m["per_family"].items():

@@ -7,6 +7,8 @@ import argparse
 import importlib
 import sys
 
+from moat import __version__
+
 # subcommand -> (module, help). The module provides add_arguments(parser) and run(args) -> int.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("moat.data_gen.cli", "simulate labelled benign and extraction traffic"),
@@ -18,21 +20,46 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is nothing to show: a flag's False, an
+    unset None (its help says what happens instead), or a help text that already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        # Identity, not equality, for False: a default of 0 (e.g. --seed) must still show.
+        if action.default is None or action.default is False or action.default in ("", []) or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action) or ""
+
+
+def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moat", description="Moat: model-extraction risk scoring")
+    parser.add_argument("--version", action="version", version=f"moat {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        if argv and argv[0] not in ("-h", "--help"):
-            parser.error(f"unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}")
-        parser.print_help()
-        return 0 if argv else 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
-    cmd = argparse.ArgumentParser(prog=f"moat {argv[0]}", description=COMMANDS[argv[0]][1])
-    module.add_arguments(cmd)
-    return int(module.run(cmd.parse_args(argv[1:])) or 0)
+    return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The full parser of one subcommand (imports its module, not its stage)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"moat {name}", description=COMMANDS[name][1], formatter_class=DefaultsHelpFormatter)
+    module.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMMANDS:
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        return int(module.run(command_parser(argv[0]).parse_args(argv[1:])) or 0)
+    parser = _top_parser()
+    if argv and not argv[0].startswith("-"):
+        parser.error(f"unknown command {argv[0]!r}; valid: {', '.join(COMMANDS)}")
+    parser.parse_args(argv)  # -h and --version print and exit here; other options are errors
+    parser.print_help()
+    return 2  # no command given
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ log = logging.getLogger("moat.replay")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("trace", type=Path, help="trace file (.jsonl or .jsonl.gz)")
     p.add_argument("-o", "--output", required=True, type=Path, help="scores file to write (.jsonl)")
-    p.add_argument("--model", help="bundle directory or models:/moat-risk@champion (default: the shipped model)")
+    p.add_argument("--model", help="bundle directory or models:/moat-risk@champion (default: MOAT_MODEL, else the shipped model)")
     p.add_argument("--shadow", action="store_true", help="shadow mode: report, always allow")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def invalid_score(raw: object, lineno: int, model_version: str) -> dict:
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         scorer = Scorer(ServingSettings(**overrides))
     except BundleError as exc:
-        print(f"moat replay: error: {exc}", file=sys.stderr)
+        # The message starts with the model spec; name where the user gave it.
+        print(f"moat replay: error: {'--model ' if args.model else ''}{exc}", file=sys.stderr)
         return 2
     if not args.trace.is_file():
         print(f"moat replay: error: no such trace file: {args.trace}", file=sys.stderr)

@@ -9,11 +9,11 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=3000)
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--model", help="bundle directory, models:/moat-risk@champion or bentoml:TAG (default: the shipped model)")
-    p.add_argument("--state", help="memory (default) or redis://host:port/db")
-    p.add_argument("--shadow", action="store_true", help="report what would be done, always allow")
+    p.add_argument("--port", type=int, default=3000, help="HTTP port to listen on")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on; 0.0.0.0 is every interface")
+    p.add_argument("--model", help="bundle directory, models:/moat-risk@champion or bentoml:TAG (default: MOAT_MODEL, else the shipped model)")
+    p.add_argument("--state", help="where per-scope state lives: memory or redis://host:port/db (default: MOAT_STATE, else memory)")
+    p.add_argument("--shadow", action="store_true", help="shadow mode: report what would be done, always allow")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
         load_bundle(resolve_model(env.get("MOAT_MODEL", ServingSettings().model)))  # fail fast, with a clear message
     except BundleError as exc:
-        print(f"moat serve: error: {exc}", file=sys.stderr)
+        # The message starts with the model spec; name where the user gave it.
+        print(f"moat serve: error: {'--model ' if args.model else ''}{exc}", file=sys.stderr)
         return 2
     cmd = [sys.executable, "-m", "bentoml", "serve", "moat.serving.service:MoatService", "--port", str(args.port), "--host", args.host]
     print(f"moat serve: http://{args.host}:{args.port}  (POST /score, /score/batch; /livez /readyz /metrics)", file=sys.stderr)
