@@ -1,54 +1,119 @@
-"""Memory of MemoryStore: bytes per scope by fill, and 1,000,000 distinct accounts.
-Account activity follows a heavy tail (most accounts send a few requests, some fill the
-window), as API traffic does. Usage: python benchmarks/bench_state_memory.py [--accounts N]"""
+"""Memory that serving keeps per active account: the account, API-key and address-block scopes
+each account opens, plus its share of the campaign sketch.
+
+Real events go through the serving featurisation path (Featurizer over a MemoryStore), each
+account with its own key and its own /24, so every account opens all three scopes (an address
+block shared by many accounts would cost less). Prompts start with one of `--templates` phrasings
+and then vary, so the campaign sketch sees templates shared across accounts, as a gateway does.
+
+Two measures, each in a fresh child process: tracemalloc (Python and numpy allocations, split by
+where they were made) and the growth of resident memory (everything, allocator overhead included).
+Usage: python benchmarks/bench_state_memory.py [--accounts N] [--requests 1 16 64]
+"""
 
 from __future__ import annotations
 
 import argparse
 import gc
-import resource
-import time
-
-import numpy as np
+import multiprocessing as mp
+import random
+import tracemalloc
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from moat.models.events import Event
-from moat.models.feature_spec import WINDOW
+from moat.models.featurizer import Featurizer
 from moat.models.memory_store import MemoryStore
-from moat.models.scope_window import ScopeState, window
-from moat.models.summary import summarize
+
+# Where an allocation is made says what it is. Strings are made when a request is parsed and
+# kept by whatever holds them: scope keys, and the sketch's account entries (one per template).
+PARTS = {"memory_store.py": "scope index", "scope_window.py": "scope arrays", "featurizer.py": "scope arrays", "state.py": "campaign sketch"}
+OTHER = "ids and strings"
+WORDS = [f"w{i:04d}" for i in range(4000)]
 
 
-def rss_mb() -> float:
+@dataclass(frozen=True)
+class Result:
+    accounts: int
+    requests: int
+    scopes: int
+    templates: int
+    sketch_entries: int
+    bytes_by_part: dict[str, int]
+    rss_bytes: int | None
+
+
+def events(accounts: int, requests: int, templates: int, seed: int) -> Iterator[Event]:
+    rng = random.Random(seed)
+    openings = [" ".join(rng.choices(WORDS, k=6)) for _ in range(templates)]
+    for a in range(accounts):
+        ip = f"{10 + (a >> 16)}.{(a >> 8) & 255}.{a & 255}.{rng.randrange(1, 255)}"
+        for r in range(requests):
+            yield Event.model_validate({
+                "request_id": f"{a}-{r}", "ts": 1_764_500_000.0 + a * 0.05 + r * 20.0,
+                "account_id": f"acct_{a:08d}", "api_key_id": f"key_{a:08d}", "client_ip": ip,
+                "messages": [{"role": "user", "content": f"{rng.choice(openings)} {' '.join(rng.choices(WORDS, k=10))}"}],
+                "params": {"temperature": 0.7, "max_tokens": 512},
+            })
+
+
+def _part(filename: str) -> str:
+    return PARTS.get(Path(filename).name, OTHER)
+
+
+def measure(accounts: int, requests: int, templates: int, use_tracemalloc: bool) -> Result:
+    """Runs in a child process, so each measure starts from the same clean heap."""
+    stream = events(accounts, requests, templates, seed=requests)
+    first = next(stream)  # import-time and first-call allocations stay out of the figure
+    Featurizer(MemoryStore()).step(first)
+    gc.collect()
+    rss0 = _rss()
+    if use_tracemalloc:
+        tracemalloc.start()
+    store = MemoryStore(max_scopes=None, ttl_s=None)
+    featurizer = Featurizer(store)
+    featurizer.step(first)
+    for e in stream:
+        featurizer.step(e)
+    gc.collect()
+    by_part: dict[str, int] = defaultdict(int)
+    if use_tracemalloc:
+        for stat in tracemalloc.take_snapshot().statistics("filename"):
+            by_part[_part(stat.traceback[0].filename)] += stat.size
+        tracemalloc.stop()
+    sketch_entries = sum(len(seen) for seen in store.sketch._templates.values())
+    return Result(accounts, requests, store.size(), len(store.sketch), sketch_entries, dict(by_part), None if use_tracemalloc else _rss() - rss0)
+
+
+def _rss() -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--accounts", type=int, default=1_000_000)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--accounts", type=int, default=2_000, help="active accounts (the figures are per account)")
+    ap.add_argument("--requests", type=int, nargs="+", default=[1, 16, 64], help="requests per account, one run each (16 fills a window; from 64 on a scope also keeps its previous novelty bloom)")
+    ap.add_argument("--templates", type=int, default=2_000, help="distinct prompt openings across all accounts")
     args = ap.parse_args()
-    summaries = [summarize(Event.model_validate({"request_id": str(i), "ts": float(i), "account_id": "a", "prompt": f"prompt number {i} about things"})) for i in range(WINDOW)]
-    for fill in (1, 4, WINDOW):
-        st = ScopeState()
-        for s in summaries[:fill]:
-            window(st, s, 1, "account")
-        print(f"scope with {fill:>2} requests: {st.nbytes():,} bytes of arrays")
-    rng = np.random.default_rng(0)
-    fills = np.minimum(rng.geometric(0.3, size=args.accounts), WINDOW)  # mean about 3.3 requests
-    gc.collect()
-    base = rss_mb()
-    store = MemoryStore(max_scopes=None, ttl_s=None)
-    t0 = time.perf_counter()
-    for a, fill in enumerate(fills):
-        key = f"acct_{a:08d}"
-        for s in summaries[:fill]:
-            store.update("account", key, s.ts, lambda st, s=s: window(st, s, 1, "account"))
-    used = rss_mb() - base
-    print(f"{args.accounts:,} accounts ({fills.sum():,} requests, mean {fills.mean():.1f}/account, {int((fills == WINDOW).sum()):,} with full windows): "
-          f"{used:,.0f} MB resident ({used * 1024 * 1024 / args.accounts:,.0f} bytes/account) in {time.perf_counter() - t0:.0f} s")
+    ctx = mp.get_context("fork")
+    print(f"{args.accounts:,} accounts, each with its own account, API-key and /24 address-block scope; {args.templates:,} prompt templates")
+    for requests in args.requests:
+        with ctx.Pool(1, maxtasksperchild=1) as pool:
+            traced = pool.apply(measure, (args.accounts, requests, args.templates, True))
+        with ctx.Pool(1, maxtasksperchild=1) as pool:
+            rss = pool.apply(measure, (args.accounts, requests, args.templates, False))
+        n = traced.accounts
+        total = sum(traced.bytes_by_part.values())
+        parts = ", ".join(f"{part} {size / n:,.0f}" for part, size in sorted(traced.bytes_by_part.items(), key=lambda kv: -kv[1]))
+        print(f"\n{requests} request(s) per account: {traced.scopes:,} scopes; campaign sketch {traced.templates:,} templates, {traced.sketch_entries:,} account entries")
+        print(f"  tracemalloc: {total / n:,.0f} bytes per account with all scopes ({parts})")
+        print(f"  resident:    {rss.rss_bytes / n:,.0f} bytes per account (RSS growth, allocator overhead included)")
 
 
 if __name__ == "__main__":

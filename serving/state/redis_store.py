@@ -8,12 +8,18 @@ EXEC fail and the update is retried on fresh state. Holds live in their own keys
 sketch is one HyperLogLog per template per 10-minute bucket; PFCOUNT over the last six gives
 the distinct accounts of the hour.
 
+Every key starts with `moat:v{FEATURE_SPEC_VERSION}.{layout}:`, the layout being a short hash of
+the packed formats (ROW's dtype, the head, the blooms, the window). A release that changes any of
+them reads and writes new keys, and the old ones expire with their TTL: old state is never
+misread. Bytes of the wrong size under a current key are a fresh scope, with a warning.
+
 Any Redis error raises StoreUnavailable, and the store then fails fast for `retry_s` seconds
 (a simple circuit breaker) so a dead Redis costs no timeout per request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import struct
@@ -24,7 +30,7 @@ from typing import TypeVar
 import numpy as np
 import redis
 
-from moat.models.feature_spec import BLOOM_WORDS, WINDOW
+from moat.models.feature_spec import BLOOM_WORDS, FEATURE_SPEC_VERSION, WINDOW
 from moat.models.scope_window import ROW, ScopeState
 from moat.models.state import CAMPAIGN_BUCKET_S, CAMPAIGN_BUCKETS, StateStore, StoreUnavailable
 
@@ -32,6 +38,22 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 _HEAD = struct.Struct("<qddi")  # total, ewma_1h, ewma_1d, bloom_count
 _BLOOM_BYTES = BLOOM_WORDS * 8
+_HEAD_BYTES = _HEAD.size + 2 * _BLOOM_BYTES  # the head, then the current and previous blooms
+_HOLD = "{action}:{until}"
+
+
+def state_version(row: np.dtype = ROW, head: str = _HEAD.format, bloom_words: int = BLOOM_WORDS, window: int = WINDOW, hold: str = _HOLD, spec: str = FEATURE_SPEC_VERSION) -> str:
+    """`v{spec}.{layout}`: the layout hash changes with any packed format, so no one has to
+    remember to bump it."""
+    layout = repr((row.descr, head, bloom_words, window, hold)).encode()
+    return f"v{spec}.{hashlib.sha256(layout).hexdigest()[:8]}"
+
+
+STATE_VERSION = state_version()
+
+
+class CorruptState(ValueError):
+    """Stored bytes that are not of this layout."""
 
 
 def encode_head(state: ScopeState) -> bytes:
@@ -40,8 +62,14 @@ def encode_head(state: ScopeState) -> bytes:
 
 
 def decode_state(head: bytes | None, rows: list[bytes]) -> ScopeState:
+    """The scope's state from its stored head and rows; CorruptState when they are not of this
+    layout (checked before anything is read, so a bad blob is never half-used)."""
+    if head is not None and len(head) != _HEAD_BYTES:
+        raise CorruptState(f"head of {len(head)} bytes, expected {_HEAD_BYTES}")
+    if len(rows) > WINDOW or any(len(r) != ROW.itemsize for r in rows):
+        raise CorruptState(f"{len(rows)} rows of {sorted({len(r) for r in rows})} bytes, expected at most {WINDOW} of {ROW.itemsize}")
     state = ScopeState()
-    if head:
+    if head is not None:
         state.total, state.ewma_1h, state.ewma_1d, state.bloom_count = _HEAD.unpack_from(head)
         o = _HEAD.size
         state.bloom_cur = np.frombuffer(head, dtype=np.uint64, count=BLOOM_WORDS, offset=o).copy()
@@ -55,6 +83,17 @@ def decode_state(head: bytes | None, rows: list[bytes]) -> ScopeState:
     return state
 
 
+def decode_hold(value: bytes | None) -> tuple[int, float]:
+    if value is None:
+        return 0, 0.0
+    try:
+        action, until = value.decode().split(":", 1)
+        return int(action), float(until)
+    except ValueError:  # also UnicodeDecodeError
+        log.warning("ignoring a malformed hold %r in redis", value[:40])
+        return 0, 0.0
+
+
 class RedisStore(StateStore):
     name = "redis"
 
@@ -62,11 +101,11 @@ class RedisStore(StateStore):
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self.ttl = max(int(ttl_s), 1)
         self.retry_s = retry_s
-        self.prefix = prefix
+        self.prefix = f"{prefix}:{STATE_VERSION}"
         self.max_retries = max_retries
         self._down_until = 0.0
 
-    def _k(self, kind: str, scope: str, key: str) -> str:
+    def redis_key(self, kind: str, scope: str, key: str) -> str:
         return f"{self.prefix}:{kind}:{scope}:{key}"
 
     def _guard(self) -> None:
@@ -79,7 +118,7 @@ class RedisStore(StateStore):
 
     def update(self, scope: str, key: str, ts: float, fn: Callable[[ScopeState], T]) -> T:
         self._guard()
-        head_key, rows_key = self._k("h", scope, key), self._k("r", scope, key)
+        head_key, rows_key = self.redis_key("h", scope, key), self.redis_key("r", scope, key)
         try:
             with self.client.pipeline() as pipe:
                 for _ in range(self.max_retries):
@@ -87,10 +126,17 @@ class RedisStore(StateStore):
                         pipe.watch(head_key)
                         head = pipe.get(head_key)
                         rows = pipe.lrange(rows_key, 0, -1)
-                        state = decode_state(head, rows)
+                        try:
+                            state, stale = decode_state(head, rows), False
+                        except CorruptState as exc:
+                            # Start the scope over, and drop its rows so the next read is clean.
+                            log.warning("scope %s:%s in redis is not of layout %s (%s); starting it fresh", scope, key, STATE_VERSION, exc)
+                            state, stale = ScopeState(), True
                         result = fn(state)
                         pipe.multi()
                         pipe.set(head_key, encode_head(state), ex=self.ttl)
+                        if stale:
+                            pipe.delete(rows_key)
                         pipe.rpush(rows_key, state.rows[state.n - 1].tobytes())
                         pipe.ltrim(rows_key, -WINDOW, -1)
                         pipe.expire(rows_key, self.ttl)
@@ -107,24 +153,17 @@ class RedisStore(StateStore):
     def set_hold(self, scope: str, key: str, action: int, until: float) -> None:
         self._guard()
         try:
-            self.client.set(self._k("hold", scope, key), f"{action}:{until}", ex=self.ttl)
+            self.client.set(self.redis_key("hold", scope, key), _HOLD.format(action=action, until=until), ex=self.ttl)
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
 
     def get_holds(self, scopes: list[tuple[str, str]]) -> list[tuple[int, float]]:
         self._guard()
         try:
-            values = self.client.mget([self._k("hold", s, k) for s, k in scopes])
+            values = self.client.mget([self.redis_key("hold", s, k) for s, k in scopes])
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
-        out = []
-        for v in values:
-            if v is None:
-                out.append((0, 0.0))
-            else:
-                a, u = v.decode().split(":", 1)
-                out.append((int(a), float(u)))
-        return out
+        return [decode_hold(v) for v in values]
 
     def campaign(self, template: int, account: str, ts: float) -> int:
         self._guard()

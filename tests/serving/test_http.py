@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import jsonschema
 import pytest
 
 from moat.models.traces import iter_raw
+from moat.serving.fail_open import MOAT_ERROR
 from moat.serving.replay_cli import replay
 from moat.serving.scorer import Scorer
 from moat.serving.settings import ServingSettings
@@ -23,6 +25,19 @@ def post(url: str, body, path: str = "/score", raw: bytes | None = None) -> http
     if raw is not None:
         return httpx.post(url + path, content=raw, headers={"content-type": "application/json"}, timeout=30)
     return httpx.post(url + path, json=body, timeout=30)
+
+
+def internal_errors(url: str) -> float:
+    """moat_errors{kind="internal"} from /metrics: scorer crashes that were answered allow."""
+    found = re.findall(r'^moat_errors_total\{[^}]*kind="internal"[^}]*\} (\S+)$', httpx.get(url + "/metrics").text, re.MULTILINE)
+    assert len(found) == 1, "moat_errors{kind=internal} is not exported"
+    return float(found[0])
+
+
+def assert_scored(url: str, answers: list[dict]) -> None:
+    """Valid traffic was scored, not failed open: a crash must not pass as a 200 allow."""
+    assert not [a for a in answers if MOAT_ERROR in a["reasons"]]
+    assert internal_errors(url) == 0
 
 
 def test_probes_and_metrics(service_url: str) -> None:
@@ -43,6 +58,7 @@ def test_score_and_batch_follow_the_contract(service_url: str, score_schema: dic
     assert [s["request_id"] for s in many.json()] == ["r2", "r3", "r4"]
     for s in many.json():
         jsonschema.validate(s, score_schema)
+    assert_scored(service_url, [one.json(), *many.json()])
 
 
 BAD = [
@@ -72,10 +88,17 @@ def test_invalid_events_name_the_field(service_url: str, case: str, body, status
         ("over the size limit", b'{"prompt": "' + b"x" * (1 << 20) + b'"}', 413),
         ("deeply nested", b"[" * 100_000 + b"]" * 100_000, 400),
         ("invalid utf-8", b'{"prompt": "\xff\xfe"}', 400),
+        ("NaN", b'{"request_id": "x", "ts": NaN, "account_id": "a", "prompt": "p"}', 400),
+        ("integer over 4,300 digits", b'{"request_id": "x", "ts": ' + b"9" * 5000 + b', "account_id": "a", "prompt": "p"}', 400),
+        ("duplicate key", b'{"request_id": "x", "ts": 1, "account_id": "a", "account_id": "b", "prompt": "p"}', 400),
+        ("Infinity late in a batch", b'[{"request_id": "x", "ts": 1, "account_id": "a", "prompt": "p"}, {"request_id": "y", "ts": Infinity, "account_id": "a", "prompt": "p"}]', 400),
     ],
 )
 def test_bad_bodies(service_url: str, case: str, raw: bytes, status: int) -> None:
-    assert post(service_url, None, raw=raw).status_code == status
+    path = "/score/batch" if raw.startswith(b"[{") else "/score"
+    r = post(service_url, None, path=path, raw=raw)
+    assert r.status_code == status, r.text
+    assert "field" in r.json()
 
 
 HOSTILE = [
@@ -102,6 +125,7 @@ def test_hostile_input_never_gets_a_5xx(service_url: str, body: dict) -> None:
     assert r.status_code < 500, r.text
     if r.status_code == 200:
         assert 0.0 <= r.json()["risk"] <= 1.0
+        assert_scored(service_url, [r.json()])
 
 
 def test_invalid_event_changes_no_state_and_service_equals_replay(small_traces: Path) -> None:
@@ -116,6 +140,7 @@ def test_invalid_event_changes_no_state_and_service_equals_replay(small_traces: 
             r = post(url, e)
             assert r.status_code == 200
             served.append(r.json())
+        assert_scored(url, served)
         replayed: list[dict] = []
         replay(Scorer(ServingSettings()), trace, replayed.append)
         assert [s["action"] for s in served] == [s["action"] for s in replayed]
