@@ -146,8 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_mlflow:
         import mlflow
 
-        from moat.models.bundle_source import tracking_uri
-        from moat.training.registry import artifact_location
+        from moat.models.bundle_source import artifact_location, tracking_uri
 
         uri = tracking_uri(args.tracking_uri)
         mlflow.set_tracking_uri(uri)

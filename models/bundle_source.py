@@ -18,6 +18,8 @@ BENTO_PREFIX = "bentoml:"
 REGISTRY_PREFIX = "models:/"
 # The registry's SQLite file lives in the user's data directory, never inside a source tree
 # (a run from the repository must leave `git status` clean).
+ARTIFACTS_DIR = "mlartifacts"
+REGISTERED_MODEL = "moat-risk"
 DEFAULT_TRACKING_URI = f"sqlite:///{Path(os.environ.get('MOAT_HOME', Path.home() / '.moat')) / 'mlflow.db'}"
 
 
@@ -27,6 +29,16 @@ def tracking_uri(explicit: str | None = None) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return uri
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite tracking database. MLflow's
+    own default for a database is ./mlruns in the current directory, which puts runs into
+    whatever directory the command ran in (a repository: `git status` no longer clean). Other
+    tracking stores choose for themselves (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS_DIR).as_uri()
 
 
 @dataclass(frozen=True)
@@ -77,6 +89,31 @@ def resolve_registry_uri(uri: str, tracking: str | None = None) -> Path:
     mv = registry_version(uri, tracking)
     mlflow.set_tracking_uri(tracking_uri(tracking))
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source))
+
+
+def register_bundle(bundle_dir: Path, tracking: str | None, tags: dict[str, str], experiment: str = "moat-calibrate") -> str | None:
+    """Log a bundle directory as a run's artifacts and register it as a new version of
+    `moat-risk` (no alias moves: promoting it is the operator's decision). Only when a tracking
+    URI is given or MLFLOW_TRACKING_URI is set; returns the new `models:/` URI, or None."""
+    uri = tracking or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return None
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=f"calibrate {bundle_dir.name}") as run:
+        mlflow.set_tags(tags)
+        mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+    client = MlflowClient(tracking_uri=uri)
+    if not client.search_registered_models(filter_string=f"name='{REGISTERED_MODEL}'"):
+        client.create_registered_model(REGISTERED_MODEL)
+    mv = client.create_model_version(REGISTERED_MODEL, source=f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id, tags=tags)
+    return f"{REGISTRY_PREFIX}{REGISTERED_MODEL}/{mv.version}"
 
 
 def resolve_model(spec: str) -> Path:

@@ -1,4 +1,4 @@
-"""The request event: pydantic models that mirror ../shared/contract/event.schema.json.
+"""The request event: pydantic models that mirror contract/event.schema.json.
 
 Every package speaks this vocabulary. Validation errors name the offending field, and unknown
 top-level fields are ignored (the contract says so), while unknown sampling parameters are

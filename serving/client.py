@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from moat.models.events import Event
+from moat.serving.fail_open import MOAT_ERROR
 
 FAIL_OPEN = Counter("moat_client_fail_open", "calls answered allow because Moat was unreachable, slow or faulty")
 FAIL_CLOSED = Counter("moat_client_fail_closed", "calls answered block because Moat was unreachable, slow or faulty")
@@ -67,7 +68,7 @@ class _Base:
         if resp.status_code != 200 or "action" not in resp.text:
             return self._fallback(event)
         data = resp.json()
-        if data.get("reasons") == ["moat_error"]:
+        if data.get("reasons") == [MOAT_ERROR]:
             return self._fallback(event)
         return ClientScore.model_validate(data)
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -30,11 +30,12 @@ from moat.serving.settings import ServingSettings
 from moat.serving.state import open_store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 ONNX_CHUNK = 256  # scope windows per network call in batched scoring
 
 
 class Score(BaseModel):
-    """Mirrors ../shared/contract/score.schema.json, plus optional fields the contract allows."""
+    """Mirrors contract/score.schema.json, plus optional fields the contract allows."""
 
     request_id: str
     risk: float
@@ -193,6 +194,20 @@ class Scorer:
         featurisation of the next (two threads; the network thread runs no Python loops, so the
         two barely contend for the GIL). None items pass through as None, so a caller can keep
         placeholders for invalid input in line."""
+        return self._stream(events, chunk, self._decide)
+
+    def own_risk_stream(self, events: Iterable[Event], chunk: int = 128) -> Iterator[tuple[Event, float]]:
+        """Each event with the risk of its own scopes (the account, a key carrying all of it),
+        before any policy: what operator calibration reads. Own risk alone decides whether an
+        account is ever acted on or blocked, since dependent scopes act only on accounts whose
+        own risk already reached the throttle threshold, and never block."""
+
+        def own(event: Event, step: Step, store: StateStore, risks: list[float]) -> tuple[Event, float]:
+            return event, max(r for w, r in zip(step.windows, risks) if not w.dependent)
+
+        return self._stream(events, chunk, own)  # type: ignore[return-value]
+
+    def _stream(self, events: Iterable[Event | None], chunk: int, finish: Callable[[Event, Step, StateStore, list[float]], T]) -> Iterator[T | None]:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
             for items in _chunks(events, chunk):
@@ -200,12 +215,12 @@ class Scorer:
                 plan = self._plan([st for st, _ in stepped])
                 fut = pool.submit(self._infer, plan)
                 if pending is not None:
-                    yield from self._finish(*pending)
+                    yield from self._finish(*pending, finish)
                 pending = (items, stepped, plan, fut)
             if pending is not None:
-                yield from self._finish(*pending)
+                yield from self._finish(*pending, finish)
 
-    def _finish(self, items: list[Event | None], stepped: list[tuple[Step, StateStore]], plan: Plan, fut: Future) -> Iterator[Score | None]:
+    def _finish(self, items: list[Event | None], stepped: list[tuple[Step, StateStore]], plan: Plan, fut: Future, finish: Callable[[Event, Step, StateStore, list[float]], T]) -> Iterator[T | None]:
         risks = iter(self._unplan(plan, fut.result()))
         steps = iter(stepped)
         for e in items:
@@ -213,7 +228,7 @@ class Scorer:
                 yield None
             else:
                 st, store = next(steps)
-                yield self._decide(e, st, store, next(risks))
+                yield finish(e, st, store, next(risks))
 
     def _decide(self, event: Event, step: Step, store: StateStore, risks: list[float]) -> Score:
         scored = [(w, r) for w, r in zip(step.windows, risks) if not math.isnan(r)]  # NaN: skipped, uncorroborated

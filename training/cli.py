@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///$MOAT_HOME/mlflow.db, MOAT_HOME defaulting to ~/.moat)")
     p.add_argument("--devices", help="Lightning devices, e.g. 1, 2 or auto (DDP: --devices 2 --strategy ddp)")
     p.add_argument("--strategy", help="Lightning strategy, e.g. ddp")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="with --checkpoint: directory holding val.jsonl for calibration")
     p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
     p.add_argument("--tracking-uri", help="MLflow tracking URI")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _check(args: argparse.Namespace) -> None:

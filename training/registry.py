@@ -4,27 +4,14 @@ validation traces."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_NAME = "moat-risk"
+from moat.models.bundle_source import REGISTERED_MODEL
+
+MODEL_NAME = REGISTERED_MODEL
 ALIAS = "champion"
-ARTIFACTS_DIR = "mlartifacts"
-log = logging.getLogger(__name__)
-
-
-def artifact_location(uri: str) -> str | None:
-    """Where a new experiment keeps its artifacts: beside a SQLite tracking database. MLflow's
-    own default for a database is ./mlruns in the current directory, which puts runs into
-    whatever directory the command ran in (a repository: `git status` no longer clean). Other
-    tracking stores choose for themselves (None)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / ARTIFACTS_DIR).as_uri()
-
-
 @dataclass
 class Promotion:
     version: str

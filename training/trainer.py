@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
 from moat.models.bundle import BundleMeta, Calibration, load_bundle, sha256_file, write_meta
-from moat.models.bundle_source import tracking_uri
+from moat.models.bundle_source import artifact_location, tracking_uri
 from moat.models.feature_spec import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
 from moat.models.network import RiskNet, count_parameters
 from moat.training.calibrate import CalibrationTargets, account_scores, choose_thresholds, event_risk, exact_logits, fit_temperature, summary_metrics
@@ -25,7 +25,7 @@ from moat.training.config import TrainConfig
 from moat.training.datamodule import TraceDataModule
 from moat.training.export import export_onnx, parity
 from moat.training.module import MONITOR, RiskModule
-from moat.training.registry import Promotion, artifact_location, register_and_promote
+from moat.training.registry import Promotion, register_and_promote
 from moat.training.sequences import Sequences
 
 log = logging.getLogger(__name__)

@@ -114,7 +114,7 @@ def test_replay_writes_one_score_per_event_in_order(tmp_path: Path, score_schema
 
 def test_serving_and_replay_never_import_torch(tmp_path: Path) -> None:
     code = (
-        "import sys, serving.scorer, serving.service, serving.client, serving.state.redis_store\n"
+        "import sys, moat.serving.scorer, moat.serving.service, moat.serving.client, moat.serving.state.redis_store\n"
         "from moat.cli import main\n"
         f"rc = main(['replay', r'{CONTRACT / 'example_trace.jsonl'}', '-o', r'{tmp_path / 's.jsonl'}', '--no-progress'])\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'pytorch_lightning', 'lightning', 'mlflow') if m in sys.modules)\n"
