@@ -47,6 +47,9 @@ class BundleMeta(BaseModel):
     data_stats: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     created: str = ""
+    # Set by `moat calibrate`: the bundle these thresholds were re-chosen from, the operator
+    # traffic they were chosen on (file hashes, counts) and the calibration report.
+    provenance: dict[str, Any] = Field(default_factory=dict)
 
 
 class BundleError(ValueError):

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from moat.models.bundle import Thresholds
 
 ACTIONS = ("allow", "throttle", "perturb", "block")
 HOLD_FROM = 2  # perturb and block are held for the cool-down; throttle is not
+# The highest action a dependent scope can cause. An address block or a shared key mixes
+# parties: it is evidence about a place or a cohort, not about the person, so on its own it may
+# slow or degrade an account that already looks wrong, and never cut it off.
+DEPENDENT_MAX_LEVEL = 2
 
 
-def combined_risk(own: float, dependent: float, corroboration: float) -> float:
+def combined_risk(own: float, dependent: float, corroboration: float, ceiling: float = 1.0) -> float:
     """The risk a request acts on: its own scopes' (the account, a key that carries all of it),
     and a dependent scope's (an address block, a key carrying part of the account's traffic)
-    only once the own risk corroborates it. Serving reports this, and training chooses the
-    action thresholds on it, so thresholds and actions read the same number."""
-    return max(own, dependent) if own >= corroboration else own
+    only once the own risk corroborates it, and then never above `ceiling` (the highest risk
+    below the block threshold: shared evidence may raise an account to perturb, never to
+    block). Serving reports this, and thresholds are chosen on it, so thresholds and actions
+    read the same number."""
+    return max(own, min(dependent, ceiling)) if own >= corroboration else own
 
 
 @dataclass(frozen=True)
@@ -42,12 +50,14 @@ class Decision:
 class Policy:
     """Maps each scope's risk to an action level and takes the highest.
 
-    A dependent scope acts on a request only when the request's own scopes corroborate it (own
-    risk at or above `corroboration`). An address block mixes parties: without corroboration one
-    bad tenant behind a corporate NAT would throttle every colleague; with it, a sybil
-    campaign's accounts, whose own traffic already looks risky, are still caught through the
-    block they share. A key that carries only part of its account's traffic is dependent too:
-    its account's window holds all of that traffic and more."""
+    A dependent scope acts on a request only when the request's own scopes corroborate it: own
+    risk at the configured `corroboration` and at least at the throttle threshold, i.e. the
+    account is already acted on by its own traffic. Then it raises the action at most to
+    perturb (DEPENDENT_MAX_LEVEL). On real traffic most chat users' own risk sits well above a
+    fixed 0.5, so a fixed gate let one bad tenant behind a carrier NAT throttle and block its
+    neighbours; tied to the throttle threshold, the gate opens only for accounts whose own
+    traffic already crossed the line the operator calibrated. A sybil campaign's accounts,
+    whose own traffic looks risky, are still escalated through the block or key they share."""
 
     def __init__(self, thresholds: Thresholds, cooldown_s: float, shadow: bool, corroboration: float = 0.5) -> None:
         if not thresholds.throttle <= thresholds.perturb <= thresholds.block:
@@ -55,7 +65,9 @@ class Policy:
         self.t = thresholds
         self.cooldown_s = cooldown_s
         self.shadow = shadow
-        self.corroboration = corroboration
+        self.corroboration = max(corroboration, thresholds.throttle)
+        # The highest risk a dependent scope can report: just below the block threshold.
+        self.dependent_ceiling = float(np.nextafter(thresholds.block, 0.0))
 
     def level(self, risk: float) -> int:
         t = self.t
@@ -68,20 +80,21 @@ class Policy:
         for s in scopes:
             if s.dependent and own < self.corroboration:
                 continue  # uncorroborated dependent evidence: neither acts nor starts a hold
-            lvl = self.level(s.risk)
+            cap = DEPENDENT_MAX_LEVEL if s.dependent else len(ACTIONS) - 1
+            lvl = min(self.level(s.risk), cap)
+            held = min(s.hold_action, cap) if s.hold_until > ts else 0
             if lvl >= HOLD_FROM:
                 # (Re)start the hold: a scope at perturb or block stays there for the cool-down,
                 # so a few benign-looking requests cannot flip it back to allow.
-                if lvl > s.hold_action or ts + self.cooldown_s > s.hold_until:
-                    holds.append((s.scope, s.key, max(lvl, s.hold_action if s.hold_until > ts else 0), ts + self.cooldown_s))
-            if s.hold_until > ts:
-                lvl = max(lvl, s.hold_action)
+                if lvl > held or ts + self.cooldown_s > s.hold_until:
+                    holds.append((s.scope, s.key, max(lvl, held), ts + self.cooldown_s))
+            lvl = max(lvl, held)
             cand = (lvl, s.risk, s)
             if best is None or cand[:2] > best[:2]:
                 best = cand
         assert best is not None, "every request has the account scope, which is never dependent"
         lvl, _, s = best
         dependent = max((x.risk for x in scopes if x.dependent), default=0.0)
-        risk = combined_risk(own, dependent, self.corroboration)
+        risk = combined_risk(own, dependent, self.corroboration, self.dependent_ceiling)
         action = ACTIONS[lvl]
         return Decision("allow" if self.shadow else action, 0 if self.shadow else lvl, action, s.scope, s.key, risk, holds)

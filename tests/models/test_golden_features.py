@@ -36,8 +36,8 @@ FEATURES = [
 ]
 # (case, trace, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, 477, "cafa56f5e76b29f03c3aaffed7ec87966aa85057d6b4622ed464059e694ab371"),
-    ("contract example", EXAMPLE, 4, "9eff65c840d2968a2acc2a277526f6f299ef4a970824627eded3ea8d268b12d8"),
+    ("golden trace", GOLDEN, 477, "f9382f94877841c16255e349312b6ec5bf8b3dcd48b14af70507a2c237bfbce4"),
+    ("contract example", EXAMPLE, 4, "1ef30f59f3cd4742355304bb318f281ac109fc5aacdf5c054ac56a2b22dc346f"),
 ]
 
 

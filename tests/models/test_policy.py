@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from moat.models.bundle import Thresholds
@@ -23,10 +24,14 @@ CASES = [
     ("block starts a hold", [s("account", 0.99)], 100.0, False, "block", "account", [("account", 3)]),
     ("the riskiest scope drives", [s("account", 0.6), s("ip_prefix", 0.9)], 100.0, False, "perturb", "ip_prefix", [("ip_prefix", 2)]),
     ("uncorroborated address block is ignored", [s("account", 0.1), s("ip_prefix", 0.99)], 100.0, False, "allow", "account", []),
-    ("key corroborates the address block", [s("account", 0.1), s("api_key", 0.55), s("ip_prefix", 0.99)], 100.0, False, "block", "ip_prefix", [("ip_prefix", 3)]),
+    ("key corroborates the address block, which raises it to perturb at most", [s("account", 0.1), s("api_key", 0.55), s("ip_prefix", 0.99)], 100.0, False, "perturb", "ip_prefix", [("ip_prefix", 2)]),
+    ("a shared scope alone never blocks", [s("account", 0.7), s("ip_prefix", 0.999)], 100.0, False, "perturb", "ip_prefix", [("ip_prefix", 2)]),
+    ("the account's own block still blocks beside a shared scope", [s("account", 0.97), s("ip_prefix", 0.99)], 100.0, False, "block", "account", [("account", 3), ("ip_prefix", 2)]),
+    ("a held block on a shared scope acts as perturb at most", [s("account", 0.6), s("ip_prefix", 0.1, hold=3, until=200.0)], 100.0, False, "perturb", "ip_prefix", []),
+    ("own risk below the throttle threshold never opens the gate", [s("account", 0.45), s("ip_prefix", 0.99)], 100.0, False, "allow", "account", []),
     ("uncorroborated hold on a block is ignored", [s("account", 0.1), s("ip_prefix", 0.1, hold=3, until=200.0)], 100.0, False, "allow", "account", []),
     ("partial key needs the account to corroborate", [s("account", 0.1), s("api_key", 0.99, dependent=True)], 100.0, False, "allow", "account", []),
-    ("corroborated partial key acts", [s("account", 0.6), s("api_key", 0.99, dependent=True)], 100.0, False, "block", "api_key", [("api_key", 3)]),
+    ("corroborated partial key acts, at most as perturb", [s("account", 0.6), s("api_key", 0.99, dependent=True)], 100.0, False, "perturb", "api_key", [("api_key", 2)]),
     ("hold keeps perturb despite low risk", [s("account", 0.1, hold=2, until=200.0)], 100.0, False, "perturb", "account", []),
     ("hold keeps block", [s("account", 0.6, hold=3, until=200.0)], 100.0, False, "block", "account", []),
     ("expired hold no longer applies", [s("account", 0.1, hold=3, until=50.0)], 100.0, False, "allow", "account", []),
@@ -47,6 +52,23 @@ def test_policy(case, scopes, ts, shadow, action, scope, holds) -> None:
         assert d.would_be == "block"
 
 
+# (case, thresholds, configured corroboration, effective gate)
+GATES = [
+    ("the throttle threshold is the floor of the gate", Thresholds(throttle=0.9, perturb=0.95, block=0.97), 0.5, 0.9),
+    ("a stricter configured gate wins", Thresholds(throttle=0.3, perturb=0.8, block=0.95), 0.6, 0.6),
+]
+
+
+@pytest.mark.parametrize("case, thresholds, configured, gate", GATES, ids=[g[0] for g in GATES])
+def test_the_gate_opens_only_for_accounts_acted_on(case: str, thresholds: Thresholds, configured: float, gate: float) -> None:
+    p = Policy(thresholds, cooldown_s=600, shadow=False, corroboration=configured)
+    assert p.corroboration == gate
+    below = p.decide([s("account", gate - 0.01), s("ip_prefix", 0.999)], 100.0)
+    assert below.scope == "account" and below.risk == gate - 0.01
+    at = p.decide([s("account", gate), s("ip_prefix", 0.999)], 100.0)
+    assert at.scope == "ip_prefix" and at.action == "perturb" and at.risk < thresholds.block
+
+
 def test_thresholds_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="throttle <= perturb <= block"):
         Policy(Thresholds(throttle=0.9, perturb=0.5, block=0.95), 60, False)
@@ -62,6 +84,18 @@ COMBINED = [
     ("exactly at the corroboration level counts", 0.5, 0.8, 0.5, 0.8),
 ]
 
+# (case, own, shared, corroboration, ceiling, combined)
+CEILING = [
+    ("shared risk above the ceiling is cut to it", 0.6, 0.99, 0.5, 0.9, 0.9),
+    ("shared risk below the ceiling is kept", 0.6, 0.8, 0.5, 0.9, 0.8),
+    ("the ceiling never lowers the own risk", 0.97, 0.99, 0.5, 0.9, 0.97),
+]
+
+
+@pytest.mark.parametrize("case, own, shared, corroboration, ceiling, expected", CEILING, ids=[c[0] for c in CEILING])
+def test_shared_risk_stays_under_the_ceiling(case: str, own: float, shared: float, corroboration: float, ceiling: float, expected: float) -> None:
+    assert combined_risk(own, shared, corroboration, ceiling) == expected
+
 
 @pytest.mark.parametrize("case, own, shared, corroboration, expected", COMBINED, ids=[c[0] for c in COMBINED])
 def test_combined_risk(case: str, own: float, shared: float, corroboration: float, expected: float) -> None:
@@ -71,7 +105,8 @@ def test_combined_risk(case: str, own: float, shared: float, corroboration: floa
 # (case, scopes, reported risk): the reported risk is the one the action was taken on.
 REPORTED = [
     ("uncorroborated block does not raise the risk", [s("account", 0.1), s("ip_prefix", 0.99)], 0.1),
-    ("corroborated block does", [s("account", 0.6), s("ip_prefix", 0.99)], 0.99),
+    ("corroborated block does, up to just below the block threshold", [s("account", 0.6), s("ip_prefix", 0.99)], float(np.nextafter(0.95, 0.0))),
+    ("corroborated block under the block threshold is reported as is", [s("account", 0.6), s("ip_prefix", 0.9)], 0.9),
     ("the key's own risk counts", [s("account", 0.1), s("api_key", 0.7)], 0.7),
     ("a skipped block (not computed) changes nothing", [s("account", 0.2), s("api_key", 0.3)], 0.3),
 ]

@@ -1,0 +1,111 @@
+"""`moat calibrate`: thresholds from unlabelled operator traffic, as a new bundle version."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from moat.cli import main
+from moat.models.bundle import DEFAULT_BUNDLE, load_bundle, sha256_file
+from moat.models.traces import iter_raw
+
+# With 5% of the accounts replaced by attackers, the action threshold moves by at most this
+# much (measured on the simulator's test split with the shipped bundle: 0.013).
+MAX_THROTTLE_SHIFT = 0.03
+
+
+def _subset(src: Path, out: Path, keep: set[str]) -> Path:
+    with open(out, "w", encoding="utf-8") as fh:
+        for e in iter_raw(src):
+            if e["account_id"] in keep:
+                e.pop("label", None), e.pop("family", None), e.pop("actor", None)  # operator traffic is unlabelled
+                fh.write(json.dumps(e) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def populations(small_traces: Path, tmp_path_factory) -> tuple[Path, Path, int]:
+    """The test split's benign accounts alone, and the same with 5% attacker accounts added."""
+    tmp = tmp_path_factory.mktemp("calib")
+    test = small_traces / "test.jsonl"
+    labels = {e["account_id"]: e["label"] for e in iter_raw(test)}
+    benign = {a for a, y in labels.items() if y == 0}
+    attack = sorted(a for a, y in labels.items() if y == 1)
+    k = max(1, round(0.05 * len(benign) / 0.95))
+    mixed = benign | set(random.Random(0).sample(attack, k))
+    return _subset(test, tmp / "benign.jsonl", benign), _subset(test, tmp / "mixed.jsonl", mixed), k
+
+
+def _calibrate(tmp_path: Path, *traffic: Path, extra: tuple[str, ...] = ()) -> tuple[int, Path]:
+    out = tmp_path / "bundle"
+    rc = main(["calibrate", "--traffic", *map(str, traffic), "--out", str(out), "--no-progress", *extra])
+    return rc, out
+
+
+def test_calibrated_bundle_keeps_the_network_and_records_its_provenance(populations, tmp_path: Path, capsys) -> None:
+    benign, _, _ = populations
+    rc, out = _calibrate(tmp_path, benign)
+    assert rc == 0
+    meta, onnx = load_bundle(out)  # hash and spec checks pass
+    base, base_onnx = load_bundle(DEFAULT_BUNDLE)
+    assert sha256_file(onnx) == sha256_file(base_onnx)
+    assert meta.model_version.startswith(base.model_version + "-cal") and meta.model_version != base.model_version
+    prov = meta.provenance
+    assert prov["base_model_version"] == base.model_version
+    assert prov["traffic"][0]["file"] == "benign.jsonl" and len(prov["traffic"][0]["sha256"]) == 64
+    assert prov["report"]["ever_acted_share"] <= 0.01 and prov["report"]["ever_blocked_share"] <= 0.001
+    assert meta.thresholds.throttle <= meta.thresholds.perturb <= meta.thresholds.block
+    assert "## Operator calibration" in (out / "card.md").read_text()
+    report = json.loads(capsys.readouterr().out)
+    assert report["thresholds"] == meta.thresholds.model_dump()
+    assert set(report["near_threshold"]) == {"throttle", "perturb", "block"}
+
+
+def test_a_few_percent_of_attackers_barely_move_the_thresholds(populations, tmp_path: Path) -> None:
+    benign, mixed, n_attackers = populations
+    assert n_attackers >= 1
+    rc_a, a = _calibrate(tmp_path / "a", benign)
+    rc_b, b = _calibrate(tmp_path / "b", mixed)
+    assert rc_a == rc_b == 0
+    ta, tb = load_bundle(a)[0].thresholds, load_bundle(b)[0].thresholds
+    assert abs(tb.throttle - ta.throttle) <= MAX_THROTTLE_SHIFT
+    assert tb.block >= ta.block - 1e-9  # attackers never make the benign population blocked more
+
+
+def test_registers_the_bundle_when_a_tracking_uri_is_given(populations, tmp_path: Path, capsys) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc, out = _calibrate(tmp_path, populations[0], extra=("--tracking-uri", uri))
+    assert rc == 0
+    assert "registered as models:/moat-risk/1" in capsys.readouterr().err
+    mv = MlflowClient(tracking_uri=uri).get_model_version("moat-risk", "1")
+    assert mv.tags["calibrated_from"] == load_bundle(DEFAULT_BUNDLE)[0].model_version
+    assert not (Path.cwd() / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--traffic", "/nonexistent.jsonl"], "--traffic /nonexistent.jsonl: no such file"),
+        (["--block-share", "0.5"], "--block-share/--perturb-share/--action-share"),
+        (["--model", "/tmp/no-such-bundle"], "--model /tmp/no-such-bundle: no such bundle directory"),
+    ],
+)
+def test_bad_arguments_fail_in_one_line(populations, tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    base = ["calibrate", "--traffic", str(populations[0]), "--out", str(tmp_path / "out"), "--no-progress"]
+    args = base + argv if argv[0] != "--traffic" else ["calibrate", *argv, "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_refuses_to_overwrite_a_bundle(populations, tmp_path: Path, capsys) -> None:
+    (tmp_path / "bundle").mkdir()
+    (tmp_path / "bundle" / "meta.json").write_text("{}")
+    rc, _ = _calibrate(tmp_path, populations[0])
+    assert rc == 2 and "not an empty directory" in capsys.readouterr().err
