@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test model eval bench bento install serve-deps clean
+.PHONY: run test model eval eval-external bench bento install serve-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,11 +26,27 @@ model: $(STAMP)
 	$(BIN)/moat generate --out data/default --actors 1600 --days 2 --seed 7 --attack-share 0.35 --no-progress
 	$(BIN)/moat train --data data/default --out models/default
 
-# Reproduce the README's results table: test families held out of training.
+# Reproduce the README's results: the simulator's test split with families held out of training
+# (runs/eval-report), then the external traces that the simulator did not make (eval-external).
 eval: $(STAMP)
 	$(BIN)/moat generate --out data/eval --actors 1600 --days 2 --seed 11 --attack-share 0.35 --holdout-families logit_probe,coverage_sweep --no-progress
 	$(BIN)/moat train --data data/eval --out runs/eval-model
 	$(BIN)/moat evaluate --traces data/eval/test.jsonl --model runs/eval-model --baselines all --out runs/eval-report
+	$(MAKE) eval-external
+
+# The shipped bundle on the labelled external dev traces, before and after `moat calibrate` on the
+# unlabelled operator sample (labels are read by evaluation only). Learned baselines train on the
+# simulator's train split of `make eval`.
+EXTERNAL ?= ../shared/data/external
+eval-external: $(STAMP)
+	@test -d $(EXTERNAL) || { echo "make eval-external: $(EXTERNAL) is missing (the shared folder beside the repository)" >&2; exit 1; }
+	@test -f data/eval/train.jsonl || $(BIN)/moat generate --out data/eval --actors 1600 --days 2 --seed 11 --attack-share 0.35 --holdout-families logit_probe,coverage_sweep --no-progress
+	rm -rf runs/calibrated
+	$(BIN)/moat calibrate --traffic $(EXTERNAL)/calib-spread.jsonl.gz --out runs/calibrated --no-progress
+	for t in dev-spread dev-shared-nat; do \
+	  $(BIN)/moat evaluate --traces $(EXTERNAL)/$$t.jsonl.gz --train-traces data/eval/train.jsonl --baselines all --out runs/eval-$$t --no-progress || exit 1; \
+	  $(BIN)/moat evaluate --traces $(EXTERNAL)/$$t.jsonl.gz --model runs/calibrated --train-traces data/eval/train.jsonl --baselines none --out runs/eval-$$t-calibrated --no-progress || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py

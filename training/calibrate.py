@@ -13,7 +13,7 @@ from moat.models.bundle import Thresholds
 from moat.models.calibration import calibrated_risk
 from moat.models.feature_spec import WINDOW
 from moat.models.metrics import auroc, tpr_at_fpr
-from moat.models.policy import combined_risk
+from moat.models.policy import Policy, combined_risk
 from moat.models.thresholds import ActionTargets
 from moat.models.thresholds import choose_thresholds as thresholds_for
 from moat.training.sequences import Sequences, row_windows
@@ -79,16 +79,22 @@ class AccountScores:
     risk: np.ndarray  # max calibrated risk over the account's requests
 
 
-def event_risk(seqs: Sequences, row_logits: np.ndarray, temperature: float, corroboration: float) -> np.ndarray:
+def event_risk(seqs: Sequences, row_logits: np.ndarray, temperature: float, corroboration: float, thresholds: Thresholds | None = None) -> np.ndarray:
     """A request's risk combined over its scopes exactly as the serving policy combines them
-    (a dependent window counts only once the own windows corroborate it)."""
+    with these thresholds (a dependent window counts only once the own risk reaches the policy's
+    gate, and never beyond perturb). Without thresholds, the own risk alone: what decides
+    whether an account is ever acted on or blocked, so thresholds are chosen on it."""
     p = calibrated_risk(row_logits, temperature)
     dep = seqs.dependent
+    policy = Policy(thresholds, cooldown_s=0.0, shadow=False, corroboration=corroboration) if thresholds is not None else None
     out = np.empty(len(seqs.event_rows), dtype=np.float64)
     for i, rows in enumerate(seqs.event_rows):
         own = max((float(p[r]) for r in rows if not dep[r]), default=0.0)
+        if policy is None:
+            out[i] = own
+            continue
         dependent = max((float(p[r]) for r in rows if dep[r]), default=0.0)
-        out[i] = combined_risk(own, dependent, corroboration)
+        out[i] = combined_risk(own, dependent, policy.corroboration, policy.dependent_ceiling)
     return out
 
 

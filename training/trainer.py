@@ -66,7 +66,7 @@ def bundle_account_auroc(bundle_dir: Path, val: Sequences) -> float | None:
         log.warning("champion bundle not comparable: %s", exc)
         return None
     logits = exact_logits(onnx_runner(onnx_path), val)
-    scores = account_scores(val, event_risk(val, logits, meta.calibration.temperature, meta.calibration.corroboration))
+    scores = account_scores(val, event_risk(val, logits, meta.calibration.temperature, meta.calibration.corroboration, meta.thresholds))
     return summary_metrics(scores, meta.thresholds)["account_auroc"]
 
 
@@ -76,8 +76,11 @@ def finalize_bundle(net: RiskNet, out: Path, val: Sequences, targets: Calibratio
     logits = exact_logits(torch_runner(net), val, progress=progress)
     rows_labels = val.labels
     temperature = fit_temperature(logits, rows_labels)
-    scores = account_scores(val, event_risk(val, logits, temperature, targets.corroboration))
-    thresholds = choose_thresholds(scores, targets)
+    # Own risk alone decides who is ever acted on or blocked (shared scopes act only on accounts
+    # already at the throttle threshold, and never block), so thresholds are chosen on it; the
+    # reported metrics use the full policy combination with those thresholds.
+    thresholds = choose_thresholds(account_scores(val, event_risk(val, logits, temperature, targets.corroboration)), targets)
+    scores = account_scores(val, event_risk(val, logits, temperature, targets.corroboration, thresholds))
     metrics = summary_metrics(scores, thresholds)
     onnx_path = out / "model.onnx"
     export_onnx(net, onnx_path)

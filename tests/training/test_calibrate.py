@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from moat.models.bundle import Thresholds
 from moat.models.calibration import sigmoid
 from moat.training.calibrate import AccountScores, CalibrationTargets, choose_thresholds, event_risk, fit_temperature
 from moat.training.sequences import Sequences
@@ -42,12 +43,15 @@ def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
 
 
-# (case, scopes, dependent rows, per-row risk, event rows, expected event risks): thresholds are
-# chosen on the risk the serving policy acts on, so an uncorroborated dependent window must not count.
+# (case, scopes, dependent rows, per-row risk, event rows, expected event risks): the risk the
+# serving policy acts on with thresholds T (gate 0.5, ceiling just below 0.95), so an
+# uncorroborated dependent window must not count and a corroborated one stays below block.
+T = Thresholds(throttle=0.5, perturb=0.8, block=0.95)
+BELOW_BLOCK = float(np.nextafter(0.95, 0.0))
 EVENT_CASES = [
     ("own scopes: plain max", ["account", "api_key"], [False, False], [0.2, 0.4], [[0, 1]], [0.4]),
     ("uncorroborated address block left out", ["account", "ip_prefix"], [False, True], [0.2, 0.95], [[0, 1]], [0.2]),
-    ("corroborated address block counts", ["account", "ip_prefix"], [False, True], [0.6, 0.95], [[0, 1]], [0.95]),
+    ("corroborated address block counts below block", ["account", "ip_prefix"], [False, True], [0.6, 0.97], [[0, 1]], [BELOW_BLOCK]),
     ("key corroborates", ["account", "api_key", "ip_prefix"], [False, False, True], [0.1, 0.7, 0.9], [[0, 1, 2]], [0.9]),
     ("partial key left out without corroboration", ["account", "api_key"], [False, True], [0.1, 0.98], [[0, 1]], [0.1]),
 ]
@@ -56,5 +60,13 @@ EVENT_CASES = [
 @pytest.mark.parametrize("case, scopes, dependent, risks, event_rows, expected", EVENT_CASES, ids=[c[0] for c in EVENT_CASES])
 def test_event_risk_combines_scopes_like_the_policy(case, scopes, dependent, risks, event_rows, expected) -> None:
     seqs = _seqs(scopes, dependent, event_rows)
-    got = event_risk(seqs, np.array([_logit(r) for r in risks]), temperature=1.0, corroboration=0.5)
+    got = event_risk(seqs, np.array([_logit(r) for r in risks]), temperature=1.0, corroboration=0.5, thresholds=T)
     np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("case, scopes, dependent, risks, event_rows, expected", EVENT_CASES, ids=[c[0] for c in EVENT_CASES])
+def test_without_thresholds_event_risk_is_the_own_risk(case, scopes, dependent, risks, event_rows, expected) -> None:
+    seqs = _seqs(scopes, dependent, event_rows)
+    got = event_risk(seqs, np.array([_logit(r) for r in risks]), temperature=1.0, corroboration=0.5)
+    own = [max(risks[r] for r in rows if not dependent[r]) for rows in event_rows]
+    np.testing.assert_allclose(got, own, rtol=1e-9)
