@@ -1,0 +1,14 @@
+"""Response actions: what `throttle`, `perturb` and `block` do to a request and its answer.
+Numpy-free and network-free, so every gateway adapter (proxy, ext_authz, LiteLLM) calls the
+same code."""
+
+from moat.serving.actions.logprobs import ResponsePerturber, SSETransformer, request_seed
+from moat.serving.actions.registry import ACTIONS, Action, get_action, reply_for
+from moat.serving.actions.replies import Reply, invalid_request, openai_error
+from moat.serving.actions.request import InvalidRequest, perturb_request
+from moat.serving.actions.settings import ActionSettings, PerturbSettings, ThrottleSettings
+
+__all__ = [
+    "ACTIONS", "Action", "ActionSettings", "InvalidRequest", "PerturbSettings", "Reply", "ResponsePerturber", "SSETransformer",
+    "ThrottleSettings", "get_action", "invalid_request", "openai_error", "perturb_request", "reply_for", "request_seed",
+]
