@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from moat.data_gen.actors import Actor, ParamHabit, Query, SimContext, register
-from moat.data_gen.identity import UA_HUMAN, UA_SCRIPT, Account, Prefix
-from moat.data_gen.text import DOMAIN_NAMES, DOMAINS, REASONING_SUFFIXES, fill, perturb, random_words, system_prompt
-from moat.data_gen.timing import HumanTiming, MachineTiming, ServiceTiming, Timing
+from moat.data_gen.identity import CARRIER_POOLS, CLOUD_PREFIXES, MODELS, UA_BROWSER, UA_HUMAN, UA_SCRIPT, Account, Prefix, hex_id, user_agent
+from moat.data_gen.text import DOMAIN_NAMES, DOMAINS, REASONING_SUFFIXES, fill, paraphrase, perturb, random_words, system_prompt
+from moat.data_gen.timing import HumanTiming, LogNormalTiming, MachineTiming, ServiceTiming, Timing
 
 
 class Strategy(ABC):
@@ -393,3 +393,167 @@ class SlowLowMimicry(AttackActor):
         self.account = self.new_account(UA_HUMAN, n_keys=1, n_hosts=r.randint(1, 3))
         timing = HumanTiming.draw(r)  # the same distribution benign chat users are drawn from
         return timing, timing.hours.next_start(self.start_time(0.3), r)
+
+
+# --- Attackers that look human, probe by paraphrase, or act as a cohort (issue 10, item 4).
+
+
+class TaskWalk(Strategy):
+    """Walks a task collection category by category and never sends the same prompt twice."""
+
+    def setup(self) -> None:
+        r = self.rng
+        # Browser-like parameters: what a chat front-end sends, mostly defaults and streaming.
+        self.habit = ParamHabit.draw(
+            r, temperature=r.choice([None, None, 0.7, 1.0]), temperature_jitter=0.0, max_tokens=r.choice([None, None, 1024, 4096]),
+            max_tokens_spread=0.0, top_p=None, logprobs_p=0.0, seed_p=0.0, stop_p=0.0, stream_p=r.uniform(0.6, 1.0), n=1,
+        )
+        self.completion_p = 0.0
+        self.source_share = r.random()
+        self.categories = r.sample(DOMAIN_NAMES, r.randint(3, len(DOMAIN_NAMES)))
+        self.per_category = (r.randint(5, 20), r.randint(25, 120))
+        self._left = r.randint(*self.per_category)
+        self._seen: set[str] = set()
+
+    def text(self) -> str:
+        r, g = self.rng, self.ctx.grammar
+        if self._left <= 0:
+            self.categories = self.categories[1:] + self.categories[:1]
+            self._left = r.randint(*self.per_category)
+        self._left -= 1
+        text = g.prompt(r, self.categories[0], self.source_share)
+        for _ in range(20):
+            if text not in self._seen:
+                break
+            text = g.prompt(r, self.categories[0], self.source_share)
+        while text in self._seen:  # a small category ran dry: join two of its prompts
+            text = f"{text} {g.prompt(r, self.categories[0], 0.0)}"
+        self._seen.add(text)
+        return text
+
+
+@register
+class HumanTaskWalk(AttackActor):
+    """An attacker with human think times (log-normal, within active hours) and a browser's user
+    agent and parameters, whose prompts never repeat and walk a task collection category by
+    category. Source: the mimicry evasions of Juuti et al. 2019 ("PRADA") applied to LLM
+    distillation over instruction collections (Taori et al. 2023, Stanford Alpaca)."""
+
+    family = "human_task_walk"
+    strategy_cls = TaskWalk
+
+    def setup(self) -> None:
+        super().setup()
+        r = self.rng
+        self.cover_p = r.choice([0.0, 0.0, r.uniform(0.05, 0.3)])
+        self.cover_habit = self.strategy.habit
+        self.limit = self.budget(150, 0.9, low=30, high=2000)
+
+    def start(self) -> tuple[Timing, float]:
+        r = self.rng
+        # Some sit behind a carrier NAT, among benign crowds; the rest send from their own block.
+        self.shared_prefixes = r.choice(CARRIER_POOLS) if r.random() < 0.3 else None
+        self.account = self.new_account(UA_BROWSER if r.random() < 0.8 else UA_HUMAN, n_keys=1, n_hosts=r.randint(1, 4))
+        timing = HumanTiming.draw(r)
+        return timing, timing.hours.next_start(self.start_time(0.4), r)
+
+
+class ParaphraseProbing(Strategy):
+    """A few seed prompts, each sent again and again as small paraphrases and edits."""
+
+    def setup(self) -> None:
+        r = self.rng
+        self.seeds = [self.ctx.grammar.prompt(r) for _ in range(r.randint(2, 8))]
+        self.strength = r.uniform(0.03, 0.15)
+        self.block = r.randint(5, 60)  # paraphrases of one seed before the next
+        self.habit = ParamHabit.draw(r)
+        self._k = 0
+
+    def text(self) -> str:
+        seed = self.seeds[(self._k // self.block) % len(self.seeds)]
+        self._k += 1
+        return paraphrase(seed, self.rng, self.strength)
+
+
+@register
+class ParaphraseProbe(AttackActor):
+    """Boundary probing by paraphrase: a few seed prompts, each re-sent as many small paraphrases
+    and edits at a moderate rate, to map where the model's answer or refusal flips. Source: Pal
+    et al. 2020 ("ActiveThief", uncertainty-driven queries near the boundary); Papernot et al.
+    2017 ("Practical Black-Box Attacks", synthetic neighbours of seed inputs)."""
+
+    family = "paraphrase_probe"
+    strategy_cls = ParaphraseProbing
+
+    def setup(self) -> None:
+        super().setup()
+        self.limit = self.budget(300, 0.8, low=60, high=3000)
+
+    def scripted_timing(self) -> Timing:
+        r = self.rng
+        if r.random() < 0.5:
+            return LogNormalTiming(median_s=r.lognormvariate(math.log(20), 1.0), sigma=r.uniform(0.3, 1.0))
+        return ServiceTiming.draw(r, r.lognormvariate(math.log(0.05), 0.8), library=self.ctx.timing)
+
+
+COHORT_SOURCES: list[type[Strategy]] = [DatasetReplay, SelfInstruct, ReasoningHarvest, TaskWalk, RandomQueries, CoverageSweep]
+
+
+@register
+class SybilCohort(AttackActor):
+    """A sybil campaign as a cohort ("hydra cluster"): 20-60 short-lived accounts that arrive
+    within a few hours, share one client fingerprint (the exact user agent, model and parameter
+    values), split one prompt pool between them and follow one script of 15-80 requests each,
+    from a few address prefixes or spread widely. Source: distributed extraction in Juuti et al.
+    2019 ("PRADA", colluding clients), in the "hydra cluster" shape that providers have reported
+    for real distillation campaigns (many fresh accounts, one tool, one script)."""
+
+    family = "sybil_cohort"
+    strategy_cls = DatasetReplay  # replaced per actor in setup
+
+    def setup(self) -> None:
+        r = self.rng
+        self.strategy_cls = r.choice(COHORT_SOURCES)
+        super().setup()
+        self.cover_p = 0.0
+        n_accounts = r.randint(20, 60)
+        script_len = r.randint(15, 80)
+        self.lengths = [min(80, max(15, script_len + r.randint(-3, 3))) for _ in range(n_accounts)]
+        self.fingerprint = self.strategy.habit.sample(r)  # one exact parameter dict for every request
+        self.fingerprint.pop("seed", None)
+        ua = user_agent(r, UA_SCRIPT if r.random() < 0.6 else UA_HUMAN)
+        model = r.choice(MODELS)
+        mode = r.choice(["few", "spread", "cloud"])
+        if mode == "few":
+            pool = [Prefix.draw(r) for _ in range(r.randint(2, 5))]
+        elif mode == "cloud":
+            pool = r.sample(CLOUD_PREFIXES, r.randint(1, 3))
+        max_hosts = r.randint(1, 4)  # workers per account behind one block: addresses are no part of the fingerprint
+        self.accounts = []
+        for _ in range(n_accounts):
+            prefix = r.choice(pool) if mode != "spread" else (r.choice(r.choice(CARRIER_POOLS)) if r.random() < 0.3 else Prefix.draw(r))
+            hosts = [prefix.address(r) for _ in range(r.randint(1, max_hosts))]
+            self.accounts.append(Account(hex_id(r, "acct_"), [hex_id(r, "key_", 8)], [prefix], ua, model, hosts))
+        self.arrival_window_s = r.uniform(0.5, 4.0) * 3600
+        # The one script: the same pacing for every account, drawn once.
+        median = r.lognormvariate(math.log(30), 1.2)
+        self.script = LogNormalTiming(median_s=median, sigma=r.uniform(0.1, 0.8))
+        self.pool = [self.strategy.text() for _ in range(sum(self.lengths))]
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        r, s = self.rng, self.strategy
+        t0 = self.start_time(0.8)
+        out: list[dict[str, Any]] = []
+        offset = 0
+        for account, n in zip(self.accounts, self.lengths):
+            t = t0 + r.uniform(0, self.arrival_window_s)
+            for text in self.pool[offset: offset + n]:
+                if t >= self.ctx.end:
+                    break
+                messages = ([{"role": "system", "content": s.system}] if s.system else []) + [{"role": "user", "content": text}]
+                query = Query(dict(self.fingerprint), prompt=text) if s.completion_p == 1.0 else Query(dict(self.fingerprint), messages=messages)
+                out.append(self.event(account, t, query))
+                t += self.script.gap(r, t)
+            offset += n
+        out.sort(key=lambda e: e["ts"])  # stable: ties keep account order, so a seed reproduces
+        yield from out

@@ -99,7 +99,21 @@ class Account:
         return rng.choice(self.hosts)
 
 
+def _fixed_pool(seed: int, n: int) -> list[Prefix]:
+    rng = random.Random(seed)
+    return [Prefix.draw(rng, v6_share=0.0) for _ in range(n)]
+
+
+# Address blocks that many unrelated parties share: a cloud region's egress /24s (tenants'
+# backends and attackers' rented servers alike) and mobile carriers' NAT pools (CGNAT hands a
+# subscriber a different address of the pool per connection). Fixed, not drawn per actor, so
+# that benign tenants, NAT crowds and attackers of one trace really do meet in the same blocks.
+CLOUD_PREFIXES = _fixed_pool(0xC10D, 12)
+CARRIER_POOLS = [_fixed_pool(0xCA00 + i, 8) for i in range(3)]
+
+
 # Weights over user-agent families. They overlap on purpose (see module docstring).
 UA_HUMAN = {"browser": 4, "openai-python": 2, "curl": 0.5, "langchain": 0.5, "custom": 1, "none": 0.3}
 UA_SERVICE = {"openai-python": 3, "openai-node": 2, "httpx": 1, "aiohttp": 1, "go": 1, "custom": 2, "langchain": 1, "python-requests": 1}
+UA_BROWSER = {"browser": 8, "none": 0.2, "custom": 0.3}  # a chat front-end's or a browser extension's traffic
 UA_SCRIPT = {"openai-python": 3, "python-requests": 2, "httpx": 1.5, "aiohttp": 1, "curl": 0.7, "go": 0.7, "custom": 1, "none": 0.5, "browser": 0.4}

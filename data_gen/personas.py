@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 from abc import abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from moat.data_gen.actors import Actor, ParamHabit, Query, register
-from moat.data_gen.identity import UA_HUMAN, UA_SCRIPT, UA_SERVICE, Account, Prefix
+from moat.data_gen.identity import CARRIER_POOLS, CLOUD_PREFIXES, UA_HUMAN, UA_SCRIPT, UA_SERVICE, Account, Prefix
 from moat.data_gen.text import DOMAIN_NAMES, fill, perturb, system_prompt
-from moat.data_gen.timing import ActiveHours, HumanTiming, LogNormalTiming, MachineTiming, ServiceTiming, Timing
+from moat.data_gen.timing import ActiveHours, HumanTiming, LogNormalTiming, MachineTiming, ServiceTiming, Timing, worker_pool
 
 
 class Persona(Actor):
@@ -360,3 +361,179 @@ class CorporateNat(Actor):
             ev["family"] = self.family
             ev["actor"] = self.actor_id
             yield ev
+
+
+# --- High-volume business tenants, benchmark runners and NAT crowds (issue 10, item 4). Each draws
+# its rates, lengths, parameters and prompt source per actor from wide ranges, so their marginals
+# overlap the attack families' and only behaviour over time tells them apart.
+
+# Token ids a review classifier biases towards: the ids of short label words ("yes", "no",
+# " A", " B", ...) in common tokenizers, so several tenants bias the same few ids.
+LABEL_TOKEN_IDS = [9642, 2822, 32, 33, 34, 35, 16, 17, 18, 15, 3763, 1217, 7566, 8505]
+DOC_TEMPLATES = [
+    "Summarize the following {word} record for the {job} team in {a} bullet points:\n",
+    "Extract the fields name, date, amount and {word} as JSON from this document:\n",
+    "Rewrite this {word} notice in plain language for customers:\n",
+    "Translate the following {word} notes into {lang_h}, keeping formatting:\n",
+    "You are a compliance reviewer. List every obligation in this contract clause:\n",
+]
+REVIEW_QUESTIONS = [
+    "Does this document need human review? Answer yes or no.\n",
+    "Is this {word} record complete? Answer A (complete), B (incomplete) or C (unreadable).\n",
+    "Classify the risk of this clause: 0 low, 1 medium, 2 high. Reply with the digit only.\n",
+]
+
+
+def cloud_prefixes(rng: random.Random) -> list[Prefix]:
+    """One or two of the shared cloud /24s a tenant's servers send from."""
+    return rng.sample(CLOUD_PREFIXES, rng.randint(1, 2))
+
+
+@register
+class DocPipeline(Persona):
+    """A high-volume document pipeline: one template over varied documents from a steady worker
+    pool, plus a review classifier that asks for one token (max_tokens=1) with logit_bias +100 on
+    a few label tokens, the usual way to force a label out of a chat API. Benign, though its
+    classifier requests look like logit probing field by field. Stands for enterprise batch jobs
+    over invoices, contracts and tickets; max_tokens=1 with logit_bias on label tokens is a
+    common API classification recipe)."""
+
+    family = "doc_pipeline"
+    weight = 1.2
+    lead = 0.4
+
+    def setup(self) -> None:
+        r = self.rng
+        self.shared_prefixes = cloud_prefixes(r) if r.random() < 0.7 else None
+        self.account = self.new_account(UA_SERVICE, n_keys=r.randint(1, 3), n_hosts=r.randint(1, 6))
+        self.template = fill(r.choice(DOC_TEMPLATES), r)
+        self.review = fill(r.choice(REVIEW_QUESTIONS), r)
+        self.bias = {str(t): 100.0 for t in r.sample(LABEL_TOKEN_IDS, r.randint(2, 4))}
+        self.review_p = r.uniform(0.15, 0.9)
+        self.review_logprobs = r.random() < 0.3
+        self.habit = ParamHabit.draw(r, temperature=r.choice([0.0, 0.0, 0.2, 0.3, None]), n=1)
+        self.timing = worker_pool(r)
+        self.run_size = int(r.lognormvariate(math.log(300), 0.9)) + 20
+        self.source_share = r.random()
+        self.completion_style = r.random() < 0.15
+        self.limit = self.budget(700, 0.8, low=150, high=6000)
+
+    def document(self) -> str:
+        r = self.rng
+        return fill("{doc}", r) if r.random() < 0.6 else self.ctx.grammar.prompt(r, "extraction", self.source_share)
+
+    def session(self) -> Iterator[Query]:
+        r = self.rng
+        for _ in range(max(10, int(self.run_size * r.uniform(0.5, 1.5)))):
+            doc = self.document()
+            yield self.ask(self.template + doc)
+            if r.random() < self.review_p:
+                params: dict[str, Any] = {"max_tokens": 1, "temperature": 0.0, "logit_bias": dict(self.bias)}
+                if self.review_logprobs:
+                    params["logprobs"] = True
+                yield self.ask(self.review + doc, params)
+
+    def pause(self, t: float) -> float:
+        return t + self.rng.uniform(1, 20) * 3600
+
+
+@register
+class TenantApp(Persona):
+    """An app backend serving many end users through one account: a constant system prompt,
+    diverse end-user questions of which popular ones repeat (Zipf), Poisson arrivals, 2-5 API
+    keys and several servers in a cloud /24 that other tenants share. Stands for the SaaS
+    customers that resell a model inside their product (support bots, writing assistants)."""
+
+    family = "tenant_app"
+    weight = 1.2
+    lead = 0.3
+
+    def setup(self) -> None:
+        r = self.rng
+        self.shared_prefixes = cloud_prefixes(r)
+        self.account = self.new_account(UA_SERVICE, n_keys=r.randint(2, 5), n_hosts=r.randint(2, 8))
+        self.system = system_prompt(r) + " " + fill(r.choice(["Answer questions about {product}.", "Never discuss {topic}.", "Be brief."]), r)
+        self.domains = r.sample(DOMAIN_NAMES, r.randint(1, 5))
+        self.source_share = r.random()
+        self.popular = [self.ctx.grammar.prompt(r, r.choice(self.domains), self.source_share) for _ in range(r.randint(10, 300))]
+        s = r.uniform(0.7, 1.4)
+        self.popular_weights = [1 / (k + 1) ** s for k in range(len(self.popular))]
+        self.repeat_p = r.uniform(0.1, 0.6)
+        self.multi_turn_p = r.uniform(0.0, 0.5)
+        self.habit = ParamHabit.draw(r)
+        self.timing = ServiceTiming.poisson(r, r.lognormvariate(math.log(0.015), 1.0))
+        self.limit = self.budget(600, 0.7, low=150, high=3000)
+
+    def session(self) -> Iterator[Query]:
+        r, g = self.rng, self.ctx.grammar
+        if r.random() < self.repeat_p:
+            text = r.choices(self.popular, self.popular_weights)[0]
+        else:
+            text = g.prompt(r, r.choice(self.domains), self.source_share)
+        history = [{"role": "system", "content": self.system}, {"role": "user", "content": text}]
+        if r.random() < self.multi_turn_p:
+            for _ in range(r.randint(1, 3)):
+                history += [{"role": "assistant", "content": g.answer(r, text)}, {"role": "user", "content": g.follow_up(r)}]
+        yield Query(self.habit.sample(r), messages=history)
+
+
+HARNESS_FORMATS = ["{q}", "Question: {q}\nAnswer:", "Q: {q}\nA: Let's think step by step.", "{q}\nPut the final answer after '####'."]
+
+
+@register
+class BenchmarkRunner(Persona):
+    """A researcher running a benchmark's test set in order through an eval harness: temperature
+    0, a fixed concurrency, sometimes logprobs, 150 to ~1,300 questions, one pass (sometimes a
+    second one for another checkpoint). Stands for lm-evaluation-harness or OpenAI simple-evals
+    runs over GSM8K, MMLU or HumanEval."""
+
+    family = "benchmark_runner"
+    weight = 1.0
+    lead = 0.6
+
+    def setup(self) -> None:
+        r, g = self.rng, self.ctx.grammar
+        self.shared_prefixes = cloud_prefixes(r) if r.random() < 0.4 else None
+        self.account = self.new_account(UA_SCRIPT, n_keys=1, n_hosts=r.randint(1, 2))
+        domain = r.choice(["math", "math", "code", "qa", None])
+        share = r.random()
+        fmt = r.choice(HARNESS_FORMATS)
+        self.items = [fmt.replace("{q}", g.prompt(r, domain, share)) for _ in range(r.randint(150, 1300))]
+        self.habit = ParamHabit.draw(
+            r, temperature=0.0, temperature_jitter=0.0, top_p=None, n=1, stream_p=0.0, seed_p=r.choice([0.0, 1.0]),
+            logprobs_p=r.choice([0.0, 0.0, 1.0]), top_logprobs=r.choice([0, 1, 5]), max_tokens=r.choice([None, 256, 512, 1024]), max_tokens_spread=0.0,
+        )
+        self.completion_style = r.random() < 0.3
+        self.timing = worker_pool(r)
+        self.passes = 1 if r.random() < 0.7 else 2
+        self.limit = len(self.items) * self.passes
+
+    def session(self) -> Iterator[Query]:
+        for item in self.items:
+            yield self.ask(item)
+
+    def pause(self, t: float) -> float:
+        return t + self.rng.uniform(1, 30) * 3600
+
+
+@register
+class SharedNatCrowd(CorporateNat):
+    """Many unrelated people behind a few shared address blocks: an ISP's or campus' NAT over
+    one to four /24s, or a mobile carrier's CGNAT pool that hands each connection a different
+    address of its eight /24s. Stands for the residential and mobile populations whose users
+    share addresses with strangers (RFC 6598 carrier-grade NAT)."""
+
+    family = "shared_nat"
+    weight = 0.5
+
+    def setup(self) -> None:
+        r = self.rng
+        carrier = r.random() < 0.5
+        pool = r.choice(CARRIER_POOLS) if carrier else [Prefix.draw(r, v6_share=0.0) for _ in range(r.randint(1, 4))]
+        self.members: list[Persona] = []
+        for i in range(r.randint(10, 45)):
+            cls = ChatUser if r.random() < 0.85 else PromptDeveloper
+            member = cls(f"{self.actor_id}.{i}", r.getrandbits(64), self.ctx, shared_prefixes=pool)
+            if carrier:
+                member.account.hosts = [r.choice(pool).address(r) for _ in range(r.randint(3, 12))]
+            self.members.append(member)

@@ -216,8 +216,11 @@ class PromptGrammar:
         domain = domain or rng.choice(DOMAIN_NAMES)
         return Template(domain, rng.choice(DOMAINS[domain]))
 
-    def prompt(self, rng: random.Random, domain: str | None = None) -> str:
-        if self.corpus and rng.random() < self.corpus_share:
+    def prompt(self, rng: random.Random, domain: str | None = None, share: float | None = None) -> str:
+        """A grammar prompt, or a corpus prompt with probability `share` (default: the grammar's
+        own share). Actors that draw their own share vary where their prompts come from."""
+        share = self.corpus_share if share is None else share
+        if self.corpus and rng.random() < share:
             return rng.choice(self.corpus)
         return self.template(rng, domain).render(rng)
 
@@ -248,6 +251,21 @@ def perturb(text: str, rng: random.Random, strength: float) -> str:
             j = rng.randrange(len(words))
             words[i], words[j] = words[j], words[i]
     return " ".join(words)
+
+
+PARAPHRASE_FRAMES = [
+    "{x}", "{x}", "Please {x}", "Quick question: {x}", "{x} Be concise.", "{x} Answer briefly.",
+    "Hi! {x}", "{x} Thanks.", "Could you help: {x}", "{x}?", "I was wondering, {x}",
+]
+
+
+def paraphrase(text: str, rng: random.Random, strength: float) -> str:
+    """A small paraphrase of a seed: a few word edits and sometimes a polite frame or a changed
+    case, the neighbours a boundary prober sends to see where an answer flips."""
+    edited = perturb(text, rng, strength) if rng.random() < 0.8 else text
+    if rng.random() < 0.15:
+        edited = edited.lower()
+    return rng.choice(PARAPHRASE_FRAMES).replace("{x}", edited)
 
 
 def random_words(rng: random.Random, n: int, vocab: list[str] | None = None) -> str:

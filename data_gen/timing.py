@@ -132,6 +132,11 @@ class ServiceTiming:
         return rng.gammavariate(shape, 1.0 / (rate * shape))
 
     @classmethod
+    def poisson(cls, rng: random.Random, rate_per_s: float) -> "ServiceTiming":
+        """Independent arrivals (many end users behind one service) with a diurnal rate."""
+        return cls(rate_per_s, RateProfile(_diurnal(rng), 1.0))
+
+    @classmethod
     def draw(cls, rng: random.Random, rate_per_s: float, library: "TimingLibrary | None" = None) -> "ServiceTiming":
         if library is not None and library.profiles:
             return cls(rate_per_s, rng.choice(library.profiles))
@@ -161,6 +166,19 @@ class MachineTiming:
             pause_p=rng.uniform(0.0, 0.02),
             pause_median_s=rng.uniform(60, 1800),
         )
+
+
+def worker_pool(rng: random.Random) -> MachineTiming:
+    """A closed-loop worker pool: a fixed number of workers, each sending its next request when the
+    last one returns, so the aggregate rate is workers / latency with little jitter."""
+    workers = rng.choice([1, 2, 4, 8, 16, 32, rng.randint(1, 64)])
+    latency_s = rng.lognormvariate(math.log(4.0), 0.7)
+    return MachineTiming(
+        rate_per_s=workers / latency_s,
+        jitter=rng.uniform(0.05, 0.5),
+        pause_p=rng.uniform(0.0, 0.01),
+        pause_median_s=rng.uniform(30, 900),
+    )
 
 
 @dataclass

@@ -94,5 +94,7 @@ def test_behaviour_is_drawn_per_actor_not_fixed(family: str) -> None:
 
 
 def test_personas_and_attacks_cover_the_required_families() -> None:
-    assert {"chat_user", "prompt_developer", "app_backend", "batch_pipeline", "eval_runner", "agent_loop", "labeller", "corporate_nat", "logprob_researcher"} <= set(personas())
-    assert {"random_queries", "dataset_replay", "self_instruct", "logit_probe", "active_learning", "coverage_sweep", "reasoning_harvest", "sybil_campaign", "slow_low_mimicry"} <= set(attacks())
+    assert {"chat_user", "prompt_developer", "app_backend", "batch_pipeline", "eval_runner", "agent_loop", "labeller", "corporate_nat", "logprob_researcher",
+            "doc_pipeline", "tenant_app", "benchmark_runner", "shared_nat"} <= set(personas())
+    assert {"random_queries", "dataset_replay", "self_instruct", "logit_probe", "active_learning", "coverage_sweep", "reasoning_harvest", "sybil_campaign", "slow_low_mimicry",
+            "human_task_walk", "paraphrase_probe", "sybil_cohort"} <= set(attacks())

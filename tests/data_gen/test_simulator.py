@@ -80,7 +80,7 @@ def test_bad_options_get_one_line_errors(tmp_path: Path, capsys, extra: tuple[st
         (("--actors", "3"), f"--actors must be at least {min_actors()}"),
         (("--actors", str(min_actors() - 1)), f"--actors must be at least {min_actors()}"),
         # Enough actors, but every one of them is a held-out attacker: nothing is left for train.
-        (("--actors", "40", "--attack-share", "1", "--holdout-families", ",".join(attacks())), "the train split got no events (0 of 40 actors"),
+        (("--actors", "60", "--attack-share", "1", "--holdout-families", ",".join(attacks())), "the train split got no events (0 of 60 actors"),
     ],
 )
 def test_too_few_actors_for_every_split_is_refused_and_writes_no_trace(tmp_path: Path, capsys, extra: tuple[str, ...], message: str) -> None:
@@ -129,6 +129,16 @@ def test_no_single_field_separates_benign_from_attack(small_traces: Path) -> Non
         "n": lambda e: e["params"].get("n", 1),
         "prompt_chars": lambda e: len(e.get("prompt") or e["messages"][-1]["content"]),
         "turns": lambda e: len(e.get("messages") or []),
+        "stream": lambda e: int(bool(e["params"].get("stream"))),
+        "seed": lambda e: int("seed" in e["params"]),
+        "top_p": lambda e: e["params"].get("top_p", -1),
+        "stop": lambda e: int("stop" in e["params"]),
+        "logit_bias_max": lambda e: max([abs(v) for v in e["params"].get("logit_bias", {}).values()] or [0]),
+        "system_prompt": lambda e: int(bool(e.get("messages")) and e["messages"][0]["role"] == "system"),
+        "completions_endpoint": lambda e: int("prompt" in e),
+        "browser_user_agent": lambda e: int("Mozilla" in (e.get("user_agent") or "")),
+        "no_user_agent": lambda e: int(e.get("user_agent") is None),
+        "ipv6": lambda e: int(":" in e["client_ip"]),
     }
     for name, f in fields.items():
         auc = roc_auc_score(labels, [f(e) for e in events])
