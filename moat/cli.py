@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("moat.training.export_cli", "re-export a bundle from a checkpoint or registry version"),
     "replay": ("moat.serving.replay_cli", "score a trace offline with the serving scorer"),
     "serve": ("moat.serving.serve_cli", "start the scoring service (BentoML)"),
+    "proxy": ("moat.serving.proxy_cli", "OpenAI-compatible reverse proxy: score every request and apply the action (plus Envoy/LiteLLM decision endpoints)"),
     "calibrate": ("moat.serving.calibrate_cli", "choose thresholds on the operator's own unlabelled traffic (a new bundle version)"),
     "evaluate": ("moat.evals.cli", "evaluate a model and baselines on held-out traces"),
 }

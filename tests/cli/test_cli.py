@@ -36,7 +36,7 @@ class Case:
 ALL_FAMILIES = "active_learning, coverage_sweep, dataset_replay, logit_probe, random_queries, reasoning_harvest, self_instruct, slow_low_mimicry, sybil_campaign"
 CASES = {
     "version": Case(["--version"], 0, stdout=f"moat {__version__}\n"),
-    "unknown command": Case(["nope"], 2, stderr_has="moat: error: unknown command 'nope'; valid: generate, train, export, replay, serve, evaluate"),
+    "unknown command": Case(["nope"], 2, stderr_has="moat: error: unknown command 'nope'; valid: generate, train, export, replay, serve, proxy, calibrate, evaluate"),
     "unknown top-level option": Case(["--nope"], 2, stderr_has="moat: error: unrecognized arguments: --nope"),
     "no command": Case([], 2),
     "unknown lofo family": Case(

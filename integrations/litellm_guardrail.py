@@ -1,0 +1,143 @@
+"""Moat as a LiteLLM proxy guardrail (the `integrations` extra).
+
+In the LiteLLM proxy's config.yaml (see deploy/litellm/config.yaml):
+
+    guardrails:
+      - guardrail_name: moat
+        litellm_params:
+          guardrail: moat.integrations.litellm_guardrail.MoatGuardrail
+          mode: [pre_call, post_call]
+          default_on: true
+          api_base: http://moat:3000     # `moat serve`
+          timeout_s: 0.05                # the budget; past it the request is allowed
+          fail_open: true
+
+Per request, `async_pre_call_hook` builds the contract Event from LiteLLM's request data and its
+key metadata (account = the key's user, else team, else the keyed hash of LiteLLM's key hash;
+never the raw key) and asks Moat (AsyncMoatClient, 50 ms, fail open by default):
+  throttle -> HTTPException(429) with Retry-After; block -> HTTPException(403)
+  perturb  -> the request's extraction knobs capped; then `async_post_call_success_hook` (and
+              the streaming iterator hook) perturb the logprobs of the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+from fastapi import HTTPException
+from litellm.integrations.custom_guardrail import CustomGuardrail
+from litellm.types.guardrails import GuardrailEventHooks
+from litellm.types.utils import ChoiceLogprobs
+
+from moat.serving.actions import ActionSettings, InvalidRequest, perturb_request, reply_for
+from moat.serving.client import AsyncMoatClient, ClientScore, ClientSettings
+from moat.serving.proxy import FailOpenPerturber, Identity, IdentityResolver, ProxySettings, openai_event, response_perturber
+
+log = logging.getLogger("moat.litellm")
+STATE_KEY = "moat"  # under data["metadata"]: the decision, for the post-call hooks
+
+
+def _identity(resolver: IdentityResolver, user_api_key_dict: Any, data: dict[str, Any]) -> Identity:
+    token = getattr(user_api_key_dict, "token", None)  # LiteLLM's hash of the key, never the key
+    key_id = resolver.key_id(token) if token else None
+    account = next((v for v in (getattr(user_api_key_dict, name, None) for name in ("user_id", "team_id", "end_user_id")) if isinstance(v, str) and v), None)
+    ip = (data.get("metadata") or {}).get("requester_ip_address") or None
+    return Identity((account or key_id or f"anon:{ip or 'unknown'}")[:256], key_id, ip if isinstance(ip, str) else None)
+
+
+def _user_agent(data: dict[str, Any]) -> str | None:
+    headers = (data.get("proxy_server_request") or {}).get("headers") or {}
+    ua = headers.get("user-agent")
+    return ua if isinstance(ua, str) else None
+
+
+def _deny(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore) -> dict[str, Any]:
+    """Throttle (429 + Retry-After) and block (403), with the actions library's OpenAI error."""
+    r = reply_for(score.action, guard.actions)
+    if r is None:
+        return data
+    headers = {k: v for k, v in r.headers.items() if k.lower() == "retry-after"}
+    raise HTTPException(status_code=r.status, detail=json.loads(r.body)["error"], headers=headers or None)
+
+
+def _perturb(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore) -> dict[str, Any]:
+    try:
+        capped = perturb_request(data, guard.actions.perturb)
+    except InvalidRequest as exc:
+        raise HTTPException(status_code=400, detail={"error": str(exc)}) from exc
+    # LiteLLM reads the dict it passed in on some paths and the returned one on others.
+    data.clear()
+    data.update(capped)
+    return data
+
+
+def _allow(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore) -> dict[str, Any]:
+    return data
+
+
+# The one place an action word meets its behaviour in LiteLLM.
+PRE_CALL: dict[str, Callable[["MoatGuardrail", dict[str, Any], ClientScore], dict[str, Any]]] = {
+    "allow": _allow,
+    "throttle": _deny,
+    "perturb": _perturb,
+    "block": _deny,
+}
+
+
+class MoatGuardrail(CustomGuardrail):
+    def __init__(self, api_base: str | None = None, timeout_s: float | None = None, fail_open: bool | None = None, client: AsyncMoatClient | None = None, actions: ActionSettings | None = None, **kwargs: Any) -> None:
+        overrides = {k: v for k, v in {"url": api_base, "timeout_s": timeout_s, "fail_open": fail_open}.items() if v is not None}
+        self.client = client or AsyncMoatClient(ClientSettings(), **overrides)
+        self.actions = actions or ActionSettings()
+        # Keys are hashed with MOAT_PROXY_SECRET, so ids match those `moat proxy` would give.
+        self.identity = IdentityResolver(ProxySettings())
+        kwargs.setdefault("supported_event_hooks", [GuardrailEventHooks.pre_call, GuardrailEventHooks.post_call])
+        super().__init__(**kwargs)
+
+    async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> dict | None:
+        if not self.should_run_guardrail(data=data, event_type=GuardrailEventHooks.pre_call):
+            return data
+        try:
+            who = _identity(self.identity, user_api_key_dict, data)
+            rid = str(data.get("litellm_call_id") or uuid.uuid4().hex)
+            event = openai_event(data, "/v1/chat/completions" if "messages" in data else "/v1/completions", who, _user_agent(data), rid, time.time())
+        except ValueError as exc:  # nothing Moat can read: LiteLLM validates the request itself
+            log.info("request not scored: %s", str(exc).splitlines()[0])
+            return data
+        if event is None:
+            return data
+        score = await self.client.score(event)  # the client's budget and fail-open apply
+        data.setdefault("metadata", {})[STATE_KEY] = {"action": score.action, "risk": score.risk, "reasons": score.reasons}
+        return PRE_CALL.get(score.action, _allow)(self, data, score)
+
+    def _perturber(self, data: dict[str, Any]) -> FailOpenPerturber | None:
+        state = (data.get("metadata") or {}).get(STATE_KEY) or {}
+        return response_perturber(self.actions.perturb, data) if state.get("action") == "perturb" else None
+
+    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any, response: Any) -> Any:
+        perturber = self._perturber(data)
+        if perturber is not None and hasattr(response, "choices"):
+            _perturb_choices(perturber, response)
+        return response
+
+    async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> AsyncGenerator[Any, None]:
+        perturber = self._perturber(request_data)  # one per request: positions run across chunks
+        async for chunk in response:
+            if perturber is not None and hasattr(chunk, "choices"):
+                _perturb_choices(perturber, chunk)
+            yield chunk
+
+
+def _perturb_choices(perturber: FailOpenPerturber, response: Any) -> None:
+    """Perturb the logprobs of a ModelResponse or ModelResponseStream in place."""
+    body = response.model_dump()
+    new = perturber.body(body)
+    for choice, perturbed in zip(response.choices, new.get("choices") or []):
+        logprobs = perturbed.get("logprobs")
+        if isinstance(logprobs, dict) and logprobs.get("content") is not None:
+            choice.logprobs = ChoiceLogprobs(**logprobs)

@@ -1,0 +1,46 @@
+"""`moat proxy --upstream URL [--port 8080] [--host]`: the OpenAI-compatible reverse proxy,
+with the gateway decision endpoints (Envoy ext_authz, LiteLLM guardrail API) in the same
+process. Settings not given as flags come from MOAT_PROXY_*, MOAT_PERTURB_*, MOAT_THROTTLE_* and
+the scorer's MOAT_* variables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--upstream", help="base URL of the real OpenAI-compatible API, e.g. https://api.openai.com (default: MOAT_PROXY_UPSTREAM; unset: decision endpoints only)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port to listen on")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on; 0.0.0.0 is every interface")
+    p.add_argument("--model", help="bundle directory, models:/moat-risk@champion or bentoml:TAG (default: MOAT_MODEL, else the shipped model)")
+    p.add_argument("--state", help="where per-scope state lives: memory or redis://host:port/db (default: MOAT_STATE, else memory)")
+    p.add_argument("--shadow", action="store_true", help="shadow mode: score and report, always forward")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from moat.models.bundle import BundleError
+    from moat.serving.proxy import ProxySettings, build_proxy_app
+    from moat.serving.scorer import Scorer
+    from moat.serving.settings import ServingSettings
+
+    overrides = {k: v for k, v in {"model": args.model, "state": args.state, "mode": "shadow" if args.shadow else None}.items() if v}
+    proxy_overrides = {"upstream": args.upstream} if args.upstream else {}
+    try:
+        settings = ProxySettings(**proxy_overrides)
+        scorer = Scorer(ServingSettings(**overrides))
+    except BundleError as exc:
+        print(f"moat proxy: error: {'--model ' if args.model else ''}{exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a MOAT_PROXY_* or MOAT_* variable out of range
+        first = exc.errors()[0]
+        print(f"moat proxy: error: {exc.title} {'.'.join(str(p) for p in first['loc'])}: {first['msg']}", file=sys.stderr)
+        return 2
+    if settings.upstream is None:
+        print("moat proxy: no --upstream (or MOAT_PROXY_UPSTREAM): serving the decision endpoints only", file=sys.stderr)
+    print(f"moat proxy: http://{args.host}:{args.port} -> {settings.upstream or '(no upstream)'}  (also /ext_authz/*, /beta/litellm_basic_guardrail_api)", file=sys.stderr)
+    uvicorn.run(build_proxy_app(settings, scorer), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0

@@ -1,0 +1,222 @@
+"""`moat proxy` end to end: the real openai SDK -> the proxy (uvicorn thread, in-process Scorer
+with thresholds forcing each action) -> a fake OpenAI upstream (uvicorn thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from pydantic import SecretStr
+
+from moat.models.events import Event
+from moat.serving.actions.settings import ActionSettings, PerturbSettings
+from moat.serving.proxy import IdentityResolver, ProxySettings, build_proxy_app, client_address, openai_event
+from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, build_upstream, forced_scorer, serve_app
+
+ACTIONS = ActionSettings(perturb=PerturbSettings(secret=SecretStr("test-secret"), max_top_logprobs=1, round_step=0.1, noise_nats=0.3, temperature_floor=0.7))
+CHAT = {"model": "fake", "messages": [{"role": "user", "content": "Say hello"}], "logprobs": True, "top_logprobs": 5, "temperature": 0.0, "logit_bias": {"42": 100}}
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[str, Seen]]:
+    seen = Seen()
+    with serve_app(build_upstream(seen)) as url:
+        yield url, seen
+
+
+@pytest.fixture(scope="module")
+def proxies(upstream: tuple[str, Seen]) -> Iterator[dict[str, str]]:
+    url, _ = upstream
+    urls: dict[str, str] = {}
+    servers = [serve_app(build_proxy_app(ProxySettings(upstream=url, secret=SecretStr("k")), forced_scorer(a), ACTIONS)) for a in THRESHOLDS]
+    for action, server in zip(THRESHOLDS, servers):
+        urls[action] = server.__enter__()
+    yield urls
+    for server in servers:
+        server.__exit__(None, None, None)
+
+
+def sdk(base: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base + "/v1", api_key="sk-test-secret-key", max_retries=0)
+
+
+def call(base: str, stream: bool, **overrides: Any) -> tuple[str, list[Any]]:
+    """The text and the per-token logprob entries the SDK hands the application."""
+    kwargs = {**CHAT, **overrides}
+    client = sdk(base)
+    if not stream:
+        r = client.chat.completions.create(**kwargs)
+        return r.choices[0].message.content or "", list(r.choices[0].logprobs.content if r.choices[0].logprobs else [])
+    text, entries = "", []
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            entries += choice.logprobs.content if choice.logprobs and choice.logprobs.content else []
+    return text, entries
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_allow_forwards_exact_logprobs(proxies: dict[str, str], stream: bool) -> None:
+    text, entries = call(proxies["allow"], stream)
+    assert text == "".join(TOKENS)
+    assert [e.logprob for e in entries] == LOGPROBS
+    assert [len(e.top_logprobs) for e in entries] == [5] * len(TOKENS)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_allow_passes_bytes_untouched(upstream: tuple[str, Seen], proxies: dict[str, str], stream: bool) -> None:
+    body = {**CHAT, "stream": stream}
+    direct = httpx.post(upstream[0] + "/v1/chat/completions", json=body)
+    proxied = httpx.post(proxies["allow"] + "/v1/chat/completions", json=body, headers={"authorization": "Bearer sk-x"})
+    assert proxied.status_code == direct.status_code == 200
+    assert proxied.content == direct.content
+    assert proxied.headers["content-type"] == direct.headers["content-type"]
+    assert upstream[1].bodies[-1] == body  # the request went out unchanged too
+
+
+@pytest.mark.parametrize(
+    "action, stream, error, status",
+    [
+        ("throttle", False, openai.RateLimitError, 429),
+        ("throttle", True, openai.RateLimitError, 429),
+        ("block", False, openai.PermissionDeniedError, 403),
+        ("block", True, openai.PermissionDeniedError, 403),
+    ],
+)
+def test_denials_raise_the_sdk_exception(upstream: tuple[str, Seen], proxies: dict[str, str], action: str, stream: bool, error: type, status: int) -> None:
+    before = len(upstream[1].bodies)
+    with pytest.raises(error) as info:
+        call(proxies[action], stream)
+    assert info.value.status_code == status
+    assert info.value.body["code"] == ("rate_limit_exceeded" if action == "throttle" else "access_denied")  # the OpenAI error shape, read by the SDK
+    assert ("retry-after" in info.value.response.headers) == (action == "throttle")
+    assert len(upstream[1].bodies) == before  # never forwarded
+
+
+def test_throttle_retry_after_is_the_setting(proxies: dict[str, str]) -> None:
+    r = httpx.post(proxies["throttle"] + "/v1/chat/completions", json=CHAT)
+    assert r.status_code == 429 and r.headers["retry-after"] == str(ACTIONS.throttle.retry_after_s)
+    assert r.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_perturb_changes_what_the_sdk_receives(upstream: tuple[str, Seen], proxies: dict[str, str], stream: bool) -> None:
+    text, entries = call(proxies["perturb"], stream)
+    assert text == "".join(TOKENS)  # the answer itself is intact
+    got = [e.logprob for e in entries]
+    assert len(got) == len(LOGPROBS) and got != LOGPROBS
+    assert all(abs(v * 10 - round(v * 10)) < 1e-6 and v <= 0 for v in got)  # rounded to the 0.1 grid
+    assert all(len(e.top_logprobs) <= 1 for e in entries)
+    sent = upstream[1].bodies[-1]  # the request side: capped before it left
+    assert sent["top_logprobs"] == 1 and sent["temperature"] == 0.7 and "logit_bias" not in sent
+
+
+def test_perturb_stream_and_whole_answer_agree(proxies: dict[str, str]) -> None:
+    """The noise is keyed by the request and the position, not by how the answer was cut."""
+    _, whole = call(proxies["perturb"], stream=False)
+    _, streamed = call(proxies["perturb"], stream=True)
+    assert [e.logprob for e in whole] == [e.logprob for e in streamed]
+
+
+@pytest.mark.parametrize("action", ["allow", "perturb"])
+@pytest.mark.parametrize("model, error", [("fail-400", openai.BadRequestError), ("fail-500", openai.InternalServerError)])
+def test_upstream_errors_pass_through(upstream: tuple[str, Seen], proxies: dict[str, str], action: str, model: str, error: type) -> None:
+    with pytest.raises(error) as info:
+        call(proxies[action], stream=False, model=model)
+    assert info.value.body["code"] == f"fake_{model.removeprefix('fail-')}"
+    direct = httpx.post(upstream[0] + "/v1/chat/completions", json={**CHAT, "model": model})
+    proxied = httpx.post(proxies[action] + "/v1/chat/completions", json={**CHAT, "model": model})
+    assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content)
+
+
+def test_get_is_forwarded_unscored(proxies: dict[str, str]) -> None:
+    assert sdk(proxies["block"]).models.list().data[0].id == "fake"
+
+
+class FaultyScorer:
+    model_version = "faulty"
+
+    def score(self, event: Event) -> Any:
+        raise RuntimeError("scoring exploded")
+
+
+def test_a_scoring_fault_fails_open(upstream: tuple[str, Seen]) -> None:
+    app = build_proxy_app(ProxySettings(upstream=upstream[0]), FaultyScorer(), ACTIONS)  # type: ignore[arg-type]
+    with serve_app(app) as url:
+        text, entries = call(url, stream=False)
+    assert text == "".join(TOKENS) and [e.logprob for e in entries] == LOGPROBS
+
+
+def test_unreachable_upstream_is_a_502_not_a_hang() -> None:
+    app = build_proxy_app(ProxySettings(upstream="http://127.0.0.1:9"), forced_scorer("allow"), ACTIONS)
+    with serve_app(app) as url:
+        with pytest.raises(openai.InternalServerError) as info:
+            call(url, stream=False)
+    assert info.value.status_code == 502
+
+
+# ---------------------------------------------------------------- identity and the Event
+
+
+@pytest.mark.parametrize(
+    "xff, peer, depth, expected",
+    [
+        (None, "10.0.0.1", 0, "10.0.0.1"),
+        ("1.2.3.4", "10.0.0.1", 0, "10.0.0.1"),  # not trusted: a client can write any XFF
+        ("6.6.6.6, 1.2.3.4", "10.0.0.1", 1, "1.2.3.4"),  # the trusted proxy appended the real client
+        ("6.6.6.6, 1.2.3.4, 10.0.0.2", "10.0.0.1", 2, "1.2.3.4"),
+        ("1.2.3.4", "10.0.0.1", 3, "1.2.3.4"),  # fewer hops than trusted: the leftmost there is
+        ("not-an-ip", "10.0.0.1", 1, "10.0.0.1"),
+        ("2001:db8::1", "10.0.0.1", 1, "2001:db8::1"),
+    ],
+)
+def test_client_address(xff: str | None, peer: str, depth: int, expected: str) -> None:
+    assert client_address(xff, peer, depth) == expected
+
+
+@pytest.mark.parametrize(
+    "headers, account_header, expected_account",
+    [
+        ({"authorization": "Bearer sk-live-123"}, "authorization", "hashed"),
+        ({"authorization": "Bearer sk-live-123", "x-account-id": "acct-9"}, "x-account-id", "acct-9"),
+        ({"authorization": "Bearer sk-live-123"}, "x-account-id", "anon:10.0.0.1"),
+        ({}, "authorization", "anon:10.0.0.1"),
+    ],
+)
+def test_identity_never_holds_the_raw_key(headers: dict[str, str], account_header: str, expected_account: str) -> None:
+    resolver = IdentityResolver(ProxySettings(secret=SecretStr("k1"), account_header=account_header))
+    who = resolver.resolve(headers, "10.0.0.1")
+    if expected_account == "hashed":
+        assert who.account_id == who.api_key_id and who.account_id.startswith("key_")
+    else:
+        assert who.account_id == expected_account
+    assert "sk-live-123" not in repr(who)
+    if "authorization" in headers:
+        other = IdentityResolver(ProxySettings(secret=SecretStr("k2"), account_header=account_header)).resolve(headers, "10.0.0.1")
+        assert other.api_key_id != who.api_key_id  # keyed: without the secret the id reveals nothing
+        assert resolver.resolve(headers, "10.0.0.9").api_key_id == who.api_key_id  # stable per key
+
+
+WHO = IdentityResolver(ProxySettings(secret=SecretStr("k"))).resolve({"authorization": "Bearer sk"}, "10.0.0.1")
+
+
+@pytest.mark.parametrize(
+    "body, check",
+    [
+        ({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]}]}, lambda e: e.messages[0].content == "hi"),
+        ({"messages": [{"role": "function", "content": None}]}, lambda e: e.messages[0].role == "tool" and e.messages[0].content == ""),
+        ({"prompt": ["a", "b"], "logprobs": 5}, lambda e: e.prompt == "a\nb" and e.params.logprobs and e.params.top_logprobs == 5),
+        ({"prompt": "x", "temperature": 9, "top_logprobs": 99, "n": 0, "logit_bias": {"1": 500}}, lambda e: (e.params.temperature, e.params.top_logprobs, e.params.n, e.params.logit_bias) == (2.0, 20, 1, {"1": 100.0})),
+        ({"messages": [], "max_completion_tokens": 7, "stop": ["s"] * 20}, lambda e: e.params.max_tokens == 7 and len(e.params.stop) == 16),
+        ({"input": "embed me"}, lambda e: e.prompt == "embed me"),
+        ({"prompt": "x", "temperature": float("nan"), "seed": 2**70}, lambda e: e.params.temperature is None and e.params.seed == 2**63 - 1),
+        ({"model": "\ud800", "prompt": "x", "n": 3}, lambda e: e.model is None and e.prompt == "x"),  # refused by the contract: scored without it
+        ({"model": "m"}, lambda e: e is None),
+        (["not", "an", "object"], lambda e: e is None),
+    ],
+)
+def test_openai_event(body: Any, check: Any) -> None:
+    assert check(openai_event(body, "/v1/chat/completions", WHO, "ua", "r1", 1.0))
