@@ -9,9 +9,10 @@ import bentoml
 if TYPE_CHECKING:
     from moat.serving.scorer import Score, Scorer
 
-# Millisecond-scale buckets (in seconds): the service should answer in about a millisecond.
-ERROR_KINDS = ("invalid", "bad_json", "too_large", "internal")
+ERROR_KINDS = ("invalid", "bad_json", "too_large", "internal", "timeout", "framing", "media_type")
+SHED_ROUTES = ("score", "batch")
 STATE_SIZE_EVERY = 100
+# Millisecond-scale buckets (in seconds): the service should answer in about a millisecond.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -23,11 +24,16 @@ class ServiceMetrics:
         self.state_size = bentoml.metrics.Gauge(name="moat_state_scopes", documentation="scopes held by the state store")
         self.fallbacks = bentoml.metrics.Gauge(name="moat_state_fallbacks", documentation="requests scored on local state because the shared store failed")
         self.model = bentoml.metrics.Gauge(name="moat_model_info", documentation="loaded model version", labelnames=["version"])
+        # Exported as moat_shed_total: /score calls answered allow (moat_overloaded) and batches
+        # answered 429 because too many were already waiting for the scorer.
+        self.sheds = bentoml.metrics.Counter(name="moat_shed", documentation="calls shed unscored because the scorer's queue was full", labelnames=["route"])
         # Create every labelled series at zero, so dashboards and alerts see them from the start.
         for action in ("allow", "throttle", "perturb", "block"):
             self.requests.labels(action=action)
         for kind in ERROR_KINDS:
             self.errors.labels(kind=kind)
+        for route in SHED_ROUTES:
+            self.sheds.labels(route=route)
         self._calls = 0
 
     def model_loaded(self, version: str) -> None:
@@ -45,3 +51,6 @@ class ServiceMetrics:
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()
+
+    def shed(self, route: str) -> None:
+        self.sheds.labels(route=route).inc()

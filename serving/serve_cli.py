@@ -1,11 +1,18 @@
-"""`moat serve [--port 3000] [--model PATH]`: start the BentoML scoring service."""
+"""`moat serve [--port 3000] [--model PATH]`: start the BentoML scoring service.
+
+Metrics: BentoML keeps Prometheus' multiprocess files in one folder under its home, shared by
+every BentoML service on the host and wiped by each one that starts, so side-by-side services
+would overwrite each other's counters. Each `moat serve` gets its own folder instead:
+PROMETHEUS_MULTIPROC_DIR if set (emptied at start), else a fresh temporary folder removed at exit.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import shutil
 import sys
+import tempfile
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +43,27 @@ def run(args: argparse.Namespace) -> int:
         # The message starts with the model spec; name where the user gave it.
         print(f"moat serve: error: {'--model ' if args.model else ''}{exc}", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "bentoml", "serve", "moat.serving.service:MoatService", "--port", str(args.port), "--host", args.host]
-    print(f"moat serve: http://{args.host}:{args.port}  (POST /score, /score/batch; /livez /readyz /metrics)", file=sys.stderr)
-    return subprocess.call(cmd, env=env)
+    cmd = [sys.executable, "-m", "moat.serving.serve_cli", "moat.serving.service:MoatService", "--port", str(args.port), "--host", args.host]
+    print(f"moat serve: http://{args.host}:{args.port}  (POST /score, /score/batch; /livez /readyz /metrics /docs.json)", file=sys.stderr)
+    # Replace this process, so that a supervisor's signals reach the server itself.
+    os.execve(sys.executable, cmd, env)
+
+
+def bentoml_serve(argv: list[str]) -> None:
+    """`bentoml serve ARGV`, with this service's own Prometheus multiprocess folder."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml_cli.cli import cli
+
+    own = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    folder = tempfile.mkdtemp(prefix="moat-metrics-") if own else os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    # BentoML takes the folder from its container (and empties it), not from the environment.
+    BentoMLContainer.prometheus_multiproc_dir.set(folder)
+    try:
+        cli(["serve", *argv])
+    finally:
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    bentoml_serve(sys.argv[1:])

@@ -53,7 +53,7 @@ def start_service(env_extra: dict[str, str] | None = None) -> tuple[subprocess.P
     port = free_port()
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env_extra or {})}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "moat.serving.service:MoatService", "--port", str(port), "--host", "127.0.0.1", "--working-dir", str(ROOT)],
+        [sys.executable, "-m", "moat.serving.serve_cli", "moat.serving.service:MoatService", "--port", str(port), "--host", "127.0.0.1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"

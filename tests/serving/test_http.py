@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
 import httpx
@@ -68,7 +69,7 @@ BAD = [
     ("no text", {"request_id": "x", "ts": 1, "account_id": "a"}, 422, "body"),
     ("ts not a number", {**EXAMPLE[0], "ts": "yesterday"}, 422, "ts"),
     ("10,000 messages", {**EXAMPLE[0], "messages": [{"role": "user", "content": "hi"}] * 10_000}, 422, "messages"),
-    ("logit_bias out of range", {**EXAMPLE[2], "params": {"logit_bias": {"1": 1000}}}, 422, "params"),
+    ("logit_bias out of range", {**EXAMPLE[2], "params": {"logit_bias": {"1": 1000}}}, 422, "params.logit_bias.1"),
     ("not an object", [1, 2, 3], 422, "body"),
     ("null", None, 422, "body"),
 ]
@@ -129,7 +130,8 @@ def test_hostile_input_never_gets_a_5xx(service_url: str, body: dict) -> None:
 
 
 def test_invalid_event_changes_no_state_and_service_equals_replay(small_traces: Path) -> None:
-    proc, url = start_service()
+    # A recorded trace is scored at its own times, by the service as by replay.
+    proc, url = start_service({"MOAT_TIME_SOURCE": "caller"})
     try:
         trace = [e for _, e in zip(range(250), iter_raw(small_traces / "test.jsonl"))]
         served = []
@@ -142,9 +144,80 @@ def test_invalid_event_changes_no_state_and_service_equals_replay(small_traces: 
             served.append(r.json())
         assert_scored(url, served)
         replayed: list[dict] = []
-        replay(Scorer(ServingSettings()), trace, replayed.append)
+        replay(Scorer(ServingSettings(time_source="caller")), trace, replayed.append)
         assert [s["action"] for s in served] == [s["action"] for s in replayed]
         assert max(abs(a["risk"] - b["risk"]) for a, b in zip(served, replayed)) < 1e-5
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def raw_exchange(url: str, request: bytes) -> int:
+    """Send bytes as they are (framing httpx would refuse to write); the status of the answer."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        head = b""
+        while b"\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 "), head[:200]
+    return int(head.split()[1])
+
+
+BODY = json.dumps(EXAMPLE[0]).encode()
+FRAMING = [
+    # (case, raw request, status)
+    ("Content-Length larger than the body", b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY) + 100, BODY), 408),
+    ("Content-Length with Transfer-Encoding", b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), len(BODY), BODY), 400),
+    ("chunked alone is fine", b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY), 200),
+]
+
+
+@pytest.mark.parametrize("case, request_bytes, status", FRAMING, ids=[c[0] for c in FRAMING])
+def test_framing(service_url: str, case: str, request_bytes: bytes, status: int) -> None:
+    # A short body used to be held until BentoML's 10 s traffic timeout and answered 504.
+    assert raw_exchange(service_url, request_bytes) == status
+
+
+MEDIA_TYPES = [
+    ("application/json", 200),
+    ("application/json; charset=utf-8", 200),
+    ("Application/JSON; charset=UTF-8", 200),
+    ("application/json; charset=latin-1", 415),
+    ("text/plain", 415),
+    ("application/x-www-form-urlencoded", 415),
+    ("", 415),
+]
+
+
+@pytest.mark.parametrize("content_type, status", MEDIA_TYPES)
+def test_content_type(service_url: str, content_type: str, status: int) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    for path, body in (("/score", EXAMPLE[0]), ("/score/batch", EXAMPLE[1:])):
+        r = httpx.post(service_url + path, content=json.dumps(body).encode(), headers=headers, timeout=30)
+        assert r.status_code == status, r.text
+        if status == 415:
+            assert r.json()["field"] == "content-type"
+
+
+def test_openapi_publishes_both_routes_with_contract_schemas(service_url: str, score_schema: dict, event_schema: dict) -> None:
+    paths = httpx.get(service_url + "/docs.json", timeout=30).json()["paths"]
+    one, many = paths["/score"]["post"], paths["/score/batch"]["post"]
+    event = one["requestBody"]["content"]["application/json"]["schema"]
+    score = one["responses"]["200"]["content"]["application/json"]["schema"]
+    assert many["requestBody"]["content"]["application/json"]["schema"] == {"type": "array", "items": event}
+    assert many["responses"]["200"]["content"]["application/json"]["schema"] == {"type": "array", "items": score}
+    assert set(event["required"]) == set(event_schema["required"])
+    assert set(event["properties"]) >= set(event_schema["properties"])
+    assert set(score["required"]) >= set(score_schema["required"])
+    assert "$ref" not in json.dumps(event) + json.dumps(score)  # self-contained, no dangling refs
+    # What the schemas describe is what the service does: every example validates, and the
+    # answers the service gives validate against the published answer schema.
+    for e in EXAMPLE:
+        jsonschema.validate(e, event)
+    jsonschema.validate(post(service_url, EXAMPLE[0]).json(), score)
+    for code in ("400", "408", "413", "415", "422"):
+        assert code in one["responses"] and code in many["responses"]
