@@ -70,7 +70,7 @@ def main() -> None:
             print(f"ONNX, batch {b} x window {WINDOW}, 1 thread: p50 {p50:.0f} us, p99 {p99:.0f} us")
 
         # 3. The whole Scorer per request (state, features for every scope, ONNX, policy).
-        sc = Scorer(ServingSettings())
+        sc = Scorer(ServingSettings(time_source="caller"))
         p50, p99 = per_call_us(sc.score, events[:5000])
         print(f"Scorer.score (all scopes): p50 {p50:.0f} us, p99 {p99:.0f} us per request")
 

@@ -44,7 +44,9 @@ class Featurizer:
         self.store = store
 
     def step(self, event: Event) -> Step:
-        s = summarize(event)
+        # A store that keeps state at rest keys the fingerprints it will store (equality is all
+        # the features compare, so they are unchanged).
+        s = self.store.seal(summarize(event))
         campaign = self.store.campaign(s.shape, s.account_id, s.ts)
         windows = []
         # The account scope comes first. A key or address block whose history mirrors the

@@ -1,4 +1,5 @@
-"""The interface every state store implements, and the exact campaign sketch.
+"""The interface every state store implements, the exact campaign sketch, and the keyed hashes
+that keep identifiers and prompt fingerprints out of stored state.
 
 A store keeps one `ScopeState` per (scope, key) and a cross-account sketch of recent prompt
 templates. Training runs featurisation through the same interface (with an unbounded memory
@@ -7,20 +8,62 @@ store), so the features a model is trained on are computed exactly as in serving
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import math
+import sys
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
 from moat.models.scope_window import ScopeState
+from moat.models.summary import Summary
 
 T = TypeVar("T")
 CAMPAIGN_BUCKET_S = 600  # campaign counts cover the current 10-minute bucket and the 5 before
 CAMPAIGN_BUCKETS = 6
+# Expired entries freed per update, from the least recently used end: O(1) amortised, and a
+# burst of expiries is spread over the next requests instead of stalling one.
+SWEEP_PER_UPDATE = 64
+# The times a store keeps: events.py bounds `ts` at parse, and the stores clamp again so that no
+# stored row can make later arithmetic overflow (ts -1e308 then 1e308 gave infinite gaps).
+TS_MIN, TS_MAX = 0.0, 253_402_300_799.0  # the bounds events.py accepts (up to 9999-12-31)
 
 
 class StoreUnavailable(RuntimeError):
     """A shared store cannot be reached; the scorer falls back to local state for the request."""
+
+
+class Keyer:
+    """A keyed hash (BLAKE2b in its MAC mode, the faster equivalent of an HMAC) under a
+    per-deployment secret, for what a store writes at rest: scope keys become opaque names, and
+    the prompt fingerprints (compared for equality only) are replaced by keyed ones, so a guessed
+    prompt cannot be confirmed without the secret. SimHash is left as it is: features read it by
+    Hamming distance, which a keyed hash would destroy, so it reveals how similar two stored
+    prompts are, and nothing that confirms a guess without the rest of the row."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("MOAT_STATE_SECRET: use at least 16 bytes")
+        self._key = hashlib.blake2b(secret, digest_size=32, person=b"moat-state").digest()
+
+    def _mac(self, data: bytes, size: int, person: bytes) -> bytes:
+        return hashlib.blake2b(data, key=self._key, digest_size=size, person=person).digest()
+
+    def ident(self, *parts: str) -> str:
+        """An opaque, stable name for an identifier (128 bits, hex)."""
+        return self._mac("\0".join(parts).encode("utf-8", "surrogatepass"), 16, b"ident").hex()
+
+    def fingerprint(self, value: int) -> int:
+        """A keyed 32-bit fingerprint; 0 (the 'none' of lb_hash) stays 0 and nothing else maps to it."""
+        if value == 0:
+            return 0
+        return int.from_bytes(self._mac(value.to_bytes(8, "little"), 4, b"fingerprint"), "little") or 1
+
+    def seal(self, s: Summary) -> Summary:
+        fp = self.fingerprint
+        return dataclasses.replace(s, shape=fp(s.shape), prompt_hash=fp(s.prompt_hash), lb_hash=fp(s.lb_hash), param_hash=fp(s.param_hash))
 
 
 class StateStore(ABC):
@@ -47,14 +90,34 @@ class StateStore(ABC):
     def size(self) -> int:
         """Number of scopes held."""
 
+    def seal(self, s: Summary) -> Summary:
+        """The request's summary as this store keeps it: with keyed fingerprints where the store
+        writes them at rest. The featurizer calls it before any comparison with stored rows, so
+        equal prompts stay equal and the features do not change."""
+        return s
+
     def close(self) -> None:
         pass
+
+
+def clamp_ts(ts: float) -> float:
+    return min(max(ts, TS_MIN), TS_MAX) if not math.isnan(ts) else TS_MIN
+
+
+def keep_monotonic(state: ScopeState, last: float | None) -> None:
+    """A scope's clock never goes backwards: the row just appended is stored at no earlier time
+    than the scope's previous last request (and within TS_MIN..TS_MAX), so a request stamped in
+    the past cannot reorder the history that later gaps and rates are computed on."""
+    if state.n:
+        ts = state.rows["ts"]
+        ts[state.n - 1] = clamp_ts(max(float(ts[state.n - 1]), last if last is not None else TS_MIN))
 
 
 class CampaignSketch:
     """Distinct accounts per prompt template over the last hour, in 10-minute buckets (the same
     buckets the Redis store keeps as HyperLogLogs, so both count alike). Exact and bounded:
-    templates are evicted least-recently-used, and each keeps at most `max_accounts`."""
+    templates are evicted least-recently-used, each keeps at most `max_accounts`, and templates
+    that no account sent within the hour are swept as newer ones arrive."""
 
     def __init__(self, max_templates: int = 200_000, max_accounts: int = 2000) -> None:
         self._templates: OrderedDict[int, OrderedDict[str, int]] = OrderedDict()
@@ -62,7 +125,7 @@ class CampaignSketch:
         self.max_accounts = max_accounts
 
     def observe(self, template: int, account: str, ts: float) -> int:
-        bucket = int(ts // CAMPAIGN_BUCKET_S)
+        bucket = int(clamp_ts(ts) // CAMPAIGN_BUCKET_S)
         seen = self._templates.get(template)
         if seen is None:
             seen = self._templates[template] = OrderedDict()
@@ -70,12 +133,23 @@ class CampaignSketch:
                 self._templates.popitem(last=False)
         else:
             self._templates.move_to_end(template)
+        # One string per account across all templates, not one copy per entry.
+        account = sys.intern(account)
         seen.pop(account, None)
         seen[account] = bucket
         # Accounts are kept in order of their latest bucket; expire from the oldest end.
         while seen and (next(iter(seen.values())) <= bucket - CAMPAIGN_BUCKETS or len(seen) > self.max_accounts):
             seen.popitem(last=False)
+        self._sweep(bucket)
         return len(seen)
+
+    def _sweep(self, bucket: int) -> None:
+        """Drop templates whose newest account is out of the hour, from the least recently seen."""
+        for _ in range(SWEEP_PER_UPDATE):
+            oldest = next(iter(self._templates.values()), None)
+            if oldest is None or next(reversed(oldest.values()), bucket) > bucket - CAMPAIGN_BUCKETS:
+                return
+            self._templates.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._templates)

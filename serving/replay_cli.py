@@ -1,5 +1,6 @@
 """`moat replay TRACE -o SCORES [--model PATH]`: score a trace offline with the serving Scorer,
-from empty state, one score per input event in input order."""
+from empty state, one score per input event in input order, in the trace's own time (each
+event's `ts` as recorded, whatever MOAT_TIME_SOURCE says: see docs/operations.md, "Time")."""
 
 from __future__ import annotations
 
@@ -51,8 +52,9 @@ def _validate(raw: str | dict) -> Event:
 
 
 def replay(scorer: "Scorer", raws: Iterable[str | dict], emit: Callable[[dict], None], progress: bool = False) -> tuple[int, int]:
-    """Score events (JSON lines or dicts) in order through `scorer`; an invalid event gets an
-    `invalid_event` score in its place, so output lines up with input. Returns (events, invalid)."""
+    """Score events (JSON lines or dicts) in order through `scorer`, each at its recorded `ts`; an
+    invalid event gets an `invalid_event` score in its place, so output lines up with input.
+    Returns (events, invalid)."""
     pending: deque[str | dict | None] = deque()  # invalid inputs awaiting their placeholder score
     bad = 0
 
@@ -70,8 +72,10 @@ def replay(scorer: "Scorer", raws: Iterable[str | dict], emit: Callable[[dict], 
             else:
                 yield event
 
+    from moat.serving.scorer import CallerClock
+
     n = 0
-    for score in scorer.score_stream(validated()):
+    for score in scorer.score_stream(validated(), clock=CallerClock()):
         n += 1
         emit(score.model_dump(exclude_none=True) if score is not None else invalid_score(pending.popleft(), n, scorer.model_version))
     return n, bad

@@ -6,11 +6,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -91,10 +92,44 @@ class Plan:
 class Counters:
     scored: int = 0
     store_fallbacks: int = 0
+    clock_replaced: int = 0  # events whose ts was outside the skew bound, scored at server time
+
+
+class TimeSource(Protocol):
+    def stamp(self, ts: float) -> float:
+        """The time an event with caller time `ts` is scored at."""
+        ...
+
+
+@dataclass(frozen=True)
+class ServerClock:
+    """The caller's ts when it is within `skew_s` of this server's clock, else the server's time:
+    a caller cannot age a scope past its TTL or its hold, nor rewind it, by more than the skew."""
+
+    skew_s: float
+    now: Callable[[], float] = time.time
+
+    def stamp(self, ts: float) -> float:
+        now = self.now()
+        return ts if now - self.skew_s <= ts <= now + self.skew_s else now  # NaN is outside too
+
+
+@dataclass(frozen=True)
+class CallerClock:
+    """The caller's ts as given: for recorded traces, whose times are the record."""
+
+    def stamp(self, ts: float) -> float:
+        return ts
+
+
+TIME_SOURCES: dict[str, Callable[[ServingSettings], TimeSource]] = {
+    "server": lambda s: ServerClock(s.max_clock_skew_s),
+    "caller": lambda s: CallerClock(),
+}
 
 
 class Scorer:
-    def __init__(self, settings: ServingSettings | None = None, store: StateStore | None = None, bundle: Path | None = None) -> None:
+    def __init__(self, settings: ServingSettings | None = None, store: StateStore | None = None, bundle: Path | None = None, clock: TimeSource | None = None) -> None:
         self.settings = settings or ServingSettings()
         s = self.settings
         bundle_dir = bundle or resolve_model(s.model)
@@ -115,7 +150,8 @@ class Scorer:
         self.store = store or open_store(s.state, **self._store_options())
         self.featurizer = Featurizer(self.store)
         # Local state used for a request when the shared store fails: degrade, never fail.
-        self.local = MemoryStore(max_scopes=s.max_scopes, ttl_s=s.scope_ttl_s)
+        self.local = MemoryStore(max_scopes=s.max_scopes, ttl_s=s.scope_ttl_s, max_templates=s.campaign_max_templates, max_accounts=s.campaign_max_accounts)
+        self.clock = clock or TIME_SOURCES[s.time_source](s)
         self.local_featurizer = Featurizer(self.local)
         self.temperature = self.meta.calibration.temperature
         self.counters = Counters()
@@ -123,14 +159,23 @@ class Scorer:
     def _store_options(self) -> dict[str, Any]:
         s = self.settings
         if s.state == "memory":
-            return {"max_scopes": s.max_scopes, "ttl_s": s.scope_ttl_s}
-        return {"ttl_s": s.scope_ttl_s, "timeout_s": s.redis_timeout_s, "retry_s": s.redis_retry_s}
+            return {"max_scopes": s.max_scopes, "ttl_s": s.scope_ttl_s, "max_templates": s.campaign_max_templates, "max_accounts": s.campaign_max_accounts}
+        secret = s.state_secret.get_secret_value().encode() if s.state_secret is not None else None
+        return {"ttl_s": s.scope_ttl_s, "timeout_s": s.redis_timeout_s, "retry_s": s.redis_retry_s, "secret": secret}
 
     @property
     def model_version(self) -> str:
         return self.meta.model_version
 
-    def _step(self, event: Event) -> tuple[Step, StateStore]:
+    def _stamp(self, event: Event, clock: TimeSource) -> Event:
+        ts = clock.stamp(event.ts)
+        if ts == event.ts:
+            return event
+        self.counters.clock_replaced += 1
+        return event.model_copy(update={"ts": ts})
+
+    def _step(self, event: Event, clock: TimeSource | None = None) -> tuple[Step, StateStore]:
+        event = self._stamp(event, clock or self.clock)
         try:
             return self.featurizer.step(event), self.store
         except StoreUnavailable as exc:
@@ -189,14 +234,16 @@ class Scorer:
         risks = self._unplan(plan, self._infer(plan))
         return [self._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, risks)]
 
-    def score_stream(self, events: Iterable[Event | None], chunk: int = 128) -> Iterator[Score | None]:
+    def score_stream(self, events: Iterable[Event | None], chunk: int = 128, clock: TimeSource | None = None) -> Iterator[Score | None]:
         """Score a long stream in order, overlapping the network run of one chunk with the
         featurisation of the next (two threads; the network thread runs no Python loops, so the
         two barely contend for the GIL). None items pass through as None, so a caller can keep
-        placeholders for invalid input in line."""
-        return self._stream(events, chunk, self._decide)
+        placeholders for invalid input in line. Streams are the offline path (replay, evaluation,
+        calibration): a recorded trace is scored in its own time (CallerClock) unless `clock`
+        says otherwise; the live service scores through `score` and `score_many`."""
+        return self._stream(events, chunk, self._decide, clock or CallerClock())
 
-    def own_risk_stream(self, events: Iterable[Event], chunk: int = 128) -> Iterator[tuple[Event, float]]:
+    def own_risk_stream(self, events: Iterable[Event], chunk: int = 128, clock: TimeSource | None = None) -> Iterator[tuple[Event, float]]:
         """Each event with the risk of its own scopes (the account, a key carrying all of it),
         before any policy: what operator calibration reads. Own risk alone decides whether an
         account is ever acted on or blocked, since dependent scopes act only on accounts whose
@@ -205,13 +252,13 @@ class Scorer:
         def own(event: Event, step: Step, store: StateStore, risks: list[float]) -> tuple[Event, float]:
             return event, max(r for w, r in zip(step.windows, risks) if not w.dependent)
 
-        return self._stream(events, chunk, own)  # type: ignore[return-value]
+        return self._stream(events, chunk, own, clock or CallerClock())  # type: ignore[return-value]
 
-    def _stream(self, events: Iterable[Event | None], chunk: int, finish: Callable[[Event, Step, StateStore, list[float]], T]) -> Iterator[T | None]:
+    def _stream(self, events: Iterable[Event | None], chunk: int, finish: Callable[[Event, Step, StateStore, list[float]], T], clock: TimeSource | None) -> Iterator[T | None]:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
             for items in _chunks(events, chunk):
-                stepped = [self._step(e) for e in items if e is not None]
+                stepped = [self._step(e, clock) for e in items if e is not None]
                 plan = self._plan([st for st, _ in stepped])
                 fut = pool.submit(self._infer, plan)
                 if pending is not None:
@@ -267,7 +314,12 @@ class Scorer:
         return self.score(Event.model_validate(raw))
 
     def state_size(self) -> int:
-        return self.store.size()
+        """Scopes (memory) or keys (Redis) held; -1 while the shared store is unavailable."""
+        try:
+            return self.store.size()
+        except StoreUnavailable as exc:
+            log.debug("state size not sampled: %s", exc)
+            return -1
 
 
 

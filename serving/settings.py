@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from moat.models.bundle import DEFAULT_BUNDLE
@@ -29,3 +29,13 @@ class ServingSettings(BaseSettings):
     onnx_threads: int = Field(default=1, ge=1)
     redis_timeout_s: float = Field(default=0.05, gt=0)
     redis_retry_s: float = Field(default=5.0, ge=0, description="after a Redis fault, use local state this long before retrying")
+    # Time (docs/operations.md, "Time"): "server" trusts the caller's ts only within
+    # max_clock_skew_s of this server's clock and uses the server's time otherwise; "caller"
+    # trusts ts as given, for replaying recorded traces (`moat replay` uses it).
+    time_source: Literal["server", "caller"] = "server"
+    max_clock_skew_s: float = Field(default=300.0, ge=0)
+    campaign_max_templates: int = Field(default=200_000, ge=1, description="prompt templates the in-process campaign sketch keeps (LRU)")
+    campaign_max_accounts: int = Field(default=2000, ge=1, description="distinct accounts counted per template")
+    # Keys Redis key names and stored prompt fingerprints (HMAC). Unset: generated once and kept
+    # in Redis, shared by all replicas; set it to keep the secret out of the store.
+    state_secret: SecretStr | None = Field(default=None, min_length=16)

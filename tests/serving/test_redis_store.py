@@ -3,8 +3,12 @@ degrade to local state."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ import pytest
 from moat.models.events import Event
 from moat.models.feature_spec import WINDOW
 from moat.models.scope_window import ROW, window
-from moat.models.state import StoreUnavailable
+from moat.models.state import TS_MAX, StoreUnavailable
 from moat.models.summary import summarize
 from moat.models.traces import iter_raw
 from moat.serving.scorer import Scorer
@@ -26,21 +30,26 @@ def events(traces: Path, n: int) -> list[Event]:
     return [Event.model_validate(r) for _, r in zip(range(n), iter_raw(traces / "test.jsonl"))]
 
 
+def settings(**kw) -> ServingSettings:
+    """Recorded events are scored in their own time."""
+    return ServingSettings(time_source="caller", **kw)
+
+
 def decisions(scores) -> list[tuple[str, float, tuple[str, ...]]]:
     return [(s.action, s.risk, tuple(s.reasons)) for s in scores]
 
 
 def test_redis_gives_the_same_decisions_as_memory(redis_url: str, small_traces: Path) -> None:
     evs = events(small_traces, 500)
-    memory = Scorer(ServingSettings())
-    shared = Scorer(ServingSettings(state=redis_url))
+    memory = Scorer(settings())
+    shared = Scorer(settings(state=redis_url))
     assert decisions(shared.score(e) for e in evs) == decisions(memory.score(e) for e in evs)
     assert shared.counters.store_fallbacks == 0
 
 
 def _replica(url: str, conn) -> None:
     """A scorer process: scores the events it is sent, one at a time, against shared Redis."""
-    sc = Scorer(ServingSettings(state=url))
+    sc = Scorer(settings(state=url))
     while (raw := conn.recv()) is not None:
         s = sc.score(Event.model_validate(raw))
         conn.send((s.action, s.risk, tuple(s.reasons)))
@@ -50,7 +59,7 @@ def test_two_scorer_processes_on_one_redis_equal_one_process(redis_url: str, sma
     import multiprocessing as mp
 
     raws = [r for _, r in zip(range(400), iter_raw(small_traces / "test.jsonl"))]
-    single = Scorer(ServingSettings(state=redis_url.replace("/0", "/1")))
+    single = Scorer(settings(state=redis_url.replace("/0", "/1")))
     expected = decisions(single.score(Event.model_validate(r)) for r in raws)
     ctx = mp.get_context("spawn")
     pipes, procs = [], []
@@ -102,7 +111,7 @@ def test_redis_failure_degrades_to_local_state(redis_url: str, small_traces: Pat
     import redis as redis_lib
 
     evs = events(small_traces, 60)
-    sc = Scorer(ServingSettings(state=redis_url))
+    sc = Scorer(settings(state=redis_url))
     for e in evs[:30]:
         sc.score(e)
     redis_lib.Redis.from_url(redis_url).shutdown(nosave=True)
@@ -177,6 +186,18 @@ def test_state_written_before_versioned_keys_is_not_read(redis_url: str) -> None
 
 
 ROW_BYTES = ROW.itemsize
+
+
+def _row_at(ts: float) -> bytes:
+    row = np.zeros(1, dtype=ROW)
+    row["ts"] = ts
+    return row.tobytes()
+
+
+def _head_with_rates(rate: float) -> bytes:
+    return redis_store._HEAD.pack(3, rate, rate, 3) + b"\x00" * (2 * redis_store._BLOOM_BYTES)
+
+
 CORRUPT = [
     # (case, head bytes or None to keep the valid head, rows to store instead of the valid ones)
     ("head too short", b"\x00" * 40, None),
@@ -185,6 +206,10 @@ CORRUPT = [
     ("a row too short", None, [b"\x00" * (ROW_BYTES - 1)]),
     ("a good row and a long one", None, [b"\x00" * ROW_BYTES, b"\x00" * (ROW_BYTES + 8)]),
     ("more rows than a window", None, [b"\x00" * ROW_BYTES] * (WINDOW + 1)),
+    # Written before the store clamped times: such a row made every later gap infinite.
+    ("a row at ts 1e308", None, [_row_at(0.0), _row_at(1e308)]),
+    ("a row at ts -1e308", None, [_row_at(-1e308)]),
+    ("infinite rates in the head", _head_with_rates(float("inf")), None),
 ]
 
 
@@ -210,7 +235,7 @@ def test_a_blob_of_the_wrong_size_is_a_fresh_scope_with_a_warning(redis_url: str
     assert store.client.llen(rows_key) == 2
 
 
-@pytest.mark.parametrize("value", [b"garbage", b"2:", b":5.0", b"\xff\xfe:1"])
+@pytest.mark.parametrize("value", [b"garbage", b"2:", b":5.0", b"\xff\xfe:1", b"3:inf", b"3:nan"])
 def test_a_malformed_hold_reads_as_no_hold(redis_url: str, value: bytes, caplog) -> None:
     store = RedisStore(redis_url)
     store.set_hold("account", "good", 3, 2000.0)
@@ -224,7 +249,7 @@ def test_a_scorer_on_stale_redis_state_scores_without_failing_open(redis_url: st
     """Old-layout bytes under every current head key: requests are scored on fresh scopes, neither
     raising (which the service answers by failing open) nor tripping the store's breaker."""
     evs = events(small_traces, 40)
-    sc = Scorer(ServingSettings(state=redis_url))
+    sc = Scorer(settings(state=redis_url))
     for e in evs[:20]:
         sc.score(e)
     store = sc.store
@@ -234,3 +259,59 @@ def test_a_scorer_on_stale_redis_state_scores_without_failing_open(redis_url: st
     scores = [sc.score(e) for e in evs[20:]]  # before versioning: struct.error, so fail-open
     assert len(scores) == 20 and all(0.0 <= s.risk <= 1.0 for s in scores)
     assert sc.counters.store_fallbacks == 0
+
+
+@pytest.mark.parametrize("times", [[-1e308, 1e308], [1e308, -1e308], [float("nan"), 1e308]], ids=["-max then max", "max then -max", "nan then max"])
+def test_caller_time_at_the_float_limits_cannot_break_a_scope(redis_url: str, times: list[float]) -> None:
+    """The issue's repro: ts -1e308 then 1e308 made the account's next 15 requests fail open (their
+    gaps were infinite). The store clamps what it keeps, so the next requests get finite features
+    and the stored times stay in order and in range."""
+    store = RedisStore(redis_url)
+    base = summarize(_event(0))
+    for i, ts in enumerate([*times, *(1000.0 + k for k in range(15))]):
+        s = dataclasses.replace(base, ts=ts)
+        feats, _ = store.update("account", "acct", s.ts, lambda st: window(st, s, 1, "account"))
+        if i >= len(times):
+            assert np.isfinite(feats.astype(np.float32)).all()
+    stored = np.frombuffer(b"".join(store.client.lrange(store.redis_key("r", "account", "acct"), 0, -1)), dtype=ROW)["ts"]
+    assert (np.diff(stored) >= 0).all() and 0.0 <= stored.min() and stored.max() <= TS_MAX
+
+
+def test_a_hung_redis_costs_each_request_at_most_one_timeout(redis_url: str, small_traces: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's repro: while Redis hung, every 100th request stalled on the state-size sample,
+    which bypassed the circuit breaker. Now the sample goes through the breaker: every call
+    returns, the failures are counted, and no call waits much past one Redis timeout."""
+    import redis as redis_lib
+
+    timeout = 0.05
+    evs = events(small_traces, 221)
+    sc = Scorer(settings(state=redis_url, redis_timeout_s=timeout, redis_retry_s=0.2))
+    store = sc.store
+    assert isinstance(store, RedisStore)
+    for e in evs[:20]:
+        sc.score(e)
+    assert store.failures == 0 and sc.state_size() > 0
+    sampled: list[int] = []
+    dbsize = store.client.dbsize
+    monkeypatch.setattr(store.client, "dbsize", lambda: sampled.append(1) or dbsize())
+    pid = int(redis_lib.Redis.from_url(redis_url).info("server")["process_id"])
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        sc.score(evs[20])  # times out once and opens the breaker
+        assert store.failures == 1
+        assert sc.state_size() == -1 and not sampled  # the open breaker answers; Redis is not asked
+        longest, sizes = 0.0, []
+        for i, e in enumerate(evs[21:]):
+            t0 = time.perf_counter()
+            score = sc.score(e)
+            if i % 100 == 1:  # as serving/metrics.py samples it
+                sizes.append(sc.state_size())
+            longest = max(longest, time.perf_counter() - t0)
+            assert 0.0 <= score.risk <= 1.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert sizes == [-1, -1]
+    assert store.failures >= 1 and sc.counters.store_fallbacks >= 1
+    # A correctness guard, not a benchmark: a call that waited out several timeouts (or one
+    # socket's default) would pass 10x the Redis timeout.
+    assert longest < 10 * timeout

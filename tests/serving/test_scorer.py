@@ -26,16 +26,16 @@ def ev(i: int, ts: float, account: str = "acct-1", **extra) -> Event:
 
 def test_hold_outlasts_low_risk_until_cooldown() -> None:
     store = MemoryStore()
-    strict = Scorer(ServingSettings(throttle_threshold=0.0, perturb_threshold=0.0, block_threshold=1.0001, cooldown_s=100), store=store)
+    strict = Scorer(ServingSettings(time_source="caller", throttle_threshold=0.0, perturb_threshold=0.0, block_threshold=1.0001, cooldown_s=100), store=store)
     first = strict.score(ev(0, 1000.0))
     assert first.action == "perturb"
-    lenient = Scorer(ServingSettings(throttle_threshold=1.0, perturb_threshold=1.0, block_threshold=1.0001, cooldown_s=100), store=store)
+    lenient = Scorer(ServingSettings(time_source="caller", throttle_threshold=1.0, perturb_threshold=1.0, block_threshold=1.0001, cooldown_s=100), store=store)
     assert lenient.score(ev(1, 1050.0)).action == "perturb"  # held: inside the cool-down
     assert lenient.score(ev(2, 1200.0)).action == "allow"  # the hold has expired
 
 
 def test_shadow_mode_reports_but_allows() -> None:
-    sc = Scorer(ServingSettings(mode="shadow", throttle_threshold=0.0, perturb_threshold=0.0, block_threshold=0.0))
+    sc = Scorer(ServingSettings(time_source="caller", mode="shadow", throttle_threshold=0.0, perturb_threshold=0.0, block_threshold=0.0))
     s = sc.score(ev(0, 1.0))
     assert s.action == "allow" and s.shadow_action == "block"
     assert s.reasons and s.reasons[-1].startswith("scope:")
@@ -44,7 +44,7 @@ def test_shadow_mode_reports_but_allows() -> None:
 @pytest.mark.parametrize("bound, accounts", [(10, 50), (100, 30)])
 def test_memory_store_is_bounded(bound: int, accounts: int) -> None:
     store = MemoryStore(max_scopes=bound)
-    sc = Scorer(ServingSettings(), store=store)
+    sc = Scorer(ServingSettings(time_source="caller"), store=store)
     for i in range(accounts):
         sc.score(ev(i, float(i), account=f"acct-{i}"))
     assert store.size() <= bound
@@ -52,12 +52,15 @@ def test_memory_store_is_bounded(bound: int, accounts: int) -> None:
 
 
 def test_ttl_restarts_an_idle_scope() -> None:
-    store = MemoryStore(ttl_s=60)
-    sc = Scorer(ServingSettings(), store=store)
+    # Idle time is the store's own clock (never the caller's ts), so the test drives that clock.
+    now = [0.0]
+    store = MemoryStore(ttl_s=60, clock=lambda: now[0])
+    sc = Scorer(ServingSettings(time_source="caller"), store=store)
     sc.score(ev(0, 0.0))
     sc.score(ev(1, 10.0))
     totals = []
     store.update("account", "acct-1", 10.0, lambda st: totals.append(st.total))
+    now[0] = 500.0
     sc.score(ev(2, 500.0))  # idle past the TTL: a fresh history
     store.update("account", "acct-1", 500.0, lambda st: totals.append(st.total))
     assert totals == [2, 1]  # two requests, then after the idle gap only the new one
@@ -65,9 +68,9 @@ def test_ttl_restarts_an_idle_scope() -> None:
 
 def test_batched_scoring_equals_one_at_a_time(small_traces: Path) -> None:
     events = [Event.model_validate(r) for _, r in zip(range(600), iter_raw(small_traces / "test.jsonl"))]
-    one = Scorer(ServingSettings())
+    one = Scorer(ServingSettings(time_source="caller"))
     singles = [one.score(e) for e in events]
-    many = Scorer(ServingSettings())
+    many = Scorer(ServingSettings(time_source="caller"))
     streamed = list(many.score_stream(events, chunk=64))
     assert [s.action for s in singles] == [s.action for s in streamed]
     assert max(abs(a.risk - b.risk) for a, b in zip(singles, streamed)) < 1e-5
@@ -77,7 +80,7 @@ def test_batched_scoring_equals_one_at_a_time(small_traces: Path) -> None:
 def test_dependent_windows_are_scored_only_when_corroborated(small_traces: Path, corroboration: float) -> None:
     """The network skips a dependent window (address block, partial key) exactly when the policy
     would ignore it, and the windows it does score get the same risk as scoring all of them."""
-    sc = Scorer(ServingSettings(corroboration=corroboration))
+    sc = Scorer(ServingSettings(time_source="caller", corroboration=corroboration))
     events = [Event.model_validate(r) for _, r in zip(range(400), iter_raw(small_traces / "test.jsonl"))]
     plan = sc._plan([sc._step(e)[0] for e in events])
     own, dep = sc._infer(plan)
@@ -94,7 +97,7 @@ def test_dependent_windows_are_scored_only_when_corroborated(small_traces: Path,
 def test_corroboration_defaults_to_the_bundles(monkeypatch: pytest.MonkeyPatch, env: dict, expected: float | None) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    sc = Scorer(ServingSettings())
+    sc = Scorer(ServingSettings(time_source="caller"))
     assert sc.policy.corroboration == (expected if expected is not None else sc.meta.calibration.corroboration)
 
 
@@ -104,7 +107,7 @@ def test_replay_writes_one_score_per_event_in_order(tmp_path: Path, score_schema
     lines = list(iter_raw(CONTRACT / "example_trace.jsonl"))
     bad = {"request_id": "bad-1", "ts": "not a time", "account_id": "x", "prompt": "p"}
     got: list[dict] = []
-    n, invalid = replay(Scorer(ServingSettings()), [lines[0], bad, *lines[1:]], got.append)
+    n, invalid = replay(Scorer(ServingSettings(time_source="caller")), [lines[0], bad, *lines[1:]], got.append)
     assert (n, invalid) == (5, 1)
     assert [g["request_id"] for g in got] == ["r1", "bad-1", "r2", "r3", "r4"]
     assert got[1]["reasons"] == ["invalid_event"]
@@ -153,7 +156,7 @@ def _probe(bias_tokens: int = 1, top_logprobs: int | None = 5, prompt: str = "Tr
     import random
 
     rng = random.Random(0)
-    sc = Scorer(ServingSettings())
+    sc = Scorer(ServingSettings(time_source="caller"))
     t = 1764500042.0
     for i in range(n):
         t += rng.uniform(*gap)

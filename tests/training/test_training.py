@@ -154,7 +154,7 @@ def test_scores_ignore_ground_truth_fields(trained: TrainedRun, tiny_traces) -> 
     outs = []
     for evs in (events, stripped):
         got: list[dict] = []
-        replay(Scorer(ServingSettings(model=str(trained.bundle))), evs, got.append)
+        replay(Scorer(ServingSettings(time_source="caller", model=str(trained.bundle))), evs, got.append)
         outs.append(got)
     assert outs[0] == outs[1]
 
@@ -207,7 +207,7 @@ def test_serving_loads_the_champion_from_the_registry(trained: TrainedRun, monke
     from moat.serving.settings import ServingSettings
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.uri)
-    sc = Scorer(ServingSettings(model="models:/moat-risk@champion"))
+    sc = Scorer(ServingSettings(time_source="caller", model="models:/moat-risk@champion"))
     assert sc.model_version == load_bundle(trained.bundle)[0].model_version
 
 

@@ -1,0 +1,136 @@
+"""MemoryStore and CampaignSketch bounds: idle scopes are swept without being touched again,
+holds outlive the TTL, a scope's clock never goes backwards, and the sketch is bounded by its
+settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+
+from moat.models.events import Event
+from moat.models.memory_store import MemoryStore
+from moat.models.scope_window import ScopeState, window
+from moat.models.state import CAMPAIGN_BUCKET_S, SWEEP_PER_UPDATE, TS_MAX, CampaignSketch
+from moat.models.summary import summarize
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _touch(store: MemoryStore, key: str, ts: float = 1000.0) -> None:
+    # Events are bounded at parse; the store must stand on its own, so the summary gets any time.
+    s = dataclasses.replace(summarize(Event.model_validate({"request_id": "r", "ts": 1000.0, "account_id": key, "prompt": "hello"})), ts=ts)
+    store.update("account", key, s.ts, lambda st: window(st, s, 1, "account"))
+
+
+def _state(store: MemoryStore, key: str) -> ScopeState:
+    got: list[ScopeState] = []
+    store.update("account", key, 0.0, got.append)
+    return got[0]
+
+
+def test_idle_scopes_are_swept_without_being_touched_again() -> None:
+    """The issue's repro: with MOAT_SCOPE_TTL_S=60, 18,001 scopes touched once were all still held
+    after the TTL. Now a few requests after the TTL free them, a bounded number per request."""
+    clock = Clock()
+    store = MemoryStore(ttl_s=60, clock=clock)
+    for i in range(18_000):
+        store.update("account", f"idle-{i}", 1000.0, lambda st: None)
+    assert store.size() == 18_000
+    clock.t = 61.0
+    live = math.ceil(18_000 / SWEEP_PER_UPDATE) + 1
+    for i in range(live):
+        store.update("account", f"live-{i}", 1061.0, lambda st: None)
+    assert store.size() == live
+    assert store.expired == 18_000
+
+
+@pytest.mark.parametrize(
+    "case, idle_s, hold_s, fresh",
+    [
+        ("within the TTL", 59.0, 0.0, False),
+        ("past the TTL", 61.0, 0.0, True),
+        ("past the TTL but inside the hold", 61.0 + 800.0, 900.0, False),
+        ("past the TTL and the hold", 61.0 + 900.0, 900.0, True),
+    ],
+)
+def test_a_scope_expires_a_ttl_after_its_last_request_or_its_hold(case: str, idle_s: float, hold_s: float, fresh: bool) -> None:
+    clock = Clock()
+    store = MemoryStore(ttl_s=60, clock=clock)
+    _touch(store, "acct")
+    if hold_s:
+        store.set_hold("account", "acct", 3, 1000.0 + hold_s)
+    clock.t = idle_s
+    assert (_state(store, "acct").total == 0) is fresh
+
+
+@pytest.mark.parametrize(
+    "case, times, stored",
+    [
+        ("in order", [1000.0, 1001.0, 1005.0], [1000.0, 1001.0, 1005.0]),
+        ("one from the past", [1000.0, 1005.0, 900.0], [1000.0, 1005.0, 1005.0]),
+        ("a jump ahead, then back", [1000.0, 500_000.0, 1002.0], [1000.0, 500_000.0, 500_000.0]),
+        ("below zero", [-1e308, 10.0], [0.0, 10.0]),
+        ("the float limits", [-1e308, 1e308, 1000.0], [0.0, TS_MAX, TS_MAX]),
+    ],
+)
+def test_a_scope_clock_never_goes_backwards(case: str, times: list[float], stored: list[float]) -> None:
+    store = MemoryStore(clock=Clock())
+    for ts in times:
+        _touch(store, "acct", ts)
+    assert _state(store, "acct").history()["ts"].tolist() == stored
+
+
+def test_event_time_jumps_free_nothing() -> None:
+    """Only the store's own clock ages a scope: a caller far in the future wipes nobody."""
+    store = MemoryStore(ttl_s=60, clock=Clock())
+    _touch(store, "victim", 1000.0)
+    _touch(store, "jumper", 1000.0 + 1e9)
+    assert _state(store, "victim").total == 1 and store.size() == 2
+
+
+def test_store_passes_campaign_bounds_to_its_sketch() -> None:
+    store = MemoryStore(max_templates=7, max_accounts=3)
+    assert (store.sketch.max_templates, store.sketch.max_accounts) == (7, 3)
+
+
+@pytest.mark.parametrize("max_templates, max_accounts", [(3, 2000), (200_000, 4), (2, 2)])
+def test_campaign_sketch_is_bounded_by_its_settings(max_templates: int, max_accounts: int) -> None:
+    sketch = CampaignSketch(max_templates=max_templates, max_accounts=max_accounts)
+    counts = [sketch.observe(t, f"acct-{a}", 1000.0) for t in range(10) for a in range(10)]
+    assert len(sketch) == min(10, max_templates)
+    assert max(counts) == min(10, max_accounts)
+    assert all(len(seen) <= max_accounts for seen in sketch._templates.values())
+
+
+def test_campaign_sketch_sweeps_templates_out_of_the_hour() -> None:
+    sketch = CampaignSketch()
+    for t in range(500):
+        sketch.observe(t, "acct", 0.0)
+    hour_later = 7 * CAMPAIGN_BUCKET_S
+    for i in range(math.ceil(500 / SWEEP_PER_UPDATE)):
+        sketch.observe(10_000, f"acct-{i}", hour_later)
+    assert len(sketch) == 1
+
+
+def test_campaign_sketch_keeps_one_copy_of_each_account_id() -> None:
+    sketch = CampaignSketch()
+    a, b = "".join(["acct", "-7"]), "".join(["acct-", "7"])
+    assert a == b and a is not b
+    sketch.observe(1, a, 0.0)
+    sketch.observe(2, b, 0.0)
+    (first,), (second,) = (list(seen) for seen in sketch._templates.values())
+    assert first is second
+
+
+def test_stores_clamp_to_the_times_an_event_may_carry() -> None:
+    from moat.models.events import MAX_TS
+
+    assert TS_MAX == MAX_TS
