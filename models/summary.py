@@ -66,6 +66,10 @@ def ip_prefix(ip: str | None) -> str | None:
         addr = ipaddress.ip_address(ip.strip())
     except ValueError:
         return None
+    # A dual-stack gateway reports IPv4 clients as ::ffff:a.b.c.d: without this, every one of
+    # them would share the single block ::/48.
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
     bits = 24 if addr.version == 4 else 48
     return str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))
 

@@ -232,7 +232,7 @@ def _error(status: int, field: str, message: str, headers: dict[str, str] | None
 
 def _validation_error(exc: ValidationError, prefix: str = "") -> JSONResponse:
     first = exc.errors()[0]
-    field = prefix + ".".join(str(p) for p in first["loc"])
+    field = (prefix + ".".join(str(p) for p in first["loc"])).rstrip(".")
     return JSONResponse({"error": f"invalid event: {field or 'body'}: {first['msg']}", "field": field or "body", "errors": exc.errors(include_url=False, include_input=False, include_context=False)}, status_code=422)
 
 

@@ -16,7 +16,7 @@ from moat.models.summary import summarize
 
 def ev(i: int, account: str, key: str | None, ip: str, text: str | None = None, **params) -> Event:
     return Event.model_validate({
-        "request_id": f"r{i}", "ts": 10.0 * i + (i % 3), "account_id": account, "api_key_id": key, "client_ip": ip,
+        "request_id": f"r{i}", "ts": 10.0 * i + (i % 3), "account_id": account, **({"api_key_id": key} if key is not None else {}), "client_ip": ip,
         "messages": [{"role": "user", "content": text or f"question {i % 4} about topic {i % 7}"}], "params": params,
     })
 

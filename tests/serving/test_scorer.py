@@ -76,29 +76,37 @@ def test_batched_scoring_equals_one_at_a_time(small_traces: Path) -> None:
     assert max(abs(a.risk - b.risk) for a, b in zip(singles, streamed)) < 1e-5
 
 
-@pytest.mark.parametrize("corroboration", [0.0, 0.5, 0.9])
-def test_dependent_windows_are_scored_only_when_corroborated(small_traces: Path, corroboration: float) -> None:
+# (configured corroboration, throttle threshold override): the gate is the larger of the
+# corroboration and the throttle threshold, so only with both at 0 is every window scored.
+GATES = [(0.0, 0.0), (0.5, None), (0.9, None)]
+
+
+@pytest.mark.parametrize("corroboration, throttle", GATES)
+def test_dependent_windows_are_scored_only_when_corroborated(small_traces: Path, corroboration: float, throttle: float | None) -> None:
     """The network skips a dependent window (address block, partial key) exactly when the policy
     would ignore it, and the windows it does score get the same risk as scoring all of them."""
-    sc = Scorer(ServingSettings(time_source="caller", corroboration=corroboration))
+    extra = {"throttle_threshold": throttle, "perturb_threshold": throttle} if throttle is not None else {}
+    sc = Scorer(ServingSettings(time_source="caller", corroboration=corroboration, **extra))
     events = [Event.model_validate(r) for _, r in zip(range(400), iter_raw(small_traces / "test.jsonl"))]
     plan = sc._plan([sc._step(e)[0] for e in events])
     own, dep = sc._infer(plan)
     own_max = np.zeros(len(events))
     np.maximum.at(own_max, plan.own_event, own)
-    need = own_max[plan.dependent_event] >= corroboration
+    need = own_max[plan.dependent_event] >= sc.policy.corroboration
+    assert sc.policy.corroboration == max(corroboration, sc.policy.t.throttle)
     assert np.array_equal(np.isnan(dep), ~need)
     np.testing.assert_allclose(dep[need], sc._run(plan.dependent)[need], rtol=1e-6)
-    if corroboration == 0.0:
+    if corroboration == 0.0 and throttle == 0.0:
         assert need.all()
 
 
-@pytest.mark.parametrize("env, expected", [({}, None), ({"MOAT_CORROBORATION": "0.8"}, 0.8)])
+@pytest.mark.parametrize("env, expected", [({}, None), ({"MOAT_CORROBORATION": "0.99"}, 0.99)])
 def test_corroboration_defaults_to_the_bundles(monkeypatch: pytest.MonkeyPatch, env: dict, expected: float | None) -> None:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     sc = Scorer(ServingSettings(time_source="caller"))
-    assert sc.policy.corroboration == (expected if expected is not None else sc.meta.calibration.corroboration)
+    configured = expected if expected is not None else sc.meta.calibration.corroboration
+    assert sc.policy.corroboration == max(configured, sc.policy.t.throttle)
 
 
 def test_replay_writes_one_score_per_event_in_order(tmp_path: Path, score_schema: dict) -> None:
