@@ -33,7 +33,7 @@ class Case:
     absent: list[str] = field(default_factory=list)  # paths that must not exist afterwards: nothing slow ran
 
 
-ALL_FAMILIES = "active_learning, coverage_sweep, dataset_replay, logit_probe, random_queries, reasoning_harvest, self_instruct, slow_low_mimicry, sybil_campaign"
+ALL_FAMILIES = "active_learning, coverage_sweep, dataset_replay, human_task_walk, logit_probe, paraphrase_probe, random_queries, reasoning_harvest, self_instruct, slow_low_mimicry, sybil_campaign, sybil_cohort"
 CASES = {
     "version": Case(["--version"], 0, stdout=f"moat {__version__}\n"),
     "unknown command": Case(["nope"], 2, stderr_has="moat: error: unknown command 'nope'; valid: generate, train, export, replay, serve, proxy, calibrate, evaluate"),

@@ -17,7 +17,7 @@ def test_end_to_end_evaluation(tiny_traces: Path, tmp_path: Path, capsys) -> Non
     out = tmp_path / "eval"
     args = p.parse_args([
         "--traces", str(tiny_traces / "test.jsonl"), "--out", str(out), "--baselines", "all",
-        "--leave-one-family-out", "--lofo-families", "logit_probe",
+        "--leave-one-family-out", "--lofo-families", "self_instruct",
         "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--no-progress",
     ])
     assert run(args) == 0
@@ -28,7 +28,7 @@ def test_end_to_end_evaluation(tiny_traces: Path, tmp_path: Path, capsys) -> Non
     assert set(metrics["methods"]) == {"moat", "rate_limit", "prada", "seat", "per_request_gbm", "session_gbm"}
     moat = metrics["methods"]["moat"]
     assert 0.0 <= moat["auroc"] <= 1.0 and moat["per_persona"] and moat["per_family"]
-    assert "logit_probe" in metrics["leave_one_family_out"]
+    assert "self_instruct" in metrics["leave_one_family_out"]
     report = (out / "report.md").read_text()
     assert "## Targets" in report and "## Leave-one-family-out" in report
     assert "est. cost multiplier (open-loop)" in report and "an estimate against an open-loop attacker" in report

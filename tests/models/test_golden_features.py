@@ -36,8 +36,8 @@ FEATURES = [
 ]
 # (case, trace, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, 477, "f9382f94877841c16255e349312b6ec5bf8b3dcd48b14af70507a2c237bfbce4"),
-    ("contract example", EXAMPLE, 4, "1ef30f59f3cd4742355304bb318f281ac109fc5aacdf5c054ac56a2b22dc346f"),
+    ("golden trace", GOLDEN, 477, "09644d32731e33d44c00e63870a9475aae0bbb372865ef9b83f248efba1a8f63"),
+    ("contract example", EXAMPLE, 4, "4c03d0a7699c7b3d3f237c15de3ee3a2c6b1158a3969f04019d951f3af790e0a"),
 ]
 
 

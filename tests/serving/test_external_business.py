@@ -22,7 +22,6 @@ BUSINESS = ("app-backend", "doc-pipeline", "benchmark-runner")
 
 
 @pytest.mark.shared_data
-@pytest.mark.xfail(strict=True, reason="known gap (issue 10): the shipped bundle blocks 2 of 6 app-backend and 2 of 4 benchmark-runner accounts on their own traffic")
 def test_no_benign_business_account_is_blocked_by_the_shipped_bundle() -> None:
     with gzip.open(SHARED_DATA / "external" / "dev-spread.jsonl.gz", "rt", encoding="utf-8") as fh:
         trace = [json.loads(line) for line in fh]
