@@ -49,6 +49,22 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     proc.wait(5)
 
 
+def wait_ready(proc: subprocess.Popen, url: str, what: str, timeout_s: float = 90) -> None:
+    """Wait until a started service answers /readyz; fail with its stderr if it exits."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    pytest.fail(f"{what} did not become ready")
+
+
 def start_service(env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env_extra or {})}
@@ -57,18 +73,8 @@ def start_service(env_extra: dict[str, str] | None = None) -> tuple[subprocess.P
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"bentoml serve exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    pytest.fail("bentoml serve did not become ready")
+    wait_ready(proc, url, "bentoml serve")
+    return proc, url
 
 
 @pytest.fixture(scope="module")

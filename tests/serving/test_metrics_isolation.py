@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import CONTRACT
-from tests.serving.conftest import free_port
+from tests.serving.conftest import free_port, wait_ready
 
 EXAMPLE = [json.loads(line) for line in (CONTRACT / "example_trace.jsonl").read_text().splitlines()]
 
@@ -29,18 +28,8 @@ def moat_serve(cwd: Path) -> tuple[subprocess.Popen, str]:
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen([sys.executable, "-m", "moat.cli", "serve", "--port", str(port), "--host", "127.0.0.1"], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"moat serve exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("moat serve did not become ready")
+    wait_ready(proc, url, "moat serve")
+    return proc, url
 
 
 def stop(proc: subprocess.Popen) -> None:
