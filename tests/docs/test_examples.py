@@ -13,6 +13,7 @@ import pytest
 
 from moat.models.events import Event
 from moat.serving.scorer import Scorer
+from moat.serving.settings import ServingSettings
 from tests.conftest import ROOT
 from tests.docs.markdown import README, fenced
 
@@ -70,9 +71,10 @@ ACTIONS = ["allow", "throttle", "perturb", "block"]
 
 @pytest.mark.parametrize("after_single", [False, True], ids=["alone", "after event.json"])
 def test_batch_example_shows_what_the_readme_says(after_single: bool) -> None:
-    """The README: the developer is allowed; the probe's risk climbs until it is throttled, with `logit_bias_probe` among the reasons. It holds whether or not the single
+    """The README: the developer is allowed; the probe's risk climbs until it is throttled
+    (scored at the events' own times), with `logit_bias_probe` among the reasons. It holds whether or not the single
     example (the same prompt from another account) was scored first."""
-    scorer = Scorer()
+    scorer = Scorer(ServingSettings(time_source="caller"))  # the events' own times, as the README says
     if after_single:
         scorer.score(Event.model_validate(load("event.json")))
     scores = [scorer.score(Event.model_validate(e)) for e in load("events.json")]
