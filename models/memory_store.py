@@ -68,6 +68,9 @@ class MemoryStore(StateStore):
             # One string per id, shared with the campaign sketch's entries.
             k = (scope, sys.intern(key))
         if entry is None or self._expired(entry, now):
+            # A fresh scope, and the most recently used: an expired key must not keep its old,
+            # first-to-evict position in the LRU order.
+            self._scopes.pop(k, None)
             entry, last = _Entry(clamp_ts(ts), now, ScopeState()), None
         else:
             self._scopes.move_to_end(k)

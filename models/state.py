@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
+from moat.models.events import MAX_TS
 from moat.models.scope_window import ScopeState
 from moat.models.summary import Summary
 
@@ -28,7 +29,7 @@ CAMPAIGN_BUCKETS = 6
 SWEEP_PER_UPDATE = 64
 # The times a store keeps: events.py bounds `ts` at parse, and the stores clamp again so that no
 # stored row can make later arithmetic overflow (ts -1e308 then 1e308 gave infinite gaps).
-TS_MIN, TS_MAX = 0.0, 253_402_300_799.0  # the bounds events.py accepts (up to 9999-12-31)
+TS_MIN, TS_MAX = 0.0, MAX_TS  # the bounds events.py accepts (up to 9999-12-31)
 
 
 class StoreUnavailable(RuntimeError):

@@ -56,27 +56,30 @@ def _check(args: argparse.Namespace) -> ActionTargets:
         raise BundleError(f"--block-share/--perturb-share/--action-share: {exc}") from exc
 
 
-def account_own_risk(bundle: Path, traffic: list[Path], progress: bool) -> tuple[dict[str, float], int]:
-    """Each account's highest own risk over the traffic, replayed from empty state in time
-    order per file, as `moat replay` scores it."""
+def account_own_risk(bundle: Path, traffic: list[Path], progress: bool) -> tuple[dict[str, float], list[int]]:
+    """Each account's highest own risk over the traffic, and the events per file. Each file is
+    replayed from empty in-memory state in its own recorded time, as `moat replay` scores it:
+    calibration never writes into a shared store a service may be using (MOAT_STATE)."""
     from moat.serving.scorer import Scorer
     from moat.serving.settings import ServingSettings
 
-    scorer = Scorer(ServingSettings(mode="shadow"), bundle=bundle)
     best: dict[str, float] = {}
-    n = 0
+    counts = []
     for path in traffic:
-        bar = tqdm(desc=f"scoring {path.name}", unit="ev", disable=not progress)
-        for event, risk in scorer.own_risk_stream(iter_events(path)):
-            best[event.account_id] = max(best.get(event.account_id, 0.0), risk)
-            n += 1
-            bar.update()
-        bar.close()
-    return best, n
+        scorer = Scorer(ServingSettings(mode="shadow", state="memory", time_source="caller"), bundle=bundle)
+        n = 0
+        with tqdm(desc=f"scoring {path.name}", unit="ev", disable=not progress) as bar:
+            for event, risk in scorer.own_risk_stream(iter_events(path)):
+                best[event.account_id] = max(best.get(event.account_id, 0.0), risk)
+                n += 1
+                bar.update()
+        counts.append(n)
+    return best, counts
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_calibrated(src: Path, meta: BundleMeta, out: Path, choice: OperatorChoice, provenance: dict) -> BundleMeta:
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"moat calibrate: error: {'--model ' if args.model and str(exc).startswith(args.model) else ''}{exc}", file=sys.stderr)
         return 2
-    best, n_events = account_own_risk(src, args.traffic, progress=not args.no_progress)
+    best, counts = account_own_risk(src, args.traffic, progress=not args.no_progress)
     if not best:
         print("moat calibrate: error: --traffic holds no events", file=sys.stderr)
         return 2
@@ -127,15 +130,12 @@ def run(args: argparse.Namespace) -> int:
     choice = operator_thresholds(np.fromiter(best.values(), dtype=np.float64, count=len(best)), targets, fence=args.fence)
     provenance = {
         "base_model_version": meta.model_version,
-        "traffic": [{"file": p.name, "sha256": _sha256(p), "events": None} for p in args.traffic],
-        "events": n_events,
+        "traffic": [{"file": p.name, "sha256": _sha256(p), "events": n} for p, n in zip(args.traffic, counts)],
+        "events": sum(counts),
         "targets": {"block": targets.block, "perturb": targets.perturb, "action": targets.action},
         "fence": args.fence,
         "report": choice.report(),
     }
-    # Per-file counts, for the card: cheap to recount, and the replay above streams.
-    for t, p in zip(provenance["traffic"], args.traffic):
-        t["events"] = sum(1 for _ in iter_events(p)) if len(args.traffic) > 1 else n_events
     new = write_calibrated(src, meta, args.out, choice, provenance)
     print(json.dumps(choice.report(), indent=2))
     print(f"moat calibrate: wrote {new.model_version} to {args.out} (thresholds throttle {new.thresholds.throttle}, perturb {new.thresholds.perturb}, block {new.thresholds.block})", file=sys.stderr)

@@ -446,6 +446,9 @@ class Proxy:
         except (ValueError, ValidationError) as exc:  # not JSON, or a body the contract cannot hold
             log.info("request to %s not scored: %s", request.url.path, str(exc).splitlines()[0])
             return parsed, None
+        except Exception:  # any other fault reading the request fails open, never a 5xx
+            log.exception("request to %s not scored: could not build its event", request.url.path)
+            return parsed, None
         if event is None:
             return parsed, None
         return parsed, await self.decider.score(event)

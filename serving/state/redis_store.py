@@ -131,7 +131,10 @@ class RedisStore(StateStore):
         Redis (read once, inside the caller's breaker)."""
         if self._keyer is None:
             self.client.set(self.secret_key, secrets.token_bytes(32), nx=True)
-            self._keyer = Keyer(self.client.get(self.secret_key) or b"")
+            shared = self.client.get(self.secret_key) or b""
+            if len(shared) < 16:  # evicted between SET NX and GET, or written by something else
+                raise StoreUnavailable(f"{self.secret_key} holds no usable secret; set MOAT_STATE_SECRET or a noeviction policy")
+            self._keyer = Keyer(shared)
         return self._keyer
 
     def redis_key(self, kind: str, scope: str, key: str) -> str:

@@ -134,3 +134,4 @@ def test_stores_clamp_to_the_times_an_event_may_carry() -> None:
     from moat.models.events import MAX_TS
 
     assert TS_MAX == MAX_TS
+
