@@ -3,6 +3,7 @@ with thresholds forcing each action) -> a fake OpenAI upstream (uvicorn thread).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,6 +149,20 @@ def test_a_scoring_fault_fails_open(upstream: tuple[str, Seen]) -> None:
     with serve_app(app) as url:
         text, entries = call(url, stream=False)
     assert text == "".join(TOKENS) and [e.logprob for e in entries] == LOGPROBS
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "fake", "messages": [{"role": [], "content": "hi"}]},  # unhashable role
+        {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "temperature": 10**400},  # beyond float range
+    ],
+    ids=["unhashable role", "huge integer"],
+)
+def test_a_body_the_event_cannot_be_built_from_is_forwarded_not_a_5xx(upstream: tuple[str, Seen], proxies: dict[str, str], body: dict) -> None:
+    # Forwarded unscored (fail open), so the answer is the upstream's own, never Moat's 5xx.
+    r = httpx.post(proxies["block"] + "/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json", "authorization": "Bearer sk-x"}, timeout=10)
+    assert r.status_code == 200, r.text  # the fake upstream's answer; scored, the block proxy would answer 403
 
 
 def test_unreachable_upstream_is_a_502_not_a_hang() -> None:
