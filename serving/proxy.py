@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 
-from moat.models.events import Event
+from moat.models.events import MAX_LOGIT_BIAS, MAX_OUTPUT_TOKENS, SEED_RANGE, Event
 from moat.serving.actions import ActionSettings, InvalidRequest, PerturbSettings, Reply, ResponsePerturber, SSETransformer, invalid_request, perturb_request, reply_for, request_seed
 from moat.serving.scorer import Score, Scorer
 
@@ -120,7 +120,7 @@ _ROLE_ALIASES = {"function": "tool"}
 # Sampling parameters read into the Event, clipped into the contract's ranges: a value outside
 # them is the upstream's to reject, and must not make a request unscorable.
 _FLOATS = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0)}
-_INTS = {"max_tokens": (1, 10**7), "n": (1, 128), "top_logprobs": (0, 20), "seed": (-(2**63), 2**63 - 1)}
+_INTS = {"max_tokens": (1, MAX_OUTPUT_TOKENS), "n": (1, 128), "top_logprobs": (0, 20), "seed": SEED_RANGE}
 MAX_TEXT_CHARS = 1 << 20  # per message or prompt: features read far less, and the contract bounds it
 
 
@@ -161,7 +161,7 @@ def _params(body: Mapping[str, Any]) -> dict[str, Any]:
     bias = body.get("logit_bias")
     if isinstance(bias, dict):
         numeric = [(str(k), float(v)) for k, v in bias.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-        out["logit_bias"] = {k: min(max(v, -100.0), 100.0) for k, v in numeric[:1024]}
+        out["logit_bias"] = {k: min(max(v, -100.0), 100.0) for k, v in numeric[:MAX_LOGIT_BIAS]}
     stop = body.get("stop")
     if isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         out["stop"] = stop if isinstance(stop, str) else stop[:16]

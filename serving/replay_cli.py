@@ -72,10 +72,8 @@ def replay(scorer: "Scorer", raws: Iterable[str | dict], emit: Callable[[dict], 
             else:
                 yield event
 
-    from moat.serving.scorer import CallerClock
-
     n = 0
-    for score in scorer.score_stream(validated(), clock=CallerClock()):
+    for score in scorer.score_stream(validated()):  # a stream scores at the trace's own times
         n += 1
         emit(score.model_dump(exclude_none=True) if score is not None else invalid_score(pending.popleft(), n, scorer.model_version))
     return n, bad

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.serving.fake_upstream import Seen, build_upstream, serve_app
 
 
 def free_port() -> int:
@@ -83,3 +84,11 @@ def service_url() -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[str, Seen]]:
+    """A small OpenAI-compatible fake upstream (tests/serving/fake_upstream.py) and what it saw."""
+    seen = Seen()
+    with serve_app(build_upstream(seen)) as url:
+        yield url, seen

@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from moat.serving.actions.settings import ActionSettings, ThrottleSettings
 from moat.serving.proxy import ProxySettings, build_proxy_app
 from tests.conftest import ROOT
-from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, build_upstream, forced_scorer, free_port, serve_app
+from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, forced_scorer, free_port, serve_app
 
 DEPLOY = ROOT / "deploy" / "nginx"
 JS_MODULE = Path("/usr/lib/nginx/modules/ngx_http_js_module.so")  # Debian's libnginx-mod-http-js
@@ -84,13 +84,6 @@ def start_nginx(tmp: Path, upstream: str, moat: str) -> tuple[subprocess.Popen, 
             time.sleep(0.05)
     proc.kill()
     pytest.fail("nginx did not start listening")
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[tuple[str, Seen]]:
-    seen = Seen()
-    with serve_app(build_upstream(seen)) as url:
-        yield url, seen
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,10 @@ from pydantic import SecretStr
 from moat.models.events import Event
 from moat.serving.actions.settings import ActionSettings, PerturbSettings
 from moat.serving.proxy import IdentityResolver, ProxySettings, build_proxy_app, client_address, openai_event
-from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, build_upstream, forced_scorer, serve_app
+from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, forced_scorer, serve_app
 
 ACTIONS = ActionSettings(perturb=PerturbSettings(secret=SecretStr("test-secret"), max_top_logprobs=1, round_step=0.1, noise_nats=0.3, temperature_floor=0.7))
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "Say hello"}], "logprobs": True, "top_logprobs": 5, "temperature": 0.0, "logit_bias": {"42": 100}}
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[tuple[str, Seen]]:
-    seen = Seen()
-    with serve_app(build_upstream(seen)) as url:
-        yield url, seen
 
 
 @pytest.fixture(scope="module")
