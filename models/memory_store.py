@@ -49,6 +49,7 @@ class MemoryStore(StateStore):
         self.max_scopes = max_scopes
         self.ttl_s = ttl_s
         self.sketch = CampaignSketch(max_templates=max_templates, max_accounts=max_accounts)
+        self.cohorts = CampaignSketch(max_templates=max_templates, max_accounts=max_accounts)
         self.keyer = keyer
         self.clock = clock
         self.evictions = 0  # scopes dropped by the max_scopes bound
@@ -119,6 +120,9 @@ class MemoryStore(StateStore):
 
     def campaign(self, template: int, account: str, ts: float) -> int:
         return self.sketch.observe(template, account, ts)
+
+    def cohort(self, fingerprint: int, account: str, ts: float) -> int:
+        return self.cohorts.observe(fingerprint, account, ts)
 
     def seal(self, s: Summary) -> Summary:
         return self.keyer.seal(s) if self.keyer is not None else s

@@ -88,6 +88,12 @@ class StateStore(ABC):
         it within the last hour, this one included."""
 
     @abstractmethod
+    def cohort(self, fingerprint: int, account: str, ts: float) -> int:
+        """Record that `account` sent a request with client `fingerprint` (user agent, endpoint,
+        model and parameter habits) at `ts`; return the distinct accounts that sent with it within
+        the last hour, this one included. Counted like `campaign`, in its own sketch."""
+
+    @abstractmethod
     def size(self) -> int:
         """Number of scopes held."""
 

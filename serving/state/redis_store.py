@@ -208,12 +208,19 @@ class RedisStore(StateStore):
         return [decode_hold(v) for v in values]
 
     def campaign(self, template: int, account: str, ts: float) -> int:
+        return self._sketch("c", "template", template, account, ts)
+
+    def cohort(self, fingerprint: int, account: str, ts: float) -> int:
+        return self._sketch("k", "cohort", fingerprint, account, ts)
+
+    def _sketch(self, tag: str, kind: str, item: int, account: str, ts: float) -> int:
+        """Distinct accounts per item over the last hour: one HyperLogLog per 10-minute bucket."""
         self._guard()
         bucket = int(clamp_ts(ts) // CAMPAIGN_BUCKET_S)
         try:
             keyer = self.keyer()
-            name = keyer.ident("template", str(template))
-            keys = [f"{self.prefix}:c:{name}:{b}" for b in range(bucket - CAMPAIGN_BUCKETS + 1, bucket + 1)]
+            name = keyer.ident(kind, str(item))
+            keys = [f"{self.prefix}:{tag}:{name}:{b}" for b in range(bucket - CAMPAIGN_BUCKETS + 1, bucket + 1)]
             pipe = self.client.pipeline(transaction=False)
             pipe.pfadd(keys[-1], keyer.ident("account", account))
             pipe.expire(keys[-1], CAMPAIGN_BUCKET_S * (CAMPAIGN_BUCKETS + 1))
