@@ -43,10 +43,11 @@ class Featurizer:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def step(self, event: Event) -> Step:
+    def step(self, event: Event, ts: float | None = None) -> Step:
+        """Featurise `event`, at time `ts` when given instead of the event's own."""
         # A store that keeps state at rest keys the fingerprints it will store (equality is all
         # the features compare, so they are unchanged).
-        s = self.store.seal(summarize(event))
+        s = self.store.seal(summarize(event, ts))
         campaign = self.store.campaign(s.shape, s.account_id, s.ts)
         windows = []
         # The account scope comes first. A key or address block whose history mirrors the
@@ -57,7 +58,7 @@ class Featurizer:
 
             def apply(state: ScopeState, scope: str = scope) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray, int]:
                 fp = fingerprint(state)
-                vec = rescope(account[1], scope) if account is not None and fp == account[0] else relational(state, s, campaign, scope)
+                vec = rescope(account[1], scope) if account is not None and fp == account[0] else relational(state, s, campaign, scope, fp[4])
                 return (*push(state, s, vec), fp, vec, state.total)
 
             # A shared store may run `apply` more than once (optimistic retries); only the

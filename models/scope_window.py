@@ -9,6 +9,7 @@ is what the sequence model reads.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +31,21 @@ ROW = np.dtype([
 ])
 # Encoders of the relational features, from first_in_scope to campaign (FEATURES order).
 _RELATIONAL = [f.scale.encode for f in FEATURES[INDEX["first_in_scope"] : INDEX["campaign"] + 1]]
+# A vector is [request features][relational features][scope flags], built in that order.
+if not (INDEX["first_in_scope"] == N_OWN and INDEX["campaign"] + 1 == min(SCOPE_FLAG_COLUMNS) and SCOPE_FLAG_COLUMNS == list(range(min(SCOPE_FLAG_COLUMNS), N_FEATURES))):
+    raise RuntimeError("scope_window.relational builds vectors as request, relational, then scope-flag features: keep FEATURES in that layout")
+_SCOPE_FLAGS = {sc: [float(i == SCOPE_INDEX[sc]) for i in SCOPE_FLAG_COLUMNS] for sc in SCOPE_INDEX}
+# A scope's first request: the relational features that are 1 with no history, the rest 0 until set.
+_FIRST_RELATIONAL = [float(i in FIRST_REQUEST_ONES) for i in range(N_OWN, INDEX["campaign"] + 1)]
+_R_RATE_1M, _R_RATE_1H, _R_RATE_1D, _R_TOTAL, _R_CAMPAIGN, _R_LB_SHARE, _R_LOGPROB_SHARE = (
+    INDEX[n] - N_OWN for n in ("rate_1m", "rate_1h", "rate_1d", "total", "campaign", "lb_share", "logprob_share")
+)
+_ONE_RATE = SPEC["rate_1m"].scale(1), SPEC["rate_1h"].scale(1), SPEC["rate_1d"].scale(1)
+_TOTAL, _CAMPAIGN = SPEC["total"].scale.encode, SPEC["campaign"].scale.encode
+# A stored row from its tokens on (`row_meta`): tokens (skipped), ts, simhash, shape, prompt, lb,
+# param, flags; and k such rows in one format, which unpacks faster than k single rows.
+_META = struct.Struct(f"<{2 * N_TOKENS}xdQIIIIB")
+_META_ROWS = [struct.Struct("<" + _META.format[1:] * k) for k in range(WINDOW + 1)]
 
 
 @dataclass(slots=True)
@@ -79,26 +95,27 @@ class ScopeState:
         return self.rows.nbytes + self.bloom_cur.nbytes + (self.bloom_prev.nbytes if self.bloom_prev is not None else 0) + 8 * 8
 
 
-def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.ndarray:
+def relational(state: ScopeState, s: Summary, campaign: int, scope: str, meta: bytes | None = None) -> np.ndarray:
     """The full feature vector of request `s` against the scope's history (state unchanged).
 
     This runs once per scope for every request served, over at most WINDOW rows. At that size
-    a numpy call on a strided field costs more than a Python pass over `.tolist()`, so each
-    stored field is read once as a list and the window statistics are plain Python."""
-    vec = np.zeros(N_FEATURES, dtype=np.float32)
-    vec[:N_OWN] = s.own
-    vec[SCOPE_INDEX[scope]] = 1.0
+    a numpy call on a strided field costs more than a Python pass over lists, so the stored
+    rows' fields are unpacked once from their bytes (`meta`: `row_meta(state)`, which the
+    caller may already hold) and the window statistics are plain Python. The vector is built
+    as one list: a numpy store per feature cost more than the arithmetic."""
     k = state.n
     if k == 0:
-        vec[FIRST_REQUEST_ONES] = 1.0
+        rel = list(_FIRST_RELATIONAL)
         # This request is the only one in the window and in the rates.
-        for name, raw in (("rate_1m", 1), ("rate_1h", 1), ("rate_1d", 1), ("total", state.total + 1), ("campaign", max(campaign - 1, 0))):
-            vec[INDEX[name]] = SPEC[name].scale(raw)
-        vec[INDEX["lb_share"]] = float(s.has_lb)
-        vec[INDEX["logprob_share"]] = float(s.logprobs)
-        return vec
-    h = state.rows[:k]
-    ts = h["ts"].tolist()
+        rel[_R_RATE_1M], rel[_R_RATE_1H], rel[_R_RATE_1D] = _ONE_RATE
+        rel[_R_TOTAL] = _TOTAL(state.total + 1)
+        rel[_R_CAMPAIGN] = _CAMPAIGN(max(campaign - 1, 0))
+        rel[_R_LB_SHARE] = float(s.has_lb)
+        rel[_R_LOGPROB_SHARE] = float(s.logprobs)
+        return np.array([*s.own.tolist(), *rel, *_SCOPE_FLAGS[scope]], dtype=np.float32)
+    # The stored rows' fields, each as a tuple over the window (oldest first).
+    f = _META_ROWS[k].unpack(row_meta(state) if meta is None else meta)
+    ts, simhashes, shapes, prompts, lbs, params, flags = f[0::7], f[1::7], f[2::7], f[3::7], f[4::7], f[5::7], f[6::7]
     dt = max(s.ts - ts[-1], 0.0)
     first8 = ts[-8] if k >= 8 else ts[0]
     gap_cv = 0.0
@@ -109,24 +126,26 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
         gap_cv = math.sqrt(sum([d * d for d in dev]) / k) / mean_gap
     cut = s.ts - 60
     # SimHash Hamming distances; similarity is 1 - d/64, so "similarity >= 0.9" is d <= 6.
-    dists = [(x ^ s.simhash).bit_count() for x in h["simhash"].tolist()]
-    prompts = h["prompt"].tolist()
+    sh = s.simhash
+    dists = [(x ^ sh).bit_count() for x in simhashes]
     n_same = prompts.count(s.prompt_hash)
     novelty = 0.0
     if len(s.buckets):
         bloom = state.bloom_cur if state.bloom_prev is None else state.bloom_cur | state.bloom_prev
         seen = np.unpackbits(bloom.view(np.uint8), bitorder="little")  # bit b is bucket b
         novelty = 1.0 - np.count_nonzero(seen[s.buckets]) / len(s.buckets)
-    changed = s.param_hash != int(h["param"][-1])
+    changed = s.param_hash != params[-1]
     lb_variety = 0
     if s.has_lb:
-        lbs = {lb for lb, p in zip(h["lb"].tolist(), prompts) if p == s.prompt_hash}
-        lbs.add(s.lb_hash)
-        lbs.discard(0)
-        lb_variety = len(lbs)
-    # Counts of each flag combination give the three flag shares in one call.
-    fc = np.bincount(h["flags"], minlength=8).tolist()
-    n_logprobs, n_lb, n_changed = fc[1] + fc[3] + fc[5] + fc[7], fc[2] + fc[3] + fc[6] + fc[7], fc[4] + fc[5] + fc[6] + fc[7]
+        variety = {lb for lb, p in zip(lbs, prompts) if p == s.prompt_hash}
+        variety.add(s.lb_hash)
+        variety.discard(0)
+        lb_variety = len(variety)
+    n_logprobs = n_lb = n_changed = 0
+    for f in flags:
+        n_logprobs += f & 1
+        n_lb += (f >> 1) & 1
+        n_changed += (f >> 2) & 1
     # Raw values in FEATURES order, from first_in_scope to campaign, encoded by the spec.
     raw = (
         0.0,  # first_in_scope
@@ -143,7 +162,7 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
         n_same / k,  # exact_repeat_share
         (len(set(prompts)) + (n_same == 0)) / (k + 1),  # distinct_share
         novelty,
-        h["shape"].tolist().count(s.shape) / k,  # template_share
+        shapes.count(s.shape) / k,  # template_share
         changed,  # param_change
         (n_changed + changed) / (k + 1),  # param_change_share
         lb_variety,
@@ -151,8 +170,7 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
         (n_logprobs + s.logprobs) / (k + 1),  # logprob_share
         max(campaign - 1, 0),  # campaign
     )
-    vec[INDEX["first_in_scope"] : INDEX["campaign"] + 1] = [encode(x) for encode, x in zip(_RELATIONAL, raw, strict=True)]
-    return vec
+    return np.array([*s.own.tolist(), *[encode(x) for encode, x in zip(_RELATIONAL, raw, strict=True)], *_SCOPE_FLAGS[scope]], dtype=np.float32)
 
 
 def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,14 +183,22 @@ def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np
 _META_FROM = ROW.fields["tokens"][1]  # byte offset where a row's non-feature fields start
 
 
+if _META.size != ROW.itemsize - _META_FROM:
+    raise RuntimeError("scope_window._META must unpack a ROW from its tokens field on")
+
+
+def row_meta(state: ScopeState) -> bytes:
+    """The stored rows' fields from `tokens` on, as bytes (what `_META` unpacks, row by row)."""
+    return state.rows.view(np.uint8).reshape(-1, ROW.itemsize)[: state.n, _META_FROM:].tobytes()
+
+
 def fingerprint(state: ScopeState) -> tuple:
     """Everything `relational` reads from a scope's state. Two scopes with equal fingerprints
     give the same vector for the same request, apart from the scope flag: an API key or an
-    address block used by one account only mirrors that account's history."""
-    k = state.n
-    meta = state.rows.view(np.uint8).reshape(-1, ROW.itemsize)[:k, _META_FROM:].tobytes()
+    address block used by one account only mirrors that account's history. Its item 4 is
+    `row_meta(state)`, which `relational` takes to skip reading the rows again."""
     prev = state.bloom_prev.tobytes() if state.bloom_prev is not None else None
-    return (k, state.total, state.ewma_1h, state.ewma_1d, meta, state.bloom_cur.tobytes(), prev)
+    return (state.n, state.total, state.ewma_1h, state.ewma_1d, row_meta(state), state.bloom_cur.tobytes(), prev)
 
 
 def rescope(vec: np.ndarray, scope: str) -> np.ndarray:

@@ -16,11 +16,25 @@ from moat.models.events import Event
 from moat.models.feature_spec import BLOOM_WORDS, FEATURES, N_OWN, N_TOKENS, TEXT_LIMIT, TOKEN_VOCAB, UA_GROUPS
 
 _UA_ONE_HOT = {g: tuple(float(g == h) for h in UA_GROUPS) for g in UA_GROUPS}
-# The request features before the user-agent one-hot: (name, absent value, encoder).
-_ENCODERS = [(f.name, f.absent, f.scale.encode) for f in FEATURES[: N_OWN - len(UA_GROUPS)]]
+# The request features before the user-agent one-hot, in FEATURES order: `summarize` builds
+# their raw values as a tuple in this order (a dict per request cost more than the encoding).
+_OWN_NAMES = (
+    "prompt_chars", "last_chars", "n_messages", "has_system", "tool_share", "is_completion", "temperature", "temperature_set", "top_p_set", "max_tokens",
+    "max_tokens_set", "n", "logprobs", "top_logprobs", "logit_bias_size", "logit_bias_max", "logit_bias_spread", "seed_set", "stop_set", "stream",
+    "digit_share", "nonascii_share",
+)  # fmt: skip
+if _OWN_NAMES != tuple(f.name for f in FEATURES[: N_OWN - len(UA_GROUPS)]):
+    raise RuntimeError("summary._OWN_NAMES must list the request features in FEATURES order")
+# (absent value, encoder) per request feature, in that order.
+_ENCODERS = [(f.absent, f.scale.encode) for f in FEATURES[: N_OWN - len(UA_GROUPS)]]
 _WORD = re.compile(r"\w+")
 _DIGIT = re.compile(r"\d")
 _NONASCII = re.compile(r"[^\x00-\x7f]")
+MAX_WORDS = 256  # words of the newest text kept for the prompt hash and the shape
+GRAM_WORDS = 64  # words whose unigrams and bigrams are hashed
+# Characters searched for words first: when they hold more than MAX_WORDS words, the first
+# MAX_WORDS are complete and the rest of a long text need not be scanned.
+_WORD_SCAN = 2048
 
 
 def _crc(text: str, salt: int = 0) -> int:
@@ -34,20 +48,27 @@ def gram_hashes(lower: list[str]) -> np.ndarray:
     """One CRC-32 per word unigram and bigram (first 64 words): shared by SimHash and novelty."""
     # Words hold no spaces (they are \w+ runs), so one encode of the joined text splits back
     # into the words' bytes: cheaper than encoding each gram.
-    words = " ".join(lower[:64]).encode("utf-8", "replace").split(b" ") if lower else []
+    return _gram_hashes(" ".join(lower[:GRAM_WORDS]).encode("utf-8", "replace").split(b" ") if lower else [])
+
+
+def _gram_hashes(words: list[bytes]) -> np.ndarray:
     grams = words + [a + b" " + b for a, b in zip(words, words[1:])]
-    return np.array(list(map(zlib.crc32, grams)), dtype=np.uint64)
+    return np.fromiter(map(zlib.crc32, grams), dtype=np.uint64, count=len(grams))
 
 
 def simhash(hashes: np.ndarray) -> int:
     """64-bit SimHash over gram hashes (spread to 64 bits by a multiplicative mix); similar
     texts differ in few bits."""
-    if not len(hashes):
+    n = len(hashes)
+    if not n:
         return 0
     h = (hashes | (hashes << np.uint64(32))) * _MIX
-    # Per-bit counts over all grams: unpack each little-endian word into its 64 bits.
-    bits = np.unpackbits(h.view(np.uint8), bitorder="little").reshape(-1, 64).sum(axis=0)
-    return int(np.packbits(bits * 2 > len(h), bitorder="little").view(np.uint64)[0])
+    # Per-bit counts over all grams. Each bit unpacks to one byte; read 8 such bytes as one
+    # uint64 and the column sums count 8 bits at once, one per byte lane (at most 127 grams, so
+    # no lane carries into the next). Then bit i is set where more than half the grams have it.
+    lanes = np.unpackbits(h.view(np.uint8), bitorder="little").view(np.uint64).reshape(n, 8)
+    counts = lanes.sum(axis=0).view(np.uint8)
+    return int.from_bytes(np.packbits(counts > n // 2, bitorder="little").tobytes(), "little")
 
 
 def shape_signature(tokens: list[str]) -> int:
@@ -127,64 +148,102 @@ def newest_text(event: Event) -> tuple[str, int, int, bool, float]:
         text = event.prompt or ""
         return text, len(text), 0, False, 0.0
     msgs = event.messages
-    total = sum(len(m.content) for m in msgs)
-    newest = next((m.content for m in reversed(msgs) if m.role == "user"), msgs[-1].content if msgs else "")
-    has_system = any(m.role in ("system", "developer") for m in msgs)
-    tools = sum(m.role == "tool" for m in msgs)
+    # One pass over a history that may be long (it grows with every turn).
+    total = tools = 0
+    has_system = False
+    newest = None
+    for m in msgs:
+        total += len(m.content)
+        role = m.role
+        if role == "user":
+            newest = m.content
+        elif role == "tool":
+            tools += 1
+        elif role == "system" or role == "developer":
+            has_system = True
+    if newest is None:
+        newest = msgs[-1].content if msgs else ""
     return newest, total, len(msgs), has_system, tools / max(len(msgs), 1)
 
 
-def summarize(event: Event) -> Summary:
+def _words(text: str) -> list[str]:
+    """The first MAX_WORDS words of `text`, scanning only a prefix when that prefix has more."""
+    if len(text) > _WORD_SCAN:
+        words = _WORD.findall(text, 0, _WORD_SCAN)
+        if len(words) > MAX_WORDS:
+            return words[:MAX_WORDS]
+    return _WORD.findall(text)[:MAX_WORDS]
+
+
+def _char_shares(head: str) -> tuple[float, float]:
+    """Shares of digits and of non-ASCII characters in `head`."""
+    n_chars = max(len(head), 1)
+    if head.isascii():
+        # In ASCII text \d is exactly 0-9, and nothing is non-ASCII.
+        return sum(map(head.count, "0123456789")) / n_chars, 0 / n_chars
+    return len(_DIGIT.findall(head)) / n_chars, len(_NONASCII.findall(head)) / n_chars
+
+
+def summarize(event: Event, ts: float | None = None) -> Summary:
+    """The request's summary; `ts`, when given, replaces the event's time (a server that
+    re-stamps an event passes its time here instead of copying the event)."""
     newest, total_chars, n_msgs, has_system, tool_share = newest_text(event)
     text = newest[:TEXT_LIMIT]
-    tokens = _WORD.findall(text)[:256]
-    lower = [t.lower() for t in tokens]
+    tokens = _words(text)
+    # Lower-casing the space-joined words equals joining the lower-cased words (a space is
+    # neither cased nor case-ignorable, so it isolates each word's case context).
+    lowered = " ".join(tokens).lower()
+    lowered_bytes = lowered.encode("utf-8", "replace")
     p = event.params
-    lb = p.logit_bias or {}
-    lb_vals = np.fromiter(lb.values(), dtype=np.float64, count=len(lb)) if lb else None
-    head = text[:1024]
-    n_chars = max(len(head), 1)
-    # Raw values, encoded below by the spec; None is a field the request did not carry.
-    raw = {
-        "prompt_chars": total_chars,
-        "last_chars": len(newest),
-        "n_messages": n_msgs,
-        "has_system": has_system,
-        "tool_share": tool_share,
-        "is_completion": event.messages is None,
-        "temperature": p.temperature,
-        "temperature_set": p.temperature is not None,
-        "top_p_set": p.top_p is not None,
-        "max_tokens": p.max_tokens,
-        "max_tokens_set": p.max_tokens is not None,
-        "n": p.n,
-        "logprobs": p.logprobs,
-        "top_logprobs": p.top_logprobs,
-        "logit_bias_size": len(p.logit_bias) if p.logit_bias is not None else None,
-        "logit_bias_max": float(np.abs(lb_vals).max()) if lb_vals is not None else None,
-        "logit_bias_spread": float(lb_vals.std()) if lb_vals is not None else None,
-        "seed_set": p.seed is not None,
-        "stop_set": p.stop is not None,
-        "stream": p.stream,
-        "digit_share": len(_DIGIT.findall(head)) / n_chars,
-        "nonascii_share": len(_NONASCII.findall(head)) / n_chars,
-    }
+    lb = p.logit_bias
+    if lb:
+        lb_vals = np.fromiter(lb.values(), dtype=np.float64, count=len(lb))
+        lb_max, lb_spread = float(np.abs(lb_vals).max()), float(lb_vals.std())
+    else:
+        lb_max = lb_spread = None
+    digit_share, nonascii_share = _char_shares(text[:1024])
+    # Raw values in _OWN_NAMES order, encoded below by the spec; None is a field the request did not carry.
+    raw = (
+        total_chars,
+        len(newest),
+        n_msgs,
+        has_system,
+        tool_share,
+        event.messages is None,  # is_completion
+        p.temperature,
+        p.temperature is not None,
+        p.top_p is not None,
+        p.max_tokens,
+        p.max_tokens is not None,
+        p.n,
+        p.logprobs,
+        p.top_logprobs,
+        len(lb) if lb is not None else None,  # logit_bias_size
+        lb_max,
+        lb_spread,
+        p.seed is not None,
+        p.stop is not None,
+        p.stream,
+        digit_share,
+        nonascii_share,
+    )
     own = np.array(
-        [*(absent if (x := raw[name]) is None else encode(x) for name, absent, encode in _ENCODERS), *_UA_ONE_HOT[ua_group(event.user_agent)]],
+        [*[absent if x is None else encode(x) for (absent, encode), x in zip(_ENCODERS, raw)], *_UA_ONE_HOT[ua_group(event.user_agent)]],
         dtype=np.float32,
     )
-    hashes = gram_hashes(lower)
+    words = lowered_bytes.split(b" ", GRAM_WORDS)[:GRAM_WORDS] if tokens else []
+    hashes = _gram_hashes(words)
     buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.intp)
     # The buckets as one bloom bitmap: bit b of the little-endian words is bucket b.
     flat = np.zeros(BLOOM_WORDS * 64, dtype=np.uint8)
     flat[buckets] = 1
     mask = np.packbits(flat, bitorder="little").view(np.uint64)
-    tok_ids = np.zeros(N_TOKENS, dtype=np.uint16)
-    n_tok = min(N_TOKENS, len(lower))
-    tok_ids[:n_tok] = 1 + hashes[:n_tok] % np.uint64(TOKEN_VOCAB - 1)
+    # Hashed ids of the first N_TOKENS words (the first grams are the unigrams), 0-padded.
+    ids = [1 + h % (TOKEN_VOCAB - 1) for h in hashes[: min(N_TOKENS, len(tokens))].tolist()]
+    tok_ids = np.array(ids + [0] * (N_TOKENS - len(ids)), dtype=np.uint16)
     params_sig = (p.temperature, p.top_p, p.max_tokens, p.n, p.logprobs, p.top_logprobs, p.stop if isinstance(p.stop, str) else tuple(p.stop or ()), event.endpoint)
     return Summary(
-        ts=float(event.ts),
+        ts=float(event.ts if ts is None else ts),
         account_id=event.account_id,
         api_key_id=event.api_key_id,
         ip_prefix=ip_prefix(event.client_ip),
@@ -194,7 +253,7 @@ def summarize(event: Event) -> Summary:
         bloom_mask=mask,
         simhash=simhash(hashes),
         shape=shape_signature(tokens),
-        prompt_hash=_crc(" ".join(lower)),
+        prompt_hash=zlib.crc32(lowered_bytes),
         lb_hash=_crc(repr(sorted(lb.items()))) if lb else 0,
         param_hash=_crc(repr(params_sig)),
         logprobs=bool(p.logprobs),

@@ -167,21 +167,24 @@ class Scorer:
     def model_version(self) -> str:
         return self.meta.model_version
 
-    def _stamp(self, event: Event, clock: TimeSource) -> Event:
+    def _stamp(self, event: Event, clock: TimeSource) -> float | None:
+        """The time to score `event` at when the clock replaces its own, else None."""
         ts = clock.stamp(event.ts)
         if ts == event.ts:
-            return event
+            return None
         self.counters.clock_replaced += 1
-        return event.model_copy(update={"ts": ts})
+        return ts
 
     def _step(self, event: Event, clock: TimeSource | None = None) -> tuple[Step, StateStore]:
-        event = self._stamp(event, clock or self.clock)
+        # The time goes to the featurizer beside the event: copying a validated event to
+        # re-stamp it cost more than summarising it.
+        ts = self._stamp(event, clock or self.clock)
         try:
-            return self.featurizer.step(event), self.store
+            return self.featurizer.step(event, ts), self.store
         except StoreUnavailable as exc:
             self.counters.store_fallbacks += 1
             log.warning("state store %s unavailable (%s); scoring request %s on local state", self.store.name, exc, event.request_id)
-            return self.local_featurizer.step(event), self.local
+            return self.local_featurizer.step(event, ts), self.local
 
     def _plan(self, steps: list[Step]) -> Plan:
         """Pack every step's windows for the network, own and dependent windows apart."""
