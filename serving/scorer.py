@@ -257,11 +257,23 @@ class Scorer:
 
         return self._stream(events, chunk, own, clock or CallerClock())  # type: ignore[return-value]
 
+    def score_stepped(self, chunks: Iterable[tuple[list[Any], list[tuple[Step, Any]]]]) -> Iterator[Score | None]:
+        """`score_stream` for chunks featurised elsewhere (`moat replay --workers`): each chunk is
+        its items (None for an invalid one; anything with a `request_id` otherwise) and a (Step,
+        holds) pair per valid item, where `holds` answers `get_holds` and `set_hold` as a state
+        store does. The network and the policy run as in `score_stream`, chunk by chunk, so
+        chunks of the same events give the same scores."""
+        return self._stream_stepped(chunks, self._decide)
+
     def _stream(self, events: Iterable[Event | None], chunk: int, finish: Callable[[Event, Step, StateStore, list[float]], T], clock: TimeSource | None) -> Iterator[T | None]:
+        # A generator: chunk k+1 is featurised while the network runs on chunk k.
+        stepped = ((items, [self._step(e, clock) for e in items if e is not None]) for items in _chunks(events, chunk))
+        return self._stream_stepped(stepped, finish)
+
+    def _stream_stepped(self, chunks: Iterable[tuple[list[Any], list[tuple[Step, Any]]]], finish: Callable[[Any, Step, Any, list[float]], T]) -> Iterator[T | None]:
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
-            for items in _chunks(events, chunk):
-                stepped = [self._step(e, clock) for e in items if e is not None]
+            for items, stepped in chunks:
                 plan = self._plan([st for st, _ in stepped])
                 fut = pool.submit(self._infer, plan)
                 if pending is not None:
