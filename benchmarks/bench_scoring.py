@@ -1,11 +1,21 @@
 """Per-request costs on the scoring path, single-threaded: summarize + window, ONNX inference at
 the default window, the whole Scorer, and `moat replay` throughput.
-Usage: python benchmarks/bench_scoring.py [--trace PATH] [--replay-runs N]"""
+
+Then the realistic case (issue 13), on ../shared/data/external/dev-spread.jsonl.gz when it is
+there (one line says it is skipped when not): `moat replay` events/s in one process and with
+`--workers N`, `Scorer.score` p50/p99 on its events, and the per-stage split of one process.
+`--base DIR` measures the same replay and Scorer figures on another source tree (a `git worktree`
+or `git archive` of a base commit) in the same run, alternating runs, and prints new/base ratios.
+
+Usage: python benchmarks/bench_scoring.py [--trace PATH] [--replay-runs N] [--dev-only]
+       [--workers N ...] [--base DIR]"""
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +36,9 @@ from moat.serving.scorer import Scorer
 from moat.serving.settings import ServingSettings
 
 ROOT = Path(__file__).resolve().parents[1]
+DEV_SPREAD = ROOT.parent / "shared" / "data" / "external" / "dev-spread.jsonl.gz"
+# pyproject's package-dir: the folders that become moat.<name> in an installed tree.
+PACKAGE_DIRS = ("models", "data_gen", "training", "serving", "evals", "integrations")
 
 
 def per_call_us(fn, items) -> tuple[float, float]:
@@ -37,54 +50,163 @@ def per_call_us(fn, items) -> tuple[float, float]:
     return statistics.median(times), float(np.percentile(times, 99))
 
 
+def base_env(tree: Path, tmp: Path) -> dict[str, str]:
+    """An environment whose `import moat` loads the source tree `tree` (laid out as pyproject's
+    package-dir maps it) instead of this checkout: PYTHONPATH is searched before the editable
+    install's finder."""
+    shim = tmp / "base-shim" / "moat"
+    shim.mkdir(parents=True)
+    for f in (tree / "moat").iterdir():
+        (shim / f.name).symlink_to(f)
+    for name in PACKAGE_DIRS:
+        (shim / name).symlink_to(tree / name)
+    return {**os.environ, "PYTHONPATH": str(shim.parent)}  # replay_rate runs there too
+
+
+def replay_rate(trace: Path, n: int, tmp: str, env: dict[str, str] | None = None, workers: int = 1) -> float:
+    out = Path(tmp) / "scores.jsonl"
+    cmd = [sys.executable, "-m", "moat", "replay", str(trace), "-o", str(out), "--no-progress", *(["--workers", str(workers)] if workers > 1 else [])]
+    t0 = time.perf_counter()
+    # `python -m` puts its working directory first on sys.path: run the base tree from its shim,
+    # where this checkout's moat/ cannot shadow it.
+    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL, cwd=env["PYTHONPATH"] if env else ROOT, env=env)
+    return n / (time.perf_counter() - t0)
+
+
+def score_latency(trace: Path, limit: int) -> tuple[float, float]:
+    """Scorer.score p50/p99 (us) over the trace's first `limit` events, in the trace's time."""
+    events = [Event.model_validate(r) for r in itertools.islice(iter_raw(trace), limit)]
+    sc = Scorer(ServingSettings(time_source="caller"))
+    return per_call_us(sc.score, events)
+
+
+def stage_split(trace: Path, limit: int) -> dict[str, float]:
+    """Microseconds per event of each stage of one-process replay, run stage by stage."""
+    from moat.models.featurizer import Featurizer
+    from moat.models.memory_store import MemoryStore
+    from moat.models.traces import dumps, iter_lines
+    from moat.serving.scorer import CallerClock
+
+    lines = list(itertools.islice(iter_lines(trace), limit))
+    n = len(lines)
+    out: dict[str, float] = {}
+
+    def timed(name: str, fn):  # noqa: ANN001, ANN202
+        t0 = time.perf_counter()
+        r = fn()
+        out[name] = 1e6 * (time.perf_counter() - t0) / n
+        return r
+
+    events = timed("parse (validate JSON)", lambda: [Event.model_validate_json(x) for x in lines])
+    timed("summarize", lambda: [summarize(e) for e in events])
+    featurizer = Featurizer(MemoryStore())
+    timed("featurise (summarize + every scope)", lambda: [featurizer.step(e) for e in events])
+    sc = Scorer(ServingSettings(state="memory"))
+    stepped = [sc._step(e, CallerClock()) for e in events]
+    chunks = [stepped[i : i + 128] for i in range(0, n, 128)]
+    plans = timed("pack windows", lambda: [sc._plan([st for st, _ in c]) for c in chunks])
+    risks = timed("network (ONNX)", lambda: [sc._unplan(p, sc._infer(p)) for p in plans])
+    flat = [r for rs in risks for r in rs]
+    scores = timed("policy + reasons", lambda: [sc._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, flat)])
+    timed("write JSON", lambda: [dumps(x.model_dump(exclude_none=True)) for x in scores])
+    return out
+
+
+def dev_spread(args: argparse.Namespace, tmp: str) -> None:
+    if not DEV_SPREAD.is_file():
+        print(f"dev-spread: skipped ({DEV_SPREAD} is missing: the shared folder beside the repository)")
+        return
+    n = sum(1 for _ in iter_raw(DEV_SPREAD))
+    print(f"dev-spread ({n} events, real prompts and multi-turn histories):")
+    env = base_env(args.base.resolve(), Path(tmp)) if args.base else None
+    if env is not None:
+        where = subprocess.run([sys.executable, "-c", "import moat.models.summary as m; print(m.__file__)"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout.strip()
+        if not where.startswith(str(args.base.resolve())):
+            raise SystemExit(f"--base {args.base}: moat still loads from {where}")
+        print(f"  base: {args.base}")
+    # Runs alternate between the configurations, so a slow phase of the machine hits them alike.
+    configs = [("one process", None, 1), *((f"--workers {w}", None, w) for w in args.workers), *([("base, one process", env, 1)] if env else [])]
+    rates: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+    for _ in range(args.replay_runs):
+        for name, e, w in configs:
+            rates[name].append(replay_rate(DEV_SPREAD, n, tmp, e, w))
+    med = {name: statistics.median(r) for name, r in rates.items()}
+    for name, r in rates.items():
+        extra = f"; {med[name] / med['one process']:.2f}x one process" if name.startswith("--workers") else ""
+        print(f"  moat replay, {name}: median {med[name]:,.0f} events/s (min {min(r):,.0f}, max {max(r):,.0f}; {len(r)} runs, start-up included){extra}")
+    if env is not None:
+        print(f"  moat replay one process, new / base: {med['one process'] / med['base, one process']:.2f}x")
+    p50, p99 = score_latency(DEV_SPREAD, 5000)
+    print(f"  Scorer.score (first 5,000 events, trace time): p50 {p50:.0f} us, p99 {p99:.0f} us")
+    if env is not None:
+        got = subprocess.run([sys.executable, __file__, "--score-latency-only"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout
+        b50, b99 = json.loads(got)
+        print(f"  Scorer.score on base: p50 {b50:.0f} us, p99 {b99:.0f} us; new / base p50 {p50 / b50:.2f}x, p99 {p99 / b99:.2f}x")
+    split = stage_split(DEV_SPREAD, 10000)
+    print("  one-process stages, first 10,000 events (us per event): " + ", ".join(f"{k} {v:.0f}" for k, v in split.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--trace", type=Path)
     ap.add_argument("--replay-runs", type=int, default=5)
+    ap.add_argument("--dev-only", action="store_true", help="only the dev-spread case")
+    ap.add_argument("--workers", type=int, nargs="*", default=[2], help="worker counts for the dev-spread replay (default: 2)")
+    ap.add_argument("--base", type=Path, help="a source tree of the base commit to compare with (dev-spread case)")
+    ap.add_argument("--score-latency-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.score_latency_only:  # run by --base in the base tree's environment
+        print(json.dumps(score_latency(DEV_SPREAD, 5000)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        trace = args.trace
-        if trace is None:
-            subprocess.run([sys.executable, "-m", "moat", "generate", "--out", tmp, "--actors", "200", "--days", "1", "--seed", "2", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-            trace = Path(tmp) / "test.jsonl"
-        events = [Event.model_validate(r) for r in itertools.islice(iter_raw(trace), 30000)]
+        if not args.dev_only:
+            simulator(args, tmp)
+        dev_spread(args, tmp)
 
-        # 1. summarize + window (one scope), warm state per account.
-        states: dict[str, ScopeState] = {}
 
-        def feat(e: Event) -> None:
-            window(states.setdefault(e.account_id, ScopeState()), summarize(e), 1, "account")
+def simulator(args: argparse.Namespace, tmp: str) -> None:
+    trace = args.trace
+    if trace is None:
+        subprocess.run([sys.executable, "-m", "moat", "generate", "--out", tmp, "--actors", "200", "--days", "1", "--seed", "2", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        trace = Path(tmp) / "test.jsonl"
+    events = [Event.model_validate(r) for r in itertools.islice(iter_raw(trace), 30000)]
 
-        p50, p99 = per_call_us(feat, events[:20000])
-        print(f"summarize + window (account scope): p50 {p50:.0f} us, p99 {p99:.0f} us per request")
+    # 1. summarize + window (one scope), warm state per account.
+    states: dict[str, ScopeState] = {}
 
-        # 2. ONNX at the default window, one thread.
-        _, onnx = load_bundle(DEFAULT_BUNDLE)
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = 1
-        o.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(onnx), o, providers=["CPUExecutionProvider"])
-        for b in (1, 3):
-            feed = {"feats": np.random.rand(b, WINDOW, N_FEATURES).astype(np.float32), "tokens": np.random.randint(0, 4096, (b, WINDOW, N_TOKENS)), "mask": np.ones((b, WINDOW), np.float32)}
-            p50, p99 = per_call_us(lambda _: sess.run(None, feed), range(3000))
-            print(f"ONNX, batch {b} x window {WINDOW}, 1 thread: p50 {p50:.0f} us, p99 {p99:.0f} us")
+    def feat(e: Event) -> None:
+        window(states.setdefault(e.account_id, ScopeState()), summarize(e), 1, "account")
 
-        # 3. The whole Scorer per request (state, features for every scope, ONNX, policy).
-        sc = Scorer(ServingSettings(time_source="caller"))
-        p50, p99 = per_call_us(sc.score, events[:5000])
-        print(f"Scorer.score (all scopes): p50 {p50:.0f} us, p99 {p99:.0f} us per request")
+    p50, p99 = per_call_us(feat, events[:20000])
+    print(f"summarize + window (account scope): p50 {p50:.0f} us, p99 {p99:.0f} us per request")
 
-        # 4. moat replay end to end (parse, score, write), as a user runs it. This shared machine's
-        # speed drifts by tens of percent over minutes, so report the median of several runs.
-        out = Path(tmp) / "scores.jsonl"
-        n = sum(1 for _ in iter_raw(trace))
-        rates = []
-        for _ in range(args.replay_runs):
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "moat", "replay", str(trace), "-o", str(out), "--no-progress"], check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
-            rates.append(n / (time.perf_counter() - t0))
-        print(f"moat replay: {n} events, {len(rates)} runs: median {statistics.median(rates):,.0f} events/s "
-              f"(min {min(rates):,.0f}, max {max(rates):,.0f}; start-up included)")
+    # 2. ONNX at the default window, one thread.
+    _, onnx = load_bundle(DEFAULT_BUNDLE)
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = 1
+    o.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(onnx), o, providers=["CPUExecutionProvider"])
+    for b in (1, 3):
+        feed = {"feats": np.random.rand(b, WINDOW, N_FEATURES).astype(np.float32), "tokens": np.random.randint(0, 4096, (b, WINDOW, N_TOKENS)), "mask": np.ones((b, WINDOW), np.float32)}
+        p50, p99 = per_call_us(lambda _: sess.run(None, feed), range(3000))
+        print(f"ONNX, batch {b} x window {WINDOW}, 1 thread: p50 {p50:.0f} us, p99 {p99:.0f} us")
+
+    # 3. The whole Scorer per request (state, features for every scope, ONNX, policy).
+    sc = Scorer(ServingSettings(time_source="caller"))
+    p50, p99 = per_call_us(sc.score, events[:5000])
+    print(f"Scorer.score (all scopes): p50 {p50:.0f} us, p99 {p99:.0f} us per request")
+
+    # 4. moat replay end to end (parse, score, write), as a user runs it. This shared machine's
+    # speed drifts by tens of percent over minutes, so report the median of several runs.
+    out = Path(tmp) / "scores.jsonl"
+    n = sum(1 for _ in iter_raw(trace))
+    rates = []
+    for _ in range(args.replay_runs):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "moat", "replay", str(trace), "-o", str(out), "--no-progress"], check=True, stderr=subprocess.DEVNULL, cwd=ROOT)
+        rates.append(n / (time.perf_counter() - t0))
+    print(f"moat replay: {n} events, {len(rates)} runs: median {statistics.median(rates):,.0f} events/s "
+          f"(min {min(rates):,.0f}, max {max(rates):,.0f}; start-up included)")
 
 
 if __name__ == "__main__":
