@@ -120,7 +120,7 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
     print(f"dev-spread ({n} events, real prompts and multi-turn histories):")
     env = base_env(args.base.resolve(), Path(tmp)) if args.base else None
     if env is not None:
-        where = subprocess.run([sys.executable, "-c", "import moat.models.summary as m; print(m.__file__)"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout.strip()
+        where = subprocess.run([sys.executable, "-c", "import os, moat.models.summary as m; print(os.path.realpath(m.__file__))"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout.strip()
         if not where.startswith(str(args.base.resolve())):
             raise SystemExit(f"--base {args.base}: moat still loads from {where}")
         print(f"  base: {args.base}")

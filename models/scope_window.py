@@ -32,11 +32,12 @@ ROW = np.dtype([
 # Encoders of the relational features, from first_in_scope to campaign (FEATURES order).
 _RELATIONAL = [f.scale.encode for f in FEATURES[INDEX["first_in_scope"] : INDEX["campaign"] + 1]]
 # A vector is [request features][relational features][scope flags], built in that order.
-if not (INDEX["first_in_scope"] == N_OWN and INDEX["campaign"] + 1 == min(SCOPE_FLAG_COLUMNS) and SCOPE_FLAG_COLUMNS == list(range(min(SCOPE_FLAG_COLUMNS), N_FEATURES))):
-    raise RuntimeError("scope_window.relational builds vectors as request, relational, then scope-flag features: keep FEATURES in that layout")
+_REL_END = min(SCOPE_FLAG_COLUMNS)
+if not (INDEX["first_in_scope"] == N_OWN and SCOPE_FLAG_COLUMNS == list(range(_REL_END, N_FEATURES)) and len(_RELATIONAL) == _REL_END - N_OWN):
+    raise RuntimeError("scope_window: FEATURES must be request, relational (each with an encoder in _RELATIONAL), then scope-flag features")
 _SCOPE_FLAGS = {sc: [float(i == SCOPE_INDEX[sc]) for i in SCOPE_FLAG_COLUMNS] for sc in SCOPE_INDEX}
 # A scope's first request: the relational features that are 1 with no history, the rest 0 until set.
-_FIRST_RELATIONAL = [float(i in FIRST_REQUEST_ONES) for i in range(N_OWN, INDEX["campaign"] + 1)]
+_FIRST_RELATIONAL = [float(i in FIRST_REQUEST_ONES) for i in range(N_OWN, _REL_END)]
 _R_RATE_1M, _R_RATE_1H, _R_RATE_1D, _R_TOTAL, _R_CAMPAIGN, _R_LB_SHARE, _R_LOGPROB_SHARE = (
     INDEX[n] - N_OWN for n in ("rate_1m", "rate_1h", "rate_1d", "total", "campaign", "lb_share", "logprob_share")
 )
@@ -114,8 +115,8 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str, meta: b
         rel[_R_LOGPROB_SHARE] = float(s.logprobs)
         return np.array([*s.own.tolist(), *rel, *_SCOPE_FLAGS[scope]], dtype=np.float32)
     # The stored rows' fields, each as a tuple over the window (oldest first).
-    f = _META_ROWS[k].unpack(row_meta(state) if meta is None else meta)
-    ts, simhashes, shapes, prompts, lbs, params, flags = f[0::7], f[1::7], f[2::7], f[3::7], f[4::7], f[5::7], f[6::7]
+    u = _META_ROWS[k].unpack(row_meta(state) if meta is None else meta)
+    ts, simhashes, shapes, prompts, lbs, params, flags = u[0::7], u[1::7], u[2::7], u[3::7], u[4::7], u[5::7], u[6::7]
     dt = max(s.ts - ts[-1], 0.0)
     first8 = ts[-8] if k >= 8 else ts[0]
     gap_cv = 0.0
