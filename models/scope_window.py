@@ -1,6 +1,6 @@
 """A scope's windowed state and the relational features of a request against it.
 
-`window(state, summary, campaign, scope)` computes the request's relational features against the
+`window(state, summary, crowd, scope)` computes the request's relational features against the
 scope's history (time gaps, similarity, novelty, repetition, parameter changes), appends the
 request to the scope's bounded history and returns the latest WINDOW per-request vectors, which
 is what the sequence model reads.
@@ -28,8 +28,8 @@ ROW = np.dtype([
     ("param", np.uint32),
     ("flags", np.uint8),  # bit 0: logprobs, bit 1: logit_bias, bit 2: param changed from predecessor
 ])
-# Encoders of the relational features, from first_in_scope to campaign (FEATURES order).
-_RELATIONAL = [f.scale.encode for f in FEATURES[INDEX["first_in_scope"] : INDEX["campaign"] + 1]]
+# Encoders of the relational features, from first_in_scope to cohort (FEATURES order).
+_RELATIONAL = [f.scale.encode for f in FEATURES[INDEX["first_in_scope"] : INDEX["cohort"] + 1]]
 
 
 @dataclass(slots=True)
@@ -79,7 +79,17 @@ class ScopeState:
         return self.rows.nbytes + self.bloom_cur.nbytes + (self.bloom_prev.nbytes if self.bloom_prev is not None else 0) + 8 * 8
 
 
-def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.ndarray:
+@dataclass(frozen=True)
+class Crowd:
+    """What the request's cross-account sketches say, the same for every scope of the request:
+    distinct accounts (this one included) in the last hour that sent its prompt template
+    (`campaign`) and its exact client fingerprint (`cohort`)."""
+
+    campaign: int = 1
+    cohort: int = 1
+
+
+def relational(state: ScopeState, s: Summary, crowd: Crowd, scope: str) -> np.ndarray:
     """The full feature vector of request `s` against the scope's history (state unchanged).
 
     This runs once per scope for every request served, over at most WINDOW rows. At that size
@@ -92,7 +102,7 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
     if k == 0:
         vec[FIRST_REQUEST_ONES] = 1.0
         # This request is the only one in the window and in the rates.
-        for name, raw in (("rate_1m", 1), ("rate_1h", 1), ("rate_1d", 1), ("total", state.total + 1), ("campaign", max(campaign - 1, 0))):
+        for name, raw in (("rate_1m", 1), ("rate_1h", 1), ("rate_1d", 1), ("total", state.total + 1), ("campaign", max(crowd.campaign - 1, 0)), ("cohort", max(crowd.cohort - 1, 0))):
             vec[INDEX[name]] = SPEC[name].scale(raw)
         vec[INDEX["lb_share"]] = float(s.has_lb)
         vec[INDEX["logprob_share"]] = float(s.logprobs)
@@ -127,7 +137,7 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
     # Counts of each flag combination give the three flag shares in one call.
     fc = np.bincount(h["flags"], minlength=8).tolist()
     n_logprobs, n_lb, n_changed = fc[1] + fc[3] + fc[5] + fc[7], fc[2] + fc[3] + fc[6] + fc[7], fc[4] + fc[5] + fc[6] + fc[7]
-    # Raw values in FEATURES order, from first_in_scope to campaign, encoded by the spec.
+    # Raw values in FEATURES order, from first_in_scope to cohort, encoded by the spec.
     raw = (
         0.0,  # first_in_scope
         dt,  # dt_prev
@@ -149,17 +159,18 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str) -> np.n
         lb_variety,
         (n_lb + s.has_lb) / (k + 1),  # lb_share
         (n_logprobs + s.logprobs) / (k + 1),  # logprob_share
-        max(campaign - 1, 0),  # campaign
+        max(crowd.campaign - 1, 0),  # campaign
+        max(crowd.cohort - 1, 0),  # cohort
     )
-    vec[INDEX["first_in_scope"] : INDEX["campaign"] + 1] = [encode(x) for encode, x in zip(_RELATIONAL, raw, strict=True)]
+    vec[INDEX["first_in_scope"] : INDEX["cohort"] + 1] = [encode(x) for encode, x in zip(_RELATIONAL, raw, strict=True)]
     return vec
 
 
-def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np.ndarray, np.ndarray]:
+def window(state: ScopeState, s: Summary, crowd: Crowd, scope: str) -> tuple[np.ndarray, np.ndarray]:
     """Append request `s` to the scope and return the model input for the latest WINDOW
     requests as stored: features float16[n, N_FEATURES] and hashed tokens uint16[n, N_TOKENS]
     (copies; the caller casts when it batches them for the network)."""
-    return push(state, s, relational(state, s, campaign, scope))
+    return push(state, s, relational(state, s, crowd, scope))
 
 
 _META_FROM = ROW.fields["tokens"][1]  # byte offset where a row's non-feature fields start

@@ -70,6 +70,9 @@ RULES: list[ReasonRule] = [
                ((Cond("max_tokens", ">=", 2000),), (Cond("n", ">", 1),))),
     ReasonRule("cross_account_campaign", "the same prompt template from many accounts within the hour",
                ((Cond("campaign", ">=", 4),),)),
+    # Higher than campaign's bar: the users of one popular front-end share a fingerprint too.
+    ReasonRule("client_cohort", "many accounts sending with one exact client fingerprint within the hour",
+               ((Cond("cohort", ">=", 10),),)),
 ]
 
 

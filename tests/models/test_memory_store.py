@@ -11,7 +11,7 @@ import pytest
 
 from moat.models.events import Event
 from moat.models.memory_store import MemoryStore
-from moat.models.scope_window import ScopeState, window
+from moat.models.scope_window import Crowd, ScopeState, window
 from moat.models.state import CAMPAIGN_BUCKET_S, SWEEP_PER_UPDATE, TS_MAX, CampaignSketch
 from moat.models.summary import summarize
 
@@ -27,7 +27,7 @@ class Clock:
 def _touch(store: MemoryStore, key: str, ts: float = 1000.0) -> None:
     # Events are bounded at parse; the store must stand on its own, so the summary gets any time.
     s = dataclasses.replace(summarize(Event.model_validate({"request_id": "r", "ts": 1000.0, "account_id": key, "prompt": "hello"})), ts=ts)
-    store.update("account", key, s.ts, lambda st: window(st, s, 1, "account"))
+    store.update("account", key, s.ts, lambda st: window(st, s, Crowd(), "account"))
 
 
 def _state(store: MemoryStore, key: str) -> ScopeState:

@@ -49,6 +49,8 @@ CASES = [
     ("max_tokens 1000, one sample", "long_output_harvest", {"max_tokens": 1000, "n": 1}, 3, False),
     ("six other accounts", "cross_account_campaign", {"campaign": 6}, 2, True),
     ("two other accounts", "cross_account_campaign", {"campaign": 2}, 2, False),
+    ("a cohort of twenty", "client_cohort", {"cohort": 20}, 2, True),
+    ("a front-end's few users", "client_cohort", {"cohort": 5}, 2, False),
 ]
 
 
