@@ -153,3 +153,29 @@ def test_ground_truth_fields_never_change_features() -> None:
     a = run([Event.model_validate(base)])
     b = run([Event.model_validate({**base, "label": 1, "family": "logit_probe", "actor": "x"})])
     assert np.array_equal(a, b)
+
+
+def _fp(text: str = "hello", account: str = "acct", ua: str | None = "OpenAI/Python 1.40.0", model: str | None = "m1", **params) -> int:
+    e = ev(0, 0.0, text, account, **params).model_copy(update={"user_agent": ua, "model": model})
+    return summarize(e).client_fp
+
+
+# (case, the other request's fingerprint, same as _fp(temperature=0.7, seed=1)?). One tool sends
+# one fingerprint whatever the prompt, account or seed; a different client or habit is another.
+FINGERPRINT_CASES = [
+    ("another prompt and account", lambda: _fp("other text", "acct2", temperature=0.7, seed=1), True),
+    ("another seed value", lambda: _fp(temperature=0.7, seed=99), True),
+    ("no seed", lambda: _fp(temperature=0.7), False),
+    ("another temperature", lambda: _fp(temperature=0.8, seed=1), False),
+    ("another user agent release", lambda: _fp(ua="OpenAI/Python 1.39.0", temperature=0.7, seed=1), False),
+    ("another model", lambda: _fp(model="m2", temperature=0.7, seed=1), False),
+    ("no user agent", lambda: _fp(ua=None, temperature=0.7, seed=1), False),
+    ("streaming", lambda: _fp(temperature=0.7, seed=1, stream=True), False),
+]
+
+
+@pytest.mark.parametrize("case, other, same", FINGERPRINT_CASES, ids=[c[0] for c in FINGERPRINT_CASES])
+def test_client_fingerprint(case: str, other, same: bool) -> None:
+    base = _fp(temperature=0.7, seed=1)
+    assert base != 0
+    assert (other() == base) is same

@@ -99,6 +99,26 @@ def test_event_time_jumps_free_nothing() -> None:
 def test_store_passes_campaign_bounds_to_its_sketch() -> None:
     store = MemoryStore(max_templates=7, max_accounts=3)
     assert (store.sketch.max_templates, store.sketch.max_accounts) == (7, 3)
+    assert (store.cohorts.max_templates, store.cohorts.max_accounts) == (7, 3)
+
+
+# (case, calls of (sketch, item, account, ts), expected count of the last call). The campaign and
+# cohort sketches count separately: a template and a fingerprint with the same number are not
+# the same crowd.
+SKETCH_CASES = [
+    ("three accounts, one fingerprint", [("cohort", 5, "a", 0.0), ("cohort", 5, "b", 10.0), ("cohort", 5, "c", 20.0)], 3),
+    ("one account thrice", [("cohort", 5, "a", 0.0), ("cohort", 5, "a", 10.0), ("cohort", 5, "a", 20.0)], 1),
+    ("another fingerprint", [("cohort", 5, "a", 0.0), ("cohort", 5, "b", 10.0), ("cohort", 6, "c", 20.0)], 1),
+    ("a template is not a fingerprint", [("campaign", 5, "a", 0.0), ("campaign", 5, "b", 10.0), ("cohort", 5, "c", 20.0)], 1),
+    ("out of the hour", [("cohort", 5, "a", 0.0), ("cohort", 5, "b", 7 * CAMPAIGN_BUCKET_S)], 1),
+]
+
+
+@pytest.mark.parametrize("case, calls, expected", SKETCH_CASES, ids=[c[0] for c in SKETCH_CASES])
+def test_cohort_sketch_counts_accounts_per_fingerprint(case: str, calls: list[tuple[str, int, str, float]], expected: int) -> None:
+    store = MemoryStore()
+    counts = [getattr(store, sketch)(item, account, ts) for sketch, item, account, ts in calls]
+    assert counts[-1] == expected
 
 
 @pytest.mark.parametrize("max_templates, max_accounts", [(3, 2000), (200_000, 4), (2, 2)])
