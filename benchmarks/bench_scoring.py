@@ -29,7 +29,7 @@ import onnxruntime as ort
 from moat.models.bundle import DEFAULT_BUNDLE, load_bundle
 from moat.models.events import Event
 from moat.models.feature_spec import N_FEATURES, N_TOKENS, WINDOW
-from moat.models.scope_window import ScopeState, window
+from moat.models.scope_window import Crowd, ScopeState, window
 from moat.models.summary import summarize
 from moat.models.traces import iter_raw
 from moat.serving.scorer import Scorer
@@ -175,7 +175,7 @@ def simulator(args: argparse.Namespace, tmp: str) -> None:
     states: dict[str, ScopeState] = {}
 
     def feat(e: Event) -> None:
-        window(states.setdefault(e.account_id, ScopeState()), summarize(e), 1, "account")
+        window(states.setdefault(e.account_id, ScopeState()), summarize(e), Crowd(), "account")
 
     p50, p99 = per_call_us(feat, events[:20000])
     print(f"summarize + window (account scope): p50 {p50:.0f} us, p99 {p99:.0f} us per request")

@@ -34,6 +34,10 @@ class SimContext:
     timing: TimingLibrary | None = None
 
 
+# (temperature, max_tokens, stream) of a few chat front-ends, the first the most common.
+FRONTEND_PRESETS = [(0.7, None, True), (0.7, None, True), (0.8, 1024, True), (1.0, None, True), (None, None, True), (0.7, 2048, False), (0.5, 4096, True)]
+
+
 @dataclass
 class ParamHabit:
     """An actor's habits for sampling parameters: which fields it sends and how they vary."""
@@ -68,6 +72,16 @@ class ParamHabit:
         for key, value in overrides.items():
             setattr(habit, key, value)
         return habit
+
+    @classmethod
+    def frontend(cls, rng: random.Random) -> "ParamHabit":
+        """The fixed parameters of a chat front-end: every user of one app sends the same ones
+        on every request, so its users share a client fingerprint."""
+        temperature, max_tokens, stream = rng.choice(FRONTEND_PRESETS)
+        return cls(
+            temperature=temperature, temperature_jitter=0.0, max_tokens=max_tokens, max_tokens_spread=0.0, top_p=None, logprobs_p=0.0,
+            top_logprobs=None, seed_p=0.0, stop_p=0.0, stream_p=1.0 if stream else 0.0, n=1,
+        )
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         params: dict[str, Any] = {}

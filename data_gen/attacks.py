@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from moat.data_gen.actors import Actor, ParamHabit, Query, SimContext, register
-from moat.data_gen.identity import CARRIER_POOLS, CLOUD_PREFIXES, MODELS, UA_BROWSER, UA_HUMAN, UA_SCRIPT, Account, Prefix, hex_id, user_agent
+from moat.data_gen.identity import CARRIER_POOLS, CLOUD_PREFIXES, UA_BROWSER, UA_HUMAN, UA_SCRIPT, Account, Prefix, hex_id, model_choice, user_agent
 from moat.data_gen.text import DOMAIN_NAMES, DOMAINS, REASONING_SUFFIXES, fill, paraphrase, perturb, random_words, system_prompt
 from moat.data_gen.timing import HumanTiming, LogNormalTiming, MachineTiming, ServiceTiming, Timing
 
@@ -347,7 +347,8 @@ class SybilCampaign(AttackActor):
         self.strategy_cls = r.choice(BASE_STRATEGIES)
         super().setup()
         self.limit = self.budget(3000, 0.8, low=300, high=20000)
-        self.per_account = int(r.lognormvariate(math.log(60), 0.7)) + 10
+        # Each account stays low-volume, and the budget is spread over at least ten of them.
+        self.per_account = max(5, min(int(r.lognormvariate(math.log(60), 0.7)) + 10, 200, self.limit // 10))
         pool = [Prefix.draw(r) for _ in range(r.randint(3, 40))]
         self.accounts = [
             Account.draw(r, UA_SCRIPT if r.random() < 0.7 else UA_HUMAN, n_keys=1, prefixes=[r.choice(pool)], n_hosts=1)
@@ -522,7 +523,7 @@ class SybilCohort(AttackActor):
         self.fingerprint = self.strategy.habit.sample(r)  # one exact parameter dict for every request
         self.fingerprint.pop("seed", None)
         ua = user_agent(r, UA_SCRIPT if r.random() < 0.6 else UA_HUMAN)
-        model = r.choice(MODELS)
+        model = model_choice(r)
         mode = r.choice(["few", "spread", "cloud"])
         if mode == "few":
             pool = [Prefix.draw(r) for _ in range(r.randint(2, 5))]

@@ -27,6 +27,22 @@ USER_AGENTS = {
 UA_FAMILIES = sorted(USER_AGENTS)
 APP_NAMES = ["acme", "helpdesk", "docbot", "tutorly", "scribe", "lexio", "codepal", "quill", "nimbus", "ranger"]
 MODELS = ["frontier-1", "frontier-1-mini", "frontier-2", "frontier-2-reasoning"]
+# Most traffic goes to a provider's flagship model, as on real APIs: so that many unrelated
+# clients share a model (and with it a client fingerprint), not a quarter of them each.
+MODEL_WEIGHTS = [0.55, 0.25, 0.12, 0.08]
+LATEST_VERSION = 40
+
+
+def client_version(rng: random.Random) -> int:
+    """A client release: most installs run one of the last few (auto-updating browsers, pinned
+    SDK majors), with a long tail of old ones. Real user-agent strings are concentrated like
+    this, so many unrelated people send the exact same one; a uniform draw over 41 releases made
+    every exact user agent nearly unique and a shared one suspicious by itself."""
+    return LATEST_VERSION - min(int(rng.expovariate(0.45)), LATEST_VERSION)
+
+
+def model_choice(rng: random.Random) -> str:
+    return rng.choices(MODELS, weights=MODEL_WEIGHTS)[0]
 
 
 def user_agent(rng: random.Random, weights: dict[str, float]) -> str | None:
@@ -36,7 +52,7 @@ def user_agent(rng: random.Random, weights: dict[str, float]) -> str | None:
     if family == "none":
         return None
     template = rng.choice(USER_AGENTS[family])
-    return template.replace("{v}", str(rng.randint(0, 40))).replace("{app}", rng.choice(APP_NAMES))
+    return template.replace("{v}", str(client_version(rng))).replace("{app}", rng.choice(APP_NAMES))
 
 
 def hex_id(rng: random.Random, prefix: str, n: int = 10) -> str:
@@ -91,7 +107,7 @@ class Account:
             keys=[hex_id(rng, "key_", 8) for _ in range(n_keys)],
             prefixes=prefixes,
             user_agent=user_agent(rng, ua_weights),
-            model=rng.choice(MODELS),
+            model=model_choice(rng),
             hosts=hosts,
         )
 

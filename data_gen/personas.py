@@ -81,7 +81,8 @@ class ChatUser(Persona):
         self.account = self.new_account(UA_HUMAN, n_hosts=r.randint(1, 3))
         self.timing = HumanTiming.draw(r)
         self.hours = self.timing.hours
-        self.habit = ParamHabit.draw(r)
+        # Most people chat through a front-end that fixes the parameters; some call the API.
+        self.habit = ParamHabit.frontend(r) if r.random() < 0.7 else ParamHabit.draw(r)
         self.domains = r.sample(DOMAIN_NAMES, r.randint(1, 4))
         self.turns_mean = r.uniform(1.5, 6)
         self.system = system_prompt(r) if r.random() < 0.4 else None

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-FEATURE_SPEC_VERSION = "1"
+FEATURE_SPEC_VERSION = "2"
 WINDOW = 16  # requests of history the model reads per scope; longer horizons enter via the
 # running aggregates (EWMA rates, novelty blooms, scope totals) inside each vector
 N_TOKENS = 8  # hashed token ids kept per request (the first words carry the task)
@@ -142,6 +142,7 @@ FEATURES: list[FeatureDef] = [
     FeatureDef("lb_share", "share of window requests with a logit_bias", SHARE, "sustained bias use"),
     FeatureDef("logprob_share", "share of window requests asking for logprobs", SHARE, "sustained distribution harvesting"),
     FeatureDef("campaign", "other accounts sending this template in the last hour", log1p(5), "one campaign spread over many accounts"),
+    FeatureDef("cohort", "other accounts sending with this exact client fingerprint (user agent, endpoint, model, parameter values) in the last hour", log1p(5), "a sybil cohort: fresh accounts run by one tool and one script"),
     *[FeatureDef(f"scope_{s}", f"this window is the '{s}' scope", FLAG, "lets one model read account, key and address windows") for s in SCOPES],
 ]
 N_FEATURES = len(FEATURES)
@@ -171,7 +172,7 @@ def render_markdown() -> str:
         "`summarize(event)` (`models/summary.py`) runs once per request and keeps no raw text: numeric",
         "facts, parameter flags, client facts, a 64-bit SimHash, a shape signature (first words with",
         "numbers and names masked), hashed token ids and n-gram buckets. `window(state, summary,",
-        "campaign, scope)` (`models/scope_window.py`) computes the request's relational features against",
+        "crowd, scope)` (`models/scope_window.py`) computes the request's relational features against",
         f"the scope's last {WINDOW} requests plus O(1) running aggregates, appends it, and returns the",
         "window the network reads. Each request is one vector of the features below, stored as float16,",
         f"with {N_TOKENS} hashed token ids.",

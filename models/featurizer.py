@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moat.models.events import Event
-from moat.models.scope_window import ScopeState, fingerprint, push, relational, rescope
+from moat.models.scope_window import Crowd, ScopeState, fingerprint, push, relational, rescope
 from moat.models.state import StateStore
 from moat.models.summary import Summary, summarize
 
@@ -35,7 +35,7 @@ class ScopeWindow:
 @dataclass(frozen=True)
 class Step:
     summary: Summary
-    campaign: int
+    crowd: Crowd
     windows: list[ScopeWindow]
 
 
@@ -48,7 +48,7 @@ class Featurizer:
         # A store that keeps state at rest keys the fingerprints it will store (equality is all
         # the features compare, so they are unchanged).
         s = self.store.seal(summarize(event, ts))
-        campaign = self.store.campaign(s.shape, s.account_id, s.ts)
+        crowd = Crowd(self.store.campaign(s.shape, s.account_id, s.ts), self.store.cohort(s.client_fp, s.account_id, s.ts))
         windows = []
         # The account scope comes first. A key or address block whose history mirrors the
         # account's (used by this account alone, the common case) gets the account's vector
@@ -58,7 +58,7 @@ class Featurizer:
 
             def apply(state: ScopeState, scope: str = scope) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray, int]:
                 fp = fingerprint(state)
-                vec = rescope(account[1], scope) if account is not None and fp == account[0] else relational(state, s, campaign, scope, fp[4])
+                vec = rescope(account[1], scope) if account is not None and fp == account[0] else relational(state, s, crowd, scope, fp[4])
                 return (*push(state, s, vec), fp, vec, state.total)
 
             # A shared store may run `apply` more than once (optimistic retries); only the
@@ -69,4 +69,4 @@ class Featurizer:
             # Fewer requests than the account: the scope carries only part of its traffic.
             dependent = scope in MIXED_SCOPES or total < account[2]
             windows.append(ScopeWindow(scope, key, feats, tokens, dependent))
-        return Step(s, campaign, windows)
+        return Step(s, crowd, windows)

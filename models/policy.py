@@ -34,6 +34,7 @@ class ScopeRisk:
     hold_action: int
     hold_until: float
     dependent: bool = False  # acts only when the own scopes corroborate it (ScopeWindow.dependent)
+    floor: int = 0  # the lowest level a signature demands of this scope (own scopes only)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Policy:
             if s.dependent and own < self.corroboration:
                 continue  # uncorroborated dependent evidence: neither acts nor starts a hold
             cap = DEPENDENT_MAX_LEVEL if s.dependent else len(ACTIONS) - 1
-            lvl = min(self.level(s.risk), cap)
+            lvl = max(min(self.level(s.risk), cap), 0 if s.dependent else s.floor)
             held = min(s.hold_action, cap) if s.hold_until > ts else 0
             if lvl >= HOLD_FROM:
                 # (Re)start the hold: a scope at perturb or block stays there for the cool-down,

@@ -1,6 +1,6 @@
 """A scope's windowed state and the relational features of a request against it.
 
-`window(state, summary, campaign, scope)` computes the request's relational features against the
+`window(state, summary, crowd, scope)` computes the request's relational features against the
 scope's history (time gaps, similarity, novelty, repetition, parameter changes), appends the
 request to the scope's bounded history and returns the latest WINDOW per-request vectors, which
 is what the sequence model reads.
@@ -29,8 +29,8 @@ ROW = np.dtype([
     ("param", np.uint32),
     ("flags", np.uint8),  # bit 0: logprobs, bit 1: logit_bias, bit 2: param changed from predecessor
 ])
-# Encoders of the relational features, from first_in_scope to campaign (FEATURES order).
-_RELATIONAL = [f.scale.encode for f in FEATURES[INDEX["first_in_scope"] : INDEX["campaign"] + 1]]
+# Encoders of the relational features, from first_in_scope to cohort (FEATURES order).
+_RELATIONAL = [f.scale.encode for f in FEATURES[INDEX["first_in_scope"] : INDEX["cohort"] + 1]]
 # A vector is [request features][relational features][scope flags], built in that order.
 _REL_END = min(SCOPE_FLAG_COLUMNS)
 if not (INDEX["first_in_scope"] == N_OWN and SCOPE_FLAG_COLUMNS == list(range(_REL_END, N_FEATURES)) and len(_RELATIONAL) == _REL_END - N_OWN):
@@ -38,11 +38,11 @@ if not (INDEX["first_in_scope"] == N_OWN and SCOPE_FLAG_COLUMNS == list(range(_R
 _SCOPE_FLAGS = {sc: [float(i == SCOPE_INDEX[sc]) for i in SCOPE_FLAG_COLUMNS] for sc in SCOPE_INDEX}
 # A scope's first request: the relational features that are 1 with no history, the rest 0 until set.
 _FIRST_RELATIONAL = [float(i in FIRST_REQUEST_ONES) for i in range(N_OWN, _REL_END)]
-_R_RATE_1M, _R_RATE_1H, _R_RATE_1D, _R_TOTAL, _R_CAMPAIGN, _R_LB_SHARE, _R_LOGPROB_SHARE = (
-    INDEX[n] - N_OWN for n in ("rate_1m", "rate_1h", "rate_1d", "total", "campaign", "lb_share", "logprob_share")
+_R_RATE_1M, _R_RATE_1H, _R_RATE_1D, _R_TOTAL, _R_CAMPAIGN, _R_COHORT, _R_LB_SHARE, _R_LOGPROB_SHARE = (
+    INDEX[n] - N_OWN for n in ("rate_1m", "rate_1h", "rate_1d", "total", "campaign", "cohort", "lb_share", "logprob_share")
 )
 _ONE_RATE = SPEC["rate_1m"].scale(1), SPEC["rate_1h"].scale(1), SPEC["rate_1d"].scale(1)
-_TOTAL, _CAMPAIGN = SPEC["total"].scale.encode, SPEC["campaign"].scale.encode
+_TOTAL, _CAMPAIGN, _COHORT = SPEC["total"].scale.encode, SPEC["campaign"].scale.encode, SPEC["cohort"].scale.encode
 # A stored row from its tokens on (`row_meta`): tokens (skipped), ts, simhash, shape, prompt, lb,
 # param, flags; and k such rows in one format, which unpacks faster than k single rows.
 _META = struct.Struct(f"<{2 * N_TOKENS}xdQIIIIB")
@@ -96,7 +96,17 @@ class ScopeState:
         return self.rows.nbytes + self.bloom_cur.nbytes + (self.bloom_prev.nbytes if self.bloom_prev is not None else 0) + 8 * 8
 
 
-def relational(state: ScopeState, s: Summary, campaign: int, scope: str, meta: bytes | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class Crowd:
+    """What the request's cross-account sketches say, the same for every scope of the request:
+    distinct accounts (this one included) in the last hour that sent its prompt template
+    (`campaign`) and its exact client fingerprint (`cohort`)."""
+
+    campaign: int = 1
+    cohort: int = 1
+
+
+def relational(state: ScopeState, s: Summary, crowd: Crowd, scope: str, meta: bytes | None = None) -> np.ndarray:
     """The full feature vector of request `s` against the scope's history (state unchanged).
 
     This runs once per scope for every request served, over at most WINDOW rows. At that size
@@ -110,7 +120,8 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str, meta: b
         # This request is the only one in the window and in the rates.
         rel[_R_RATE_1M], rel[_R_RATE_1H], rel[_R_RATE_1D] = _ONE_RATE
         rel[_R_TOTAL] = _TOTAL(state.total + 1)
-        rel[_R_CAMPAIGN] = _CAMPAIGN(max(campaign - 1, 0))
+        rel[_R_CAMPAIGN] = _CAMPAIGN(max(crowd.campaign - 1, 0))
+        rel[_R_COHORT] = _COHORT(max(crowd.cohort - 1, 0))
         rel[_R_LB_SHARE] = float(s.has_lb)
         rel[_R_LOGPROB_SHARE] = float(s.logprobs)
         return np.array([*s.own.tolist(), *rel, *_SCOPE_FLAGS[scope]], dtype=np.float32)
@@ -147,7 +158,7 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str, meta: b
         n_logprobs += f & 1
         n_lb += (f >> 1) & 1
         n_changed += (f >> 2) & 1
-    # Raw values in FEATURES order, from first_in_scope to campaign, encoded by the spec.
+    # Raw values in FEATURES order, from first_in_scope to cohort, encoded by the spec.
     raw = (
         0.0,  # first_in_scope
         dt,  # dt_prev
@@ -169,16 +180,17 @@ def relational(state: ScopeState, s: Summary, campaign: int, scope: str, meta: b
         lb_variety,
         (n_lb + s.has_lb) / (k + 1),  # lb_share
         (n_logprobs + s.logprobs) / (k + 1),  # logprob_share
-        max(campaign - 1, 0),  # campaign
+        max(crowd.campaign - 1, 0),  # campaign
+        max(crowd.cohort - 1, 0),  # cohort
     )
     return np.array([*s.own.tolist(), *[encode(x) for encode, x in zip(_RELATIONAL, raw, strict=True)], *_SCOPE_FLAGS[scope]], dtype=np.float32)
 
 
-def window(state: ScopeState, s: Summary, campaign: int, scope: str) -> tuple[np.ndarray, np.ndarray]:
+def window(state: ScopeState, s: Summary, crowd: Crowd, scope: str) -> tuple[np.ndarray, np.ndarray]:
     """Append request `s` to the scope and return the model input for the latest WINDOW
     requests as stored: features float16[n, N_FEATURES] and hashed tokens uint16[n, N_TOKENS]
     (copies; the caller casts when it batches them for the network)."""
-    return push(state, s, relational(state, s, campaign, scope))
+    return push(state, s, relational(state, s, crowd, scope))
 
 
 _META_FROM = ROW.fields["tokens"][1]  # byte offset where a row's non-feature fields start

@@ -64,7 +64,7 @@ class Keyer:
 
     def seal(self, s: Summary) -> Summary:
         fp = self.fingerprint
-        return dataclasses.replace(s, shape=fp(s.shape), prompt_hash=fp(s.prompt_hash), lb_hash=fp(s.lb_hash), param_hash=fp(s.param_hash))
+        return dataclasses.replace(s, shape=fp(s.shape), prompt_hash=fp(s.prompt_hash), lb_hash=fp(s.lb_hash), param_hash=fp(s.param_hash), client_fp=fp(s.client_fp))
 
 
 class StateStore(ABC):

@@ -130,6 +130,7 @@ class Summary:
     prompt_hash: int
     lb_hash: int
     param_hash: int
+    client_fp: int  # the client fingerprint: user agent, endpoint, model and parameter values
     logprobs: bool
     has_lb: bool
 
@@ -164,6 +165,17 @@ def newest_text(event: Event) -> tuple[str, int, int, bool, float]:
     if newest is None:
         newest = msgs[-1].content if msgs else ""
     return newest, total, len(msgs), has_system, tools / max(len(msgs), 1)
+
+
+def client_fingerprint(event: Event) -> int:
+    """What one tool sends on every request: the exact user agent, endpoint and model, and the
+    parameter dict it sets (names and values, not seed or logit_bias, which scripts vary per
+    request). A cohort of sybil accounts run by one script shares it; people share it too (one
+    browser version in one front-end), which the model learns to tell apart by what else the
+    accounts do. Never 0 (0 is 'none' for the stores' keyed fingerprints)."""
+    p = event.params
+    habit = (p.temperature, p.top_p, p.max_tokens, p.n, p.logprobs, p.top_logprobs, p.stream, p.stop is not None, p.seed is not None, p.logit_bias is not None)
+    return _crc(repr((event.user_agent, event.endpoint, event.model, habit))) or 1
 
 
 def _words(text: str) -> list[str]:
@@ -256,6 +268,7 @@ def summarize(event: Event, ts: float | None = None) -> Summary:
         prompt_hash=zlib.crc32(lowered_bytes),
         lb_hash=_crc(repr(sorted(lb.items()))) if lb else 0,
         param_hash=_crc(repr(params_sig)),
+        client_fp=client_fingerprint(event),
         logprobs=bool(p.logprobs),
         has_lb=bool(lb),
     )

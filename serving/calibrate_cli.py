@@ -5,8 +5,11 @@ A model trained on a simulator ranks real traffic well before its absolute risk 
 thing there: on real chat traffic, an ordinary user's risk sits far higher than on the
 simulator's. So before it enforces, the operator runs Moat in shadow mode, collects a day of
 traffic and calibrates: the thresholds become upper quantiles of that population's per-account
-own risk (moat.models.thresholds), after trimming the far-out accounts, so that at most the
-target shares of accounts would ever be blocked or acted on. Own risk decides both: a dependent
+own risk (moat.models.thresholds), after trimming the far-out accounts and a separated cluster
+at the top (a campaign's many accounts score alike), so that at most the target shares of
+accounts would ever be blocked or acted on; where a share leaves fewer than ten accounts above
+it, the threshold comes from an exponential fit to the population's tail, not from one
+sample's maximum. Own risk decides both: a dependent
 scope (an address block, a shared key) acts only on accounts whose own risk already reached the
 throttle threshold, and never blocks.
 
@@ -102,7 +105,7 @@ def write_calibrated(src: Path, meta: BundleMeta, out: Path, choice: OperatorCho
         f"\n## Operator calibration ({new.model_version})\n"
         f"Thresholds re-chosen by `moat calibrate` on the operator's unlabelled traffic; the network is {meta.model_version}'s, unchanged.\n\n"
         f"| file | events | sha256 |\n|---|---|---|\n{files}\n\n"
-        f"Accounts: {rep['accounts']}, of which {rep['trimmed']} stand outside the fence (x{provenance['fence']} IQR) and were not used for the quantiles.\n"
+        f"Accounts: {rep['accounts']}, of which {rep['trimmed']} were not used for the quantiles: outside the fence (x{provenance['fence']} IQR) or in a separated top cluster ({rep['top_cluster']}).\n"
         f"Targets (share of accounts ever reaching the action): block {provenance['targets']['block']}, perturb {provenance['targets']['perturb']}, any action {provenance['targets']['action']}.\n"
         f"Thresholds: throttle {choice.thresholds.throttle}, perturb {choice.thresholds.perturb}, block {choice.thresholds.block} "
         f"(before: {meta.thresholds.throttle}, {meta.thresholds.perturb}, {meta.thresholds.block}).\n"

@@ -46,6 +46,9 @@ class ReasonRule:
     meaning: str
     any_of: tuple[tuple[Cond, ...], ...]
     min_window: int = 1
+    # A signature: a pattern precise enough to act on by itself, whatever the model's risk. The
+    # action on the account's own scopes is at least this level (1: throttle) while it fires.
+    floor: int = 0
 
     def fires(self, vec: np.ndarray, window_len: int) -> bool:
         return window_len >= self.min_window and any(all(c.holds(vec) for c in group) for group in self.any_of)
@@ -54,6 +57,12 @@ class ReasonRule:
 RULES: list[ReasonRule] = [
     ReasonRule("logit_bias_probe", "one prompt repeated with several different logit_bias values",
                ((Cond("lb_variety", ">=", 3),), (Cond("lb_share", ">=", 0.5), Cond("param_change_share", ">=", 0.5)))),
+    # Carlini et al. 2024 recover the logit vector by re-sending one prompt with many different
+    # biases; no benign client we know of does that (a classifier biases the same few label
+    # tokens every time). A learned model's confidence on it varied between trainings, so the
+    # signature is a floor, not a feature the model may weigh down.
+    ReasonRule("logit_bias_sweep", "one prompt sent with five or more different logit_bias sets: the logit-recovery signature",
+               ((Cond("lb_variety", ">=", 5),),), floor=1),
     ReasonRule("logprob_harvest", "most recent requests ask for logprobs",
                ((Cond("logprob_share", ">=", 0.8),),), min_window=5),
     ReasonRule("near_duplicate_burst", "many near-duplicate prompts in a short time",
@@ -70,7 +79,18 @@ RULES: list[ReasonRule] = [
                ((Cond("max_tokens", ">=", 2000),), (Cond("n", ">", 1),))),
     ReasonRule("cross_account_campaign", "the same prompt template from many accounts within the hour",
                ((Cond("campaign", ">=", 4),),)),
+    # Higher than campaign's bar: the users of one popular front-end share a fingerprint too.
+    ReasonRule("client_cohort", "many accounts sending with one exact client fingerprint within the hour",
+               ((Cond("cohort", ">=", 10),),)),
 ]
+
+
+SIGNATURES = [r for r in RULES if r.floor]
+
+
+def floor_level(vec: np.ndarray, window_len: int) -> int:
+    """The lowest action level the signatures demand of this window (0: none fires)."""
+    return max((r.floor for r in SIGNATURES if r.fires(vec, window_len)), default=0)
 
 
 def reasons(vec: np.ndarray, window_len: int, scope: str) -> list[str]:

@@ -6,11 +6,11 @@ policy's holds on an address block are shared across accounts. So work is split 
 depends on, not by account:
 
 1. parse and summarise (stateless): each chunk of lines is cut into N slices, one per worker;
-2. cross-account values (sequential, in this process): the campaign count of each request, in
+2. cross-account values (sequential, in this process): the campaign and cohort counts of each request, in
    trace order, from the scorer's own sketch;
 3. scope windows (stateful per scope): every (scope, key) belongs to one worker (a hash of it),
    which holds that scope's whole history and computes its windows in trace order. A scope's
-   window reads only its own history, the request's summary and its campaign count, so any
+   window reads only its own history, the request's summary and its crowd counts, so any
    split of the scopes gives the windows one process gives;
 4. network and policy (in this process): the scorer's stream path on the same chunks of 128
    events, so the network sees the same batches and holds are applied in trace order.
@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from moat.models.events import Event
 from moat.models.featurizer import MIXED_SCOPES, ScopeWindow, Step
 from moat.models.memory_store import MemoryStore
-from moat.models.scope_window import push, relational
+from moat.models.scope_window import Crowd, push, relational
 from moat.models.summary import Summary, summarize
 
 if TYPE_CHECKING:
@@ -93,14 +93,14 @@ def _parse(raw: str | dict) -> tuple[str, tuple] | Invalid:
     return event.request_id, _pack(summarize(event))
 
 
-def _scope_windows(store: MemoryStore, summaries: list[tuple], tasks: list[tuple[str, str, int, int]]) -> list[tuple[np.ndarray, np.ndarray, int]]:
-    """Each task's window, in task order: (scope, key, summary index, campaign count)."""
+def _scope_windows(store: MemoryStore, summaries: list[tuple], tasks: list[tuple[str, str, int, Crowd]]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Each task's window, in task order: (scope, key, summary index, the request's crowd)."""
     out = []
-    for scope, key, i, campaign in tasks:
+    for scope, key, i, crowd in tasks:
         s = summaries[i]
 
-        def apply(state, s=s, campaign=campaign, scope=scope):  # noqa: ANN001, ANN202
-            return (*push(state, s, relational(state, s, campaign, scope)), state.total)
+        def apply(state, s=s, crowd=crowd, scope=scope):  # noqa: ANN001, ANN202
+            return (*push(state, s, relational(state, s, crowd, scope)), state.total)
 
         out.append(store.update(scope, key, s.ts, apply))
     return out
@@ -222,8 +222,8 @@ class _Featurise:
         store = self.scorer.store
         items: list[Ref | None] = []
         summaries: list[Summary] = []
-        campaigns: list[int] = []
-        per_worker: list[tuple[dict[int, int], list[tuple], list[tuple[str, str, int, int]]]] = [({}, [], []) for _ in range(self.n)]
+        crowds: list[Crowd] = []
+        per_worker: list[tuple[dict[int, int], list[tuple], list[tuple[str, str, int, Crowd]]]] = [({}, [], []) for _ in range(self.n)]
         routes: list[list[tuple[str, str, int, int]]] = []  # per event: (scope, key, worker, task index)
         for raw, p in zip(chunk, parsed):
             self.lineno += 1
@@ -233,11 +233,11 @@ class _Featurise:
                 continue
             rid, packed = p
             s = store.seal(Summary(*packed))
-            campaign = store.campaign(s.shape, s.account_id, s.ts)
+            crowd = Crowd(store.campaign(s.shape, s.account_id, s.ts), store.cohort(s.client_fp, s.account_id, s.ts))
             i = len(summaries)
             items.append(Ref(rid))
             summaries.append(s)
-            campaigns.append(campaign)
+            crowds.append(crowd)
             route = []
             for scope, key in s.scope_keys():
                 if (scope, key) not in self.scopes:
@@ -250,7 +250,7 @@ class _Featurise:
                     index[i] = len(packs)
                     packs.append(_pack(s))
                 route.append((scope, key, w, len(tasks)))
-                tasks.append((scope, key, index[i], campaign))
+                tasks.append((scope, key, index[i], crowd))
             routes.append(route)
         asked = [w for w, (_, packs, tasks) in enumerate(per_worker) if tasks]
         for w in asked:
@@ -261,7 +261,7 @@ class _Featurise:
             inflight.append((nxt[0], nxt[1], self._request_parse(*nxt)))
         results = {w: self.pool.reply(w, ("scopes", k)) for w in asked}
         stepped = []
-        for s, campaign, route in zip(summaries, campaigns, routes):
+        for s, crowd, route in zip(summaries, crowds, routes):
             windows = []
             account_total = 0
             for scope, key, w, t in route:
@@ -269,7 +269,7 @@ class _Featurise:
                 if not windows:
                     account_total = total  # the account scope comes first
                 windows.append(ScopeWindow(scope, key, feats, tokens, scope in MIXED_SCOPES or total < account_total))
-            stepped.append((Step(s, campaign, windows), self.holds))
+            stepped.append((Step(s, crowd, windows), self.holds))
         return items, stepped
 
 

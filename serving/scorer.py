@@ -26,7 +26,7 @@ from moat.models.featurizer import Featurizer, ScopeWindow, Step
 from moat.models.memory_store import MemoryStore
 from moat.models.policy import Policy, ScopeRisk
 from moat.models.state import StateStore, StoreUnavailable
-from moat.serving.reasons import reasons
+from moat.serving.reasons import floor_level, reasons
 from moat.serving.settings import ServingSettings
 from moat.serving.state import open_store
 
@@ -301,7 +301,7 @@ class Scorer:
             self.counters.store_fallbacks += 1
             log.warning("could not read holds for request %s: %s", event.request_id, exc)
             holds = self.local.get_holds(keys)
-        scopes = [ScopeRisk(w.scope, w.key, r, h, u, w.dependent) for (w, r), (h, u) in zip(scored, holds)]
+        scopes = [ScopeRisk(w.scope, w.key, r, h, u, w.dependent, 0 if w.dependent else floor_level(w.feats[-1], len(w.feats))) for (w, r), (h, u) in zip(scored, holds)]
         d = self.policy.decide(scopes, step.summary.ts)
         for scope, key, level, until in d.new_holds:
             try:

@@ -71,9 +71,10 @@ ACTIONS = ["allow", "throttle", "perturb", "block"]
 
 @pytest.mark.parametrize("after_single", [False, True], ids=["alone", "after event.json"])
 def test_batch_example_shows_what_the_readme_says(after_single: bool) -> None:
-    """The README: the developer is allowed; the probe's risk climbs until it is throttled
-    (scored at the events' own times), with `logit_bias_probe` among the reasons. It holds whether or not the single
-    example (the same prompt from another account) was scored first."""
+    """The README: the developer is allowed; from its third request the probe's risk climbs, and
+    by its fifth it is throttled (scored at the events' own times), with `logit_bias_sweep` among
+    the reasons. It holds whether or not the single example (the same prompt from another
+    account) was scored first."""
     scorer = Scorer(ServingSettings(time_source="caller"))  # the events' own times, as the README says
     if after_single:
         scorer.score(Event.model_validate(load("event.json")))
@@ -82,8 +83,7 @@ def test_batch_example_shows_what_the_readme_says(after_single: bool) -> None:
     developer = [s for s in scores if s.request_id.startswith("dev-")]
     assert probe and developer
     assert all(s.action == "allow" for s in developer)
-    assert [s.risk for s in probe] == sorted(s.risk for s in probe)
+    assert [s.risk for s in probe[2:]] == sorted(s.risk for s in probe[2:])
     levels = [ACTIONS.index(s.action) for s in probe]
-    assert levels == sorted(levels) and levels[0] == 0 and levels[-1] >= ACTIONS.index("throttle")
-    assert "throttle" in {s.action for s in probe}
-    assert "logit_bias_probe" in probe[-1].reasons
+    assert levels == sorted(levels) and levels[0] == 0 and levels[4] >= ACTIONS.index("throttle")
+    assert "logit_bias_sweep" in probe[-1].reasons

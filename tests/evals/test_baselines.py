@@ -9,13 +9,12 @@ from moat.evals.baselines import BASELINES
 from moat.evals.data import EvalData, char_trigrams
 from moat.models.events import Event
 from moat.models.feature_spec import N_FEATURES, N_OWN
+from moat.models.scope_window import Crowd, ScopeState, window
 from moat.models.summary import summarize
 
 
 def build(rows: list[tuple[str, float, str, int, dict]]) -> EvalData:
     """Rows of (account, ts, text, label, params) -> EvalData, features from the real summariser."""
-    from moat.models.scope_window import ScopeState, window
-
     states: dict[str, ScopeState] = {}
     sims, chars, session = [], [], []
     for i, (acc, ts, text, _, params) in enumerate(rows):
@@ -23,7 +22,7 @@ def build(rows: list[tuple[str, float, str, int, dict]]) -> EvalData:
         s = summarize(e)
         sims.append(s.simhash)
         chars.append(char_trigrams(text))
-        session.append(window(states.setdefault(acc, ScopeState()), s, 1, "account")[0][-1])
+        session.append(window(states.setdefault(acc, ScopeState()), s, Crowd(), "account")[0][-1])
     session_a = np.asarray(session, dtype=np.float32).reshape(-1, N_FEATURES)
     return EvalData(
         labels=np.array([r[3] for r in rows], dtype=np.uint8), accounts=[r[0] for r in rows], families=["x" if r[3] else "b" for r in rows],

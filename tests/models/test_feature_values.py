@@ -9,7 +9,7 @@ import pytest
 
 from moat.models.events import Event
 from moat.models.feature_spec import FEATURES, N_FEATURES, WINDOW
-from moat.models.scope_window import ScopeState, window
+from moat.models.scope_window import Crowd, ScopeState, window
 from moat.models.summary import Summary, ip_prefix, summarize, ua_group
 
 I = {f.name: i for i, f in enumerate(FEATURES)}
@@ -19,10 +19,10 @@ def ev(i: int, ts: float, text: str = "hello world", account: str = "acct", **pa
     return Event.model_validate({"request_id": f"r{i}", "ts": ts, "account_id": account, "client_ip": "10.1.2.3", "messages": [{"role": "user", "content": text}], "params": params})
 
 
-def run(events: list[Event], campaign: int = 1) -> np.ndarray:
+def run(events: list[Event], campaign: int = 1, cohort: int = 1) -> np.ndarray:
     """Feature vectors of the account scope, one per event."""
     state = ScopeState()
-    rows = [window(state, summarize(e), campaign, "account")[0][-1] for e in events]
+    rows = [window(state, summarize(e), Crowd(campaign, cohort), "account")[0][-1] for e in events]
     return np.asarray(rows)
 
 
@@ -88,6 +88,15 @@ def test_campaign_feature(campaign: int, expected: float) -> None:
     assert run([ev(0, 0.0)], campaign=campaign)[0, I["campaign"]] == pytest.approx(expected, abs=2e-3)
 
 
+# The two sketches feed their own columns: a cohort count must not leak into campaign or back.
+@pytest.mark.parametrize("campaign, cohort", [(1, 1), (1, 30), (30, 1), (7, 12)])
+@pytest.mark.parametrize("n_events", [1, 3])
+def test_cohort_feature(campaign: int, cohort: int, n_events: int) -> None:
+    row = run([ev(i, 10.0 * i) for i in range(n_events)], campaign=campaign, cohort=cohort)[-1]
+    assert row[I["cohort"]] == pytest.approx(math.log1p(cohort - 1) / 5, abs=2e-3)
+    assert row[I["campaign"]] == pytest.approx(math.log1p(campaign - 1) / 5, abs=2e-3)
+
+
 @pytest.mark.parametrize(
     "ip, prefix",
     [("198.51.100.23", "198.51.100.0/24"), ("2001:db8:abcd:12::1", "2001:db8:abcd::/48"), ("not-an-ip", None), (None, None), ("", None)],
@@ -107,7 +116,7 @@ def test_user_agent_groups(ua: str | None, group: str) -> None:
 def test_window_is_bounded_and_ordered() -> None:
     state = ScopeState()
     for i in range(WINDOW * 3):
-        feats, tokens = window(state, summarize(ev(i, float(i), f"prompt {i}")), 1, "account")
+        feats, tokens = window(state, summarize(ev(i, float(i), f"prompt {i}")), Crowd(), "account")
     assert feats.shape == (WINDOW, N_FEATURES) and tokens.shape[0] == WINDOW
     assert state.n == WINDOW and len(state.rows) == WINDOW
     assert list(state.history()["ts"]) == [float(i) for i in range(WINDOW * 2, WINDOW * 3)]
@@ -115,9 +124,9 @@ def test_window_is_bounded_and_ordered() -> None:
 
 def test_storage_grows_with_use() -> None:
     small, full = ScopeState(), ScopeState()
-    window(small, summarize(ev(0, 0.0)), 1, "account")
+    window(small, summarize(ev(0, 0.0)), Crowd(), "account")
     for i in range(WINDOW):
-        window(full, summarize(ev(i, float(i))), 1, "account")
+        window(full, summarize(ev(i, float(i))), Crowd(), "account")
     assert small.nbytes() < full.nbytes()
 
 
@@ -144,3 +153,29 @@ def test_ground_truth_fields_never_change_features() -> None:
     a = run([Event.model_validate(base)])
     b = run([Event.model_validate({**base, "label": 1, "family": "logit_probe", "actor": "x"})])
     assert np.array_equal(a, b)
+
+
+def _fp(text: str = "hello", account: str = "acct", ua: str | None = "OpenAI/Python 1.40.0", model: str | None = "m1", **params) -> int:
+    e = ev(0, 0.0, text, account, **params).model_copy(update={"user_agent": ua, "model": model})
+    return summarize(e).client_fp
+
+
+# (case, the other request's fingerprint, same as _fp(temperature=0.7, seed=1)?). One tool sends
+# one fingerprint whatever the prompt, account or seed; a different client or habit is another.
+FINGERPRINT_CASES = [
+    ("another prompt and account", lambda: _fp("other text", "acct2", temperature=0.7, seed=1), True),
+    ("another seed value", lambda: _fp(temperature=0.7, seed=99), True),
+    ("no seed", lambda: _fp(temperature=0.7), False),
+    ("another temperature", lambda: _fp(temperature=0.8, seed=1), False),
+    ("another user agent release", lambda: _fp(ua="OpenAI/Python 1.39.0", temperature=0.7, seed=1), False),
+    ("another model", lambda: _fp(model="m2", temperature=0.7, seed=1), False),
+    ("no user agent", lambda: _fp(ua=None, temperature=0.7, seed=1), False),
+    ("streaming", lambda: _fp(temperature=0.7, seed=1, stream=True), False),
+]
+
+
+@pytest.mark.parametrize("case, other, same", FINGERPRINT_CASES, ids=[c[0] for c in FINGERPRINT_CASES])
+def test_client_fingerprint(case: str, other, same: bool) -> None:
+    base = _fp(temperature=0.7, seed=1)
+    assert base != 0
+    assert (other() == base) is same

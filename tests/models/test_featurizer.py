@@ -9,7 +9,7 @@ import pytest
 from moat.models.events import Event
 from moat.models.featurizer import Featurizer
 from moat.models.memory_store import MemoryStore
-from moat.models.scope_window import ScopeState, window
+from moat.models.scope_window import Crowd, ScopeState, window
 from moat.models.state import CampaignSketch
 from moat.models.summary import summarize
 
@@ -24,14 +24,14 @@ def ev(i: int, account: str, key: str | None, ip: str, text: str | None = None, 
 def reference(events: list[Event]) -> list[list[tuple[str, str, np.ndarray, np.ndarray]]]:
     """Every scope computed from scratch with its own state: no reuse."""
     states: dict[tuple[str, str], ScopeState] = {}
-    sketch = CampaignSketch()
+    sketch, cohorts = CampaignSketch(), CampaignSketch()
     out = []
     for e in events:
         s = summarize(e)
-        campaign = sketch.observe(s.shape, s.account_id, s.ts)
+        crowd = Crowd(sketch.observe(s.shape, s.account_id, s.ts), cohorts.observe(s.client_fp, s.account_id, s.ts))
         rows = []
         for scope, key in s.scope_keys():
-            feats, tokens = window(states.setdefault((scope, key), ScopeState()), s, campaign, scope)
+            feats, tokens = window(states.setdefault((scope, key), ScopeState()), s, crowd, scope)
             rows.append((scope, key, feats, tokens))
         out.append(rows)
     return out

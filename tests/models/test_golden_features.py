@@ -31,13 +31,13 @@ EXAMPLE = CONTRACT / "example_trace.jsonl"
 
 # (case, trace, scope windows, sha256 of every window's float16 vectors and tokens in order)
 FEATURES = [
-    ("golden trace", GOLDEN, 1431, "3296ca6f032fe5c289f33dba6e1a52926f9e396a5df13c6f15c5b547c5bbde05"),
-    ("contract example", EXAMPLE, 10, "614df7dd96541a43760f243cc1ee3500a61a3c24c2cd585ae865150578f2529b"),
+    ("golden trace", GOLDEN, 1431, "2c628acd37dfc159c0fe3c861e0a7fd1a044c7d19523a251e640e0f96efa5487"),
+    ("contract example", EXAMPLE, 10, "00d22da2781ceb6492a99f712d9bdc2cadf9a0ea1eea6e1cd0905749c4ec7803"),
 ]
 # (case, trace, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, 477, "09644d32731e33d44c00e63870a9475aae0bbb372865ef9b83f248efba1a8f63"),
-    ("contract example", EXAMPLE, 4, "4c03d0a7699c7b3d3f237c15de3ee3a2c6b1158a3969f04019d951f3af790e0a"),
+    ("golden trace", GOLDEN, 477, "facabb6dd3471cfcdd5becc4187999dc172d885e5094e872924a6e1270f6c47b"),
+    ("contract example", EXAMPLE, 4, "10bc2decc378ca05eef984b1e0a535e886a56fe5a6bdefb14aebcb64485eb969"),
 ]
 
 

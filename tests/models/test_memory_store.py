@@ -11,7 +11,7 @@ import pytest
 
 from moat.models.events import Event
 from moat.models.memory_store import MemoryStore
-from moat.models.scope_window import ScopeState, window
+from moat.models.scope_window import Crowd, ScopeState, window
 from moat.models.state import CAMPAIGN_BUCKET_S, SWEEP_PER_UPDATE, TS_MAX, CampaignSketch
 from moat.models.summary import summarize
 
@@ -27,7 +27,7 @@ class Clock:
 def _touch(store: MemoryStore, key: str, ts: float = 1000.0) -> None:
     # Events are bounded at parse; the store must stand on its own, so the summary gets any time.
     s = dataclasses.replace(summarize(Event.model_validate({"request_id": "r", "ts": 1000.0, "account_id": key, "prompt": "hello"})), ts=ts)
-    store.update("account", key, s.ts, lambda st: window(st, s, 1, "account"))
+    store.update("account", key, s.ts, lambda st: window(st, s, Crowd(), "account"))
 
 
 def _state(store: MemoryStore, key: str) -> ScopeState:
@@ -99,6 +99,26 @@ def test_event_time_jumps_free_nothing() -> None:
 def test_store_passes_campaign_bounds_to_its_sketch() -> None:
     store = MemoryStore(max_templates=7, max_accounts=3)
     assert (store.sketch.max_templates, store.sketch.max_accounts) == (7, 3)
+    assert (store.cohorts.max_templates, store.cohorts.max_accounts) == (7, 3)
+
+
+# (case, calls of (sketch, item, account, ts), expected count of the last call). The campaign and
+# cohort sketches count separately: a template and a fingerprint with the same number are not
+# the same crowd.
+SKETCH_CASES = [
+    ("three accounts, one fingerprint", [("cohort", 5, "a", 0.0), ("cohort", 5, "b", 10.0), ("cohort", 5, "c", 20.0)], 3),
+    ("one account thrice", [("cohort", 5, "a", 0.0), ("cohort", 5, "a", 10.0), ("cohort", 5, "a", 20.0)], 1),
+    ("another fingerprint", [("cohort", 5, "a", 0.0), ("cohort", 5, "b", 10.0), ("cohort", 6, "c", 20.0)], 1),
+    ("a template is not a fingerprint", [("campaign", 5, "a", 0.0), ("campaign", 5, "b", 10.0), ("cohort", 5, "c", 20.0)], 1),
+    ("out of the hour", [("cohort", 5, "a", 0.0), ("cohort", 5, "b", 7 * CAMPAIGN_BUCKET_S)], 1),
+]
+
+
+@pytest.mark.parametrize("case, calls, expected", SKETCH_CASES, ids=[c[0] for c in SKETCH_CASES])
+def test_cohort_sketch_counts_accounts_per_fingerprint(case: str, calls: list[tuple[str, int, str, float]], expected: int) -> None:
+    store = MemoryStore()
+    counts = [getattr(store, sketch)(item, account, ts) for sketch, item, account, ts in calls]
+    assert counts[-1] == expected
 
 
 @pytest.mark.parametrize("max_templates, max_accounts", [(3, 2000), (200_000, 4), (2, 2)])

@@ -11,9 +11,9 @@ from moat.models.policy import Policy, ScopeRisk, combined_risk
 T = Thresholds(throttle=0.5, perturb=0.8, block=0.95)
 
 
-def s(scope: str, risk: float, hold: int = 0, until: float = 0.0, dependent: bool | None = None) -> ScopeRisk:
+def s(scope: str, risk: float, hold: int = 0, until: float = 0.0, dependent: bool | None = None, floor: int = 0) -> ScopeRisk:
     """An address block is dependent (needs corroboration) unless a case says otherwise."""
-    return ScopeRisk(scope, f"{scope}-key", risk, hold, until, scope == "ip_prefix" if dependent is None else dependent)
+    return ScopeRisk(scope, f"{scope}-key", risk, hold, until, scope == "ip_prefix" if dependent is None else dependent, floor)
 
 
 # (case, scopes, ts, shadow, action, driving scope, new holds (scope, level))
@@ -37,6 +37,9 @@ CASES = [
     ("expired hold no longer applies", [s("account", 0.1, hold=3, until=50.0)], 100.0, False, "allow", "account", []),
     ("hold on another scope drives", [s("account", 0.1), s("api_key", 0.2, hold=2, until=500.0)], 100.0, False, "perturb", "api_key", []),
     ("shadow mode always allows", [s("account", 0.99)], 100.0, True, "allow", "account", [("account", 3)]),
+    ("a signature throttles whatever the risk", [s("account", 0.1, floor=1)], 100.0, False, "throttle", "account", []),
+    ("a signature never lowers the model's action", [s("account", 0.99, floor=1)], 100.0, False, "block", "account", [("account", 3)]),
+    ("a signature on a dependent scope is ignored", [s("account", 0.1), s("ip_prefix", 0.1, floor=1)], 100.0, False, "allow", "account", []),
 ]
 
 

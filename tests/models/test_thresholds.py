@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moat.models.thresholds import MIN_BLOCK, MIN_THROTTLE, ActionTargets, choose_thresholds, operator_thresholds, population_mask
+from moat.models.thresholds import MIN_BLOCK, MIN_THROTTLE, ActionTargets, choose_thresholds, operator_thresholds, population_mask, tail_threshold, top_cluster_start
 
 
 def _sig(z: np.ndarray) -> np.ndarray:
@@ -72,3 +72,46 @@ def test_report_counts_accounts_near_each_threshold() -> None:
 def test_invalid_targets_are_refused(block: float, perturb: float, action: float) -> None:
     with pytest.raises(ValueError, match="target|targets"):
         ActionTargets(block=block, perturb=perturb, action=action)
+
+
+def _population(kind: str, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = {"normal": lambda: rng.normal(0, 2, n), "gumbel": lambda: rng.gumbel(0, 1.5, n), "uniform": lambda: rng.uniform(-3, 4.5, n)}[kind]()
+    return _sig(z)
+
+
+# (case, population kind, accounts, campaign accounts at logit 6 (narrow), cluster expected).
+# A campaign's accounts score alike: a narrow peak above the bulk. Smooth populations, however
+# skewed, hold none; a "cluster" holding most of the sample is the population, not a campaign.
+CLUSTERS = [
+    ("smooth normal", "normal", 2000, 0, False),
+    ("right-skewed", "gumbel", 2000, 0, False),
+    ("flat", "uniform", 2000, 0, False),
+    ("few accounts", "normal", 120, 0, False),
+    ("5% campaign", "normal", 2000, 100, True),
+    ("20% campaign", "normal", 800, 200, True),
+    ("campaign outnumbers everyone", "normal", 300, 600, False),
+]
+
+
+@pytest.mark.parametrize("case, kind, n, campaign, found", CLUSTERS, ids=[c[0] for c in CLUSTERS])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_cluster(case: str, kind: str, n: int, campaign: int, found: bool, seed: int) -> None:
+    spike = _sig(np.random.default_rng(50 + seed).normal(6.0, 0.15, campaign))
+    risk = np.concatenate([_population(kind, n, seed), spike])
+    start = top_cluster_start(risk)
+    assert (start is not None) is found
+    if found:
+        assert start <= 6.0 - 0.45  # below the campaign: all of it is trimmed
+        choice = operator_thresholds(risk, ActionTargets())
+        assert choice.cluster >= 0.97 * campaign
+        assert choice.thresholds.throttle < _sig(np.array(start))  # the campaign is acted on
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tail_threshold_extrapolates_where_a_quantile_would_be_the_sample_maximum(seed: int) -> None:
+    risk = _benign(500, seed)
+    # 0.1% of 500 accounts: under one account above; the fitted tail sits above the maximum.
+    assert tail_threshold(risk, 0.001) > risk.max()
+    # 5% of 500 = 25 accounts above: the empirical quantile, just above the 26th highest risk.
+    assert tail_threshold(risk, 0.05) == pytest.approx(np.sort(risk)[-26] + 1e-6, abs=1e-9)

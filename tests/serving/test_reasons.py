@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from moat.models.feature_spec import INDEX, N_FEATURES, SPEC
-from moat.serving.reasons import RULES, reasons
+from moat.serving.reasons import RULES, floor_level, reasons
 
 # Human pace, so machine_timing stays quiet unless a case sets the timing.
 QUIET = {"dt_prev": 600.0, "dt_mean_k": 600.0, "gap_cv": 1.5}
@@ -49,7 +49,13 @@ CASES = [
     ("max_tokens 1000, one sample", "long_output_harvest", {"max_tokens": 1000, "n": 1}, 3, False),
     ("six other accounts", "cross_account_campaign", {"campaign": 6}, 2, True),
     ("two other accounts", "cross_account_campaign", {"campaign": 2}, 2, False),
+    ("a cohort of twenty", "client_cohort", {"cohort": 20}, 2, True),
+    ("a front-end's few users", "client_cohort", {"cohort": 5}, 2, False),
+    ("six biases on one prompt", "logit_bias_sweep", {"lb_variety": 6}, 8, True),
+    ("two biases on one prompt", "logit_bias_sweep", {"lb_variety": 2}, 8, False),
 ]
+# A signature is a stronger form of another code, which fires with it.
+ALSO = {"logit_bias_sweep": ["logit_bias_probe"]}
 
 
 @pytest.mark.parametrize("case, code, raw, n, fires", CASES, ids=[c[0] for c in CASES])
@@ -57,7 +63,22 @@ def test_reason(case: str, code: str, raw: dict[str, float], n: int, fires: bool
     got = reasons(vector(raw), n, "api_key")
     assert got[-1] == "scope:api_key"
     # A firing case shows its signal alone: no other code may fire on it.
-    assert got[:-1] == ([code] if fires else []), case
+    expected = [r.code for r in RULES if r.code == code or r.code in ALSO.get(code, [])] if fires else []
+    assert got[:-1] == expected, case
+
+
+# (case, raw features, window length, floor): only a signature sets a floor, and only when it fires.
+FLOORS = [
+    ("quiet window", {}, 16, 0),
+    ("a sweep", {"lb_variety": 6}, 8, 1),
+    ("a probe short of a sweep", {"lb_variety": 3}, 8, 0),
+    ("other strong signals set no floor", {"rate_1h": 500.0, "campaign": 20, "cohort": 30, "logprob_share": 1.0}, 16, 0),
+]
+
+
+@pytest.mark.parametrize("case, raw, n, floor", FLOORS, ids=[c[0] for c in FLOORS])
+def test_floor_level(case: str, raw: dict[str, float], n: int, floor: int) -> None:
+    assert floor_level(vector(raw), n) == floor
 
 
 def test_quiet_vector_fires_nothing() -> None:
