@@ -12,8 +12,8 @@ depends on, not by account:
    which holds that scope's whole history and computes its windows in trace order. A scope's
    window reads only its own history, the request's summary and its crowd counts, so any
    split of the scopes gives the windows one process gives;
-4. network and policy (in this process): the scorer's stream path on the same chunks of 128
-   events, so the network sees the same batches and holds are applied in trace order.
+4. network and policy (in this process): the scorer's stream path on chunks of the same size
+   (MOAT_REPLAY_CHUNK events), so the network sees the same batches and holds are applied in trace order.
 
 Exact under the one-process replay's own assumptions: state from empty, scopes never evicted
 (the run stops with an error before more than `max_scopes` scopes would be held, where one process
@@ -44,7 +44,6 @@ from moat.models.summary import Summary, summarize
 if TYPE_CHECKING:
     from moat.serving.scorer import Scorer
 
-CHUNK = 128  # events per chunk: the one-process stream's chunk, so the network runs the same batches
 LOOKAHEAD = 2  # chunks parsed ahead of the one being featurised, so workers rarely wait
 _SUMMARY_FIELDS = tuple(f.name for f in fields(Summary))
 
@@ -177,11 +176,12 @@ def _slices(n_items: int, n: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, n_items)) for a in range(0, n_items, step)]
 
 
-def _chunked(raws: Iterable[str | dict]) -> Iterator[list[str | dict]]:
+def _chunked(raws: Iterable[str | dict], size: int) -> Iterator[list[str | dict]]:
+    """Chunks of the one-process stream's size (MOAT_REPLAY_CHUNK), so the network runs the same batches."""
     chunk: list[str | dict] = []
     for raw in raws:
         chunk.append(raw)
-        if len(chunk) == CHUNK:
+        if len(chunk) == size:
             yield chunk
             chunk = []
     if chunk:
@@ -209,7 +209,7 @@ class _Featurise:
         return workers
 
     def chunks(self, raws: Iterable[str | dict]) -> Iterator[tuple[list[Ref | None], list[tuple[Step, Holds]]]]:
-        source = enumerate(_chunked(raws))
+        source = enumerate(_chunked(raws, self.scorer.settings.replay_chunk))
         inflight: deque[tuple[int, list[str | dict], list[int]]] = deque()
         for k, chunk in itertools.islice(source, LOOKAHEAD + 1):
             inflight.append((k, chunk, self._request_parse(k, chunk)))

@@ -128,6 +128,15 @@ TIME_SOURCES: dict[str, Callable[[ServingSettings], TimeSource]] = {
 }
 
 
+def execution_providers(choice: str, available: list[str] | None = None) -> list[str]:
+    """onnxruntime providers for MOAT_ONNX_PROVIDER, CPU always last as the fallback."""
+    have = ort.get_available_providers() if available is None else available
+    cuda = "CUDAExecutionProvider" in have
+    if choice == "cuda" and not cuda:
+        raise RuntimeError(f"MOAT_ONNX_PROVIDER=cuda: onnxruntime has no CUDA provider here ({', '.join(have)}); install onnxruntime-gpu or use cpu")
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if choice != "cpu" and cuda else ["CPUExecutionProvider"]
+
+
 class Scorer:
     def __init__(self, settings: ServingSettings | None = None, store: StateStore | None = None, bundle: Path | None = None, clock: TimeSource | None = None) -> None:
         self.settings = settings or ServingSettings()
@@ -138,7 +147,7 @@ class Scorer:
         opts.intra_op_num_threads = s.onnx_threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=execution_providers(s.onnx_provider))
         t = self.meta.thresholds
         thresholds = Thresholds(
             throttle=s.throttle_threshold if s.throttle_threshold is not None else t.throttle,
@@ -237,16 +246,16 @@ class Scorer:
         risks = self._unplan(plan, self._infer(plan))
         return [self._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, risks)]
 
-    def score_stream(self, events: Iterable[Event | None], chunk: int = 128, clock: TimeSource | None = None) -> Iterator[Score | None]:
+    def score_stream(self, events: Iterable[Event | None], chunk: int | None = None, clock: TimeSource | None = None) -> Iterator[Score | None]:
         """Score a long stream in order, overlapping the network run of one chunk with the
         featurisation of the next (two threads; the network thread runs no Python loops, so the
         two barely contend for the GIL). None items pass through as None, so a caller can keep
         placeholders for invalid input in line. Streams are the offline path (replay, evaluation,
         calibration): a recorded trace is scored in its own time (CallerClock) unless `clock`
         says otherwise; the live service scores through `score` and `score_many`."""
-        return self._stream(events, chunk, self._decide, clock or CallerClock())
+        return self._stream(events, chunk or self.settings.replay_chunk, self._decide, clock or CallerClock())
 
-    def own_risk_stream(self, events: Iterable[Event], chunk: int = 128, clock: TimeSource | None = None) -> Iterator[tuple[Event, float]]:
+    def own_risk_stream(self, events: Iterable[Event], chunk: int | None = None, clock: TimeSource | None = None) -> Iterator[tuple[Event, float]]:
         """Each event with the risk of its own scopes (the account, a key carrying all of it),
         before any policy: what operator calibration reads. Own risk alone decides whether an
         account is ever acted on or blocked, since dependent scopes act only on accounts whose
@@ -255,7 +264,7 @@ class Scorer:
         def own(event: Event, step: Step, store: StateStore, risks: list[float]) -> tuple[Event, float]:
             return event, max(r for w, r in zip(step.windows, risks) if not w.dependent)
 
-        return self._stream(events, chunk, own, clock or CallerClock())  # type: ignore[return-value]
+        return self._stream(events, chunk or self.settings.replay_chunk, own, clock or CallerClock())  # type: ignore[return-value]
 
     def score_stepped(self, chunks: Iterable[tuple[list[Any], list[tuple[Step, Any]]]]) -> Iterator[Score | None]:
         """`score_stream` for chunks featurised elsewhere (`moat replay --workers`): each chunk is

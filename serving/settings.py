@@ -27,8 +27,13 @@ class ServingSettings(BaseSettings):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     max_batch: int = Field(default=1000, ge=1)
     onnx_threads: int = Field(default=1, ge=1)
+    # The GPU tier: "cuda" runs the network on onnxruntime-gpu's CUDA provider (batches from
+    # /score/batch and replay are large there); "auto" uses it when installed. CPU stays the default.
+    onnx_provider: Literal["cpu", "cuda", "auto"] = "cpu"
+    replay_chunk: int = Field(default=128, ge=1, le=65536, description="events per network batch in moat replay and evaluate (larger on a GPU)")
     redis_timeout_s: float = Field(default=0.05, gt=0)
     redis_retry_s: float = Field(default=5.0, ge=0, description="after a Redis fault, use local state this long before retrying")
+    redis_cluster: bool = Field(default=False, description="MOAT_STATE names a node of a Redis Cluster (hash-tagged keys, one call per node touched)")
     # Time (docs/operations.md, "Time"): "server" trusts the caller's ts only within
     # max_clock_skew_s of this server's clock and uses the server's time otherwise; "caller"
     # trusts ts as given, for replaying recorded traces (`moat replay` uses it).

@@ -74,7 +74,7 @@ def test_the_synthetic_trace_shares_state_across_accounts(tmp_path: Path) -> Non
     campaigns, block_accounts, key_accounts = [], {}, {}
     for e in (Event.model_validate_json(line) for line in iter_lines(trace) if '"bad"' not in line):
         step = featurizer.step(e)
-        campaigns.append(step.campaign)
+        campaigns.append(step.crowd.campaign)
         block_accounts.setdefault(step.summary.ip_prefix, set()).add(e.account_id)
         key_accounts.setdefault(e.api_key_id, set()).add(e.account_id)
     assert max(campaigns) >= 10

@@ -15,7 +15,7 @@ from moat.models.events import Event
 from moat.models.memory_store import MemoryStore
 from moat.models.traces import iter_raw
 from moat.serving.replay_cli import replay
-from moat.serving.scorer import Scorer
+from moat.serving.scorer import Scorer, execution_providers
 from moat.serving.settings import ServingSettings
 from tests.conftest import CONTRACT, ROOT
 
@@ -66,14 +66,35 @@ def test_ttl_restarts_an_idle_scope() -> None:
     assert totals == [2, 1]  # two requests, then after the idle gap only the new one
 
 
-def test_batched_scoring_equals_one_at_a_time(small_traces: Path) -> None:
+# Network batches from small to the GPU tier's large ones (MOAT_REPLAY_CHUNK) score alike.
+@pytest.mark.parametrize("chunk", [64, 1024])
+def test_batched_scoring_equals_one_at_a_time(small_traces: Path, chunk: int) -> None:
     events = [Event.model_validate(r) for _, r in zip(range(600), iter_raw(small_traces / "test.jsonl"))]
     one = Scorer(ServingSettings(time_source="caller"))
     singles = [one.score(e) for e in events]
-    many = Scorer(ServingSettings(time_source="caller"))
-    streamed = list(many.score_stream(events, chunk=64))
+    many = Scorer(ServingSettings(time_source="caller", replay_chunk=chunk))
+    streamed = list(many.score_stream(events))
     assert [s.action for s in singles] == [s.action for s in streamed]
     assert max(abs(a.risk - b.risk) for a, b in zip(singles, streamed)) < 1e-5
+
+
+# (case, MOAT_ONNX_PROVIDER, providers onnxruntime has, providers used or the error's words)
+PROVIDERS = [
+    ("cpu by default, even with a GPU", "cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
+    ("auto takes the GPU", "auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ("auto without a GPU", "auto", ["CPUExecutionProvider"], ["CPUExecutionProvider"]),
+    ("cuda demanded, none here", "cuda", ["CPUExecutionProvider"], "install onnxruntime-gpu"),
+    ("cuda", "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+]
+
+
+@pytest.mark.parametrize("case, choice, available, expected", PROVIDERS, ids=[c[0] for c in PROVIDERS])
+def test_execution_providers(case: str, choice: str, available: list[str], expected: list[str] | str) -> None:
+    if isinstance(expected, str):
+        with pytest.raises(RuntimeError, match=expected):
+            execution_providers(choice, available)
+    else:
+        assert execution_providers(choice, available) == expected
 
 
 # (configured corroboration, throttle threshold override): the gate is the larger of the
