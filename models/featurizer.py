@@ -6,13 +6,14 @@ call `Featurizer.step`, so a model sees in production exactly what it was traine
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from moat.models.events import Event
 from moat.models.scope_window import Crowd, ScopeState, fingerprint, push, relational, rescope
-from moat.models.state import StateStore
+from moat.models.state import StateStore, Visit
 from moat.models.summary import Summary, summarize
 
 # Address blocks mix parties (a corporate NAT, a cloud range).
@@ -48,25 +49,27 @@ class Featurizer:
         # A store that keeps state at rest keys the fingerprints it will store (equality is all
         # the features compare, so they are unchanged).
         s = self.store.seal(summarize(event, ts))
-        crowd = Crowd(self.store.campaign(s.shape, s.account_id, s.ts), self.store.cohort(s.client_fp, s.account_id, s.ts))
-        windows = []
-        # The account scope comes first. A key or address block whose history mirrors the
-        # account's (used by this account alone, the common case) gets the account's vector
-        # with its own scope flag: identical to computing it, at a fraction of the cost.
-        account: tuple[tuple, np.ndarray, int] | None = None
-        for scope, key in s.scope_keys():
 
-            def apply(state: ScopeState, scope: str = scope) -> tuple[np.ndarray, np.ndarray, tuple, np.ndarray, int]:
+        def begin(campaign: int, cohort: int) -> Callable[[str, str, ScopeState], ScopeWindow]:
+            crowd = Crowd(campaign, cohort)
+            # The account scope comes first. A key or address block whose history mirrors the
+            # account's (used by this account alone, the common case) gets the account's vector
+            # with its own scope flag: identical to computing it, at a fraction of the cost.
+            account: tuple[tuple, np.ndarray, int] | None = None
+
+            def apply(scope: str, key: str, state: ScopeState) -> ScopeWindow:
+                nonlocal account
                 fp = fingerprint(state)
                 vec = rescope(account[1], scope) if account is not None and fp == account[0] else relational(state, s, crowd, scope, fp[4])
-                return (*push(state, s, vec), fp, vec, state.total)
+                feats, tokens = push(state, s, vec)
+                if account is None:
+                    account = (fp, vec, state.total)
+                # Fewer requests than the account: the scope carries only part of its traffic.
+                return ScopeWindow(scope, key, feats, tokens, scope in MIXED_SCOPES or state.total < account[2])
 
-            # A shared store may run `apply` more than once (optimistic retries); only the
-            # committed run's fingerprint and vector are kept.
-            feats, tokens, fp, vec, total = self.store.update(scope, key, s.ts, apply)
-            if account is None:
-                account = (fp, vec, total)
-            # Fewer requests than the account: the scope carries only part of its traffic.
-            dependent = scope in MIXED_SCOPES or total < account[2]
-            windows.append(ScopeWindow(scope, key, feats, tokens, dependent))
-        return Step(s, crowd, windows)
+            return apply
+
+        # One call for the sketches and every scope: a shared store does it in one round trip,
+        # and may run `begin` again on fresh state (only the last run's windows are kept).
+        campaign, cohort, windows = self.store.visit(Visit(tuple(s.scope_keys()), s.account_id, s.ts, s.shape, s.client_fp), begin)
+        return Step(s, Crowd(campaign, cohort), windows)

@@ -67,6 +67,22 @@ class Keyer:
         return dataclasses.replace(s, shape=fp(s.shape), prompt_hash=fp(s.prompt_hash), lb_hash=fp(s.lb_hash), param_hash=fp(s.param_hash), client_fp=fp(s.client_fp))
 
 
+@dataclasses.dataclass(frozen=True)
+class Visit:
+    """Everything one request touches in a store: its scopes in order (the account first) and
+    its items in the two cross-account sketches (the sealed template and client fingerprint)."""
+
+    scopes: tuple[tuple[str, str], ...]
+    account: str
+    ts: float
+    template: int
+    client_fp: int
+
+
+# begin(campaign, cohort) returns the function applied to each scope's state in order.
+Begin = Callable[[int, int], Callable[[str, str, ScopeState], T]]
+
+
 class StateStore(ABC):
     name: str = "abstract"
 
@@ -102,6 +118,20 @@ class StateStore(ABC):
         writes them at rest. The featurizer calls it before any comparison with stored rows, so
         equal prompts stay equal and the features do not change."""
         return s
+
+    def visit(self, v: Visit, begin: Begin[T]) -> tuple[int, int, list[T]]:
+        """Record the request in both sketches, then apply `begin(campaign, cohort)` to each of
+        its scopes' states in order and keep them; returns the two counts and each scope's result.
+
+        A shared store may do this in one round trip, on the states it last wrote, and then run
+        `begin` and its function more than once (again on fresh states, when another replica
+        wrote in between): only the last run's results are returned and kept, and every run
+        starts from `begin`, so a function may carry what it learnt from earlier scopes (the
+        account's fingerprint) in its closure. This default is the call-by-call sequence."""
+        campaign = self.campaign(v.template, v.account, v.ts)
+        cohort = self.cohort(v.client_fp, v.account, v.ts)
+        apply = begin(campaign, cohort)
+        return campaign, cohort, [self.update(scope, key, v.ts, lambda state, scope=scope, key=key: apply(scope, key, state)) for scope, key in v.scopes]
 
     def close(self) -> None:
         pass

@@ -170,7 +170,7 @@ class Scorer:
         if s.state == "memory":
             return {"max_scopes": s.max_scopes, "ttl_s": s.scope_ttl_s, "max_templates": s.campaign_max_templates, "max_accounts": s.campaign_max_accounts}
         secret = s.state_secret.get_secret_value().encode() if s.state_secret is not None else None
-        return {"ttl_s": s.scope_ttl_s, "timeout_s": s.redis_timeout_s, "retry_s": s.redis_retry_s, "secret": secret}
+        return {"ttl_s": s.scope_ttl_s, "timeout_s": s.redis_timeout_s, "retry_s": s.redis_retry_s, "secret": secret, "cluster": s.redis_cluster, "max_accounts": s.campaign_max_accounts}
 
     @property
     def model_version(self) -> str:

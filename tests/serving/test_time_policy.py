@@ -68,7 +68,7 @@ def _clock(source: str, server: Clock) -> TimeSource:
 
 
 def _probe(i: int, ts: float, rng: random.Random) -> Event:
-    """A logit-bias probe request (the shipped model blocks this account within 60 requests)."""
+    """A logit-bias probe request (the shipped model acts on this account within 60 requests)."""
     params = {"max_tokens": 1, "logprobs": True, "top_logprobs": 5, "temperature": 0, "logit_bias": {str(rng.randint(0, 100_000)): 100}}
     return Event.model_validate({
         "request_id": f"p{i}", "ts": ts, "account_id": "acct_probe", "api_key_id": "key_1", "client_ip": "203.0.113.9",
@@ -78,7 +78,7 @@ def _probe(i: int, ts: float, rng: random.Random) -> Event:
 
 @pytest.mark.parametrize("source", ["server", "caller"])
 def test_jumping_time_forward_does_not_let_probes_through(source: str) -> None:
-    """The issue's repro: once the probe is blocked, 16 probes each 100,000 s after the last were
+    """The issue's repro: once the probe is acted on, 16 probes each 100,000 s after the last were
     all allowed (each jump passed the TTL, so every probe met an empty history). Under server
     time the jumps are clamped away; under caller time the history and its hold survive them."""
     server, rng = Clock(NOW), random.Random(0)
@@ -88,13 +88,15 @@ def test_jumping_time_forward_does_not_let_probes_through(source: str) -> None:
         t += rng.uniform(0.5, 1.5)
         server.t = t
         last = sc.score(_probe(i, t, rng))
-    assert last.action == "block"  # the premise: the account is blocked
+    assert last.action != "allow"  # the premise: the account is acted on
     jumped = []
     for j in range(16):
         t += 100_000.0
         server.t += 1.0
         jumped.append(sc.score(_probe(100 + j, t, rng)).action)
-    assert jumped == ["block"] * 16
+    # A probe that met an empty history would be allowed (one request is no sweep); each jump
+    # keeps the history (server time clamps it away; caller time keeps the scope), so none is.
+    assert "allow" not in jumped
 
 
 STRICT = {"throttle_threshold": 0.0, "perturb_threshold": 0.0, "block_threshold": 0.0}  # blocks everything
