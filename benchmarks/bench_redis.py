@@ -101,6 +101,11 @@ def commandstats(ports: list[int]) -> Counter:
     return out
 
 
+def redis_cpu_s(ports: list[int]) -> float:
+    """CPU seconds the Redis servers have used (user + system): what sizing shards needs."""
+    return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in (redis.Redis(port=p).info("cpu") for p in ports))
+
+
 def usage_by_kind(store: RedisStore, ports: list[int]) -> Counter:
     """MEMORY USAGE summed over this store's keys, by kind (s: scope, h: hold, c: campaign, k: cohort)."""
     out: Counter = Counter()
@@ -124,6 +129,7 @@ def compare(events: list[Event], url: str, ports: list[int], cluster: bool, warm
         memory.score(e)
         shared.score(e)
     before, trips0, calls0, retries0 = commandstats(ports), store.round_trips, store.runner.calls, store.retries
+    cpu0 = redis_cpu_s(ports)
     t_mem, t_redis, diff = [], [], []
     for e in events[warmup:]:
         t0 = time.perf_counter_ns()
@@ -135,6 +141,7 @@ def compare(events: list[Event], url: str, ports: list[int], cluster: bool, warm
         t_redis.append((t2 - t1) / 1e3)
         diff.append((t2 - t1 - (t1 - t0)) / 1e3)
     n = len(events) - warmup
+    cpu = redis_cpu_s(ports) - cpu0
     stats = commandstats(ports) - before
     stats.pop("info", None)
     assert shared.counters.store_fallbacks == 0, "the Redis scorer fell back to local state: the figures would not be Redis's"
@@ -145,6 +152,7 @@ def compare(events: list[Event], url: str, ports: list[int], cluster: bool, warm
     print(f"round trips per request: {(store.round_trips - trips0) / n:.2f} ({(store.runner.calls - calls0) / n:.2f} script calls, {(store.retries - retries0) / n:.3f} sent again)")
     print(f"Redis commands per request: {sum(stats.values()) / n:.1f} executed, of which {scripts / n:.2f} sent by the client as scripts (INFO commandstats)")
     print("  " + ", ".join(f"{k} {v / n:.2f}" for k, v in stats.most_common()))
+    print(f"Redis server CPU per request: {cpu / n * 1e6:.0f} us (INFO cpu, all nodes): one Redis core serves about {n / max(cpu, 1e-9):,.0f} requests/s")
     accounts = len({e.account_id for e in events})
     usage = usage_by_kind(store, ports)
     parts = ", ".join(f"{KINDS.get(kind, kind)} {b / accounts:,.0f}" for kind, b in usage.most_common())
