@@ -8,7 +8,11 @@ and then vary, so the campaign sketch sees templates shared across accounts, as 
 
 Two measures, each in a fresh child process: tracemalloc (Python and numpy allocations, split by
 where they were made) and the growth of resident memory (everything, allocator overhead included).
+With --flood N: N distinct accounts, keys and /24s of one request each through a store bounded
+as serving bounds it (--max-scopes, --max-templates), printing resident memory as they arrive:
+it must stop growing once the bounds are reached.
 Usage: python benchmarks/bench_state_memory.py [--accounts N] [--requests 1 16 64]
+       python benchmarks/bench_state_memory.py --flood 10000000 --max-scopes 300000
 """
 
 from __future__ import annotations
@@ -87,6 +91,23 @@ def measure(accounts: int, requests: int, templates: int, use_tracemalloc: bool)
     return Result(accounts, requests, store.size(), len(store.sketch), sketch_entries, dict(by_part), None if use_tracemalloc else _rss() - rss0)
 
 
+def flood(n: int, max_scopes: int, max_templates: int, templates: int, checkpoints: int = 10) -> None:
+    """Resident memory while n distinct accounts (each its own key and /24) arrive at a bounded
+    store: flat once the LRU bounds hold (scopes, campaign templates, accounts per sketch entry)."""
+    from tqdm import tqdm
+
+    store = MemoryStore(max_scopes=max_scopes, ttl_s=None, max_templates=max_templates)
+    featurizer = Featurizer(store)
+    rss0 = _rss()
+    every = max(n // checkpoints, 1)
+    print(f"flood: {n:,} distinct accounts, keys and /24s, one request each; bounds: {max_scopes:,} scopes, {max_templates:,} campaign templates")
+    for i, e in enumerate(tqdm(events(n, 1, templates, seed=0), total=n, unit=" events", mininterval=2.0), 1):
+        featurizer.step(e)
+        if i % every == 0:
+            gc.collect()
+            tqdm.write(f"  {i:>12,} accounts: RSS +{(_rss() - rss0) / 2**20:8.1f} MiB, {store.size():,} scopes, {len(store.sketch):,} templates, {len(store.cohorts):,} fingerprints, {store.evictions:,} scopes evicted")
+
+
 def _rss() -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -100,7 +121,13 @@ def main() -> None:
     ap.add_argument("--accounts", type=int, default=2_000, help="active accounts (the figures are per account)")
     ap.add_argument("--requests", type=int, nargs="+", default=[1, 16, 64], help="requests per account, one run each (16 fills a window; from 64 on a scope also keeps its previous novelty bloom)")
     ap.add_argument("--templates", type=int, default=2_000, help="distinct prompt openings across all accounts")
+    ap.add_argument("--flood", type=int, help="instead: this many distinct accounts through a bounded store, RSS at checkpoints")
+    ap.add_argument("--max-scopes", type=int, default=300_000, help="--flood: the store's scope bound (MOAT_MAX_SCOPES)")
+    ap.add_argument("--max-templates", type=int, default=20_000, help="--flood: the campaign sketch's template bound")
     args = ap.parse_args()
+    if args.flood:
+        flood(args.flood, args.max_scopes, args.max_templates, templates=max(args.templates, 4 * args.max_templates))
+        return
     ctx = mp.get_context("fork")
     print(f"{args.accounts:,} accounts, each with its own account, API-key and /24 address-block scope; {args.templates:,} prompt templates")
     for requests in args.requests:
