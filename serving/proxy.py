@@ -4,10 +4,11 @@ action, so an operator gets Moat by pointing clients at it instead of at the rea
 Per request: identity from the request (account = keyed hash of the bearer key, or a configured
 header; address = the peer or a trusted X-Forwarded-For hop), a contract Event from the OpenAI
 body, the same in-process Scorer `moat serve` runs, then the action:
-  allow    -> forwarded untouched; the answer, SSE included, is streamed back byte for byte
+  allow    -> forwarded untouched; the answer, SSE included, is relayed byte for byte
   throttle -> 429 + Retry-After, OpenAI error JSON (the SDKs raise RateLimitError)
   block    -> 403, OpenAI error JSON (PermissionDeniedError); never 5xx, which clients retry
   perturb  -> the body's extraction knobs capped, forwarded, logprobs of the answer perturbed
+              (and its text watermarked, when MOAT_WATERMARK_ENABLED is set)
 Upstream answers that are not 2xx pass through unchanged. Any fault of Moat's own (identity,
 parsing, scoring, perturbing) fails open: the request is forwarded as if allowed.
 
@@ -29,29 +30,24 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
-import yarl
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.responses import Response
 
 from moat.models.events import MAX_LOGIT_BIAS, MAX_OUTPUT_TOKENS, SEED_RANGE, Event
+from moat.models.memory_store import MemoryStore
 from moat.serving.actions import ActionSettings, InvalidRequest, PerturbSettings, Reply, ResponsePerturber, SSETransformer, invalid_request, perturb_request, reply_for, request_seed
+from moat.serving.actions.watermark import TextWatermarker, WatermarkSettings
 from moat.serving.scorer import Score, Scorer
+from moat.serving.upstream import HOP, Answer, Pool, UpstreamError
 
 log = logging.getLogger("moat.proxy")
-
-# Hop-by-hop headers (RFC 9110 7.6.1) and the ones the proxy recomputes for its own hop.
-_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"})
-
 
 class ProxySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOAT_PROXY_", extra="ignore")
@@ -216,17 +212,22 @@ def openai_event(body: Any, endpoint: str, who: Identity, user_agent: str | None
 
 
 class Decider:
-    """The in-process Scorer, called on the event loop: one call costs well under a millisecond,
-    less than a hop to a worker thread and back (which also waits out GIL switch intervals under
-    load), and the Scorer's state then has one thread. Every fault becomes None (the caller
-    fails open)."""
+    """The in-process Scorer. With the memory store it runs on the event loop: one call costs
+    well under a millisecond, less than a hop to a worker thread and back (which also waits out
+    GIL switch intervals under load). A store that waits on the network (Redis) would stall
+    every other request on the loop meanwhile, so its calls go to one worker thread, which also
+    keeps the Scorer's state on one thread. Every fault becomes None (the caller fails open)."""
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
+        store = getattr(scorer, "store", None)
+        self._worker = None if store is None or isinstance(store, MemoryStore) else ThreadPoolExecutor(max_workers=1, thread_name_prefix="moat-score")
 
     async def score(self, event: Event) -> Score | None:
         try:
-            return self.scorer.score(event)
+            if self._worker is None:
+                return self.scorer.score(event)
+            return await asyncio.get_running_loop().run_in_executor(self._worker, self.scorer.score, event)
         except Exception:  # a scoring fault must not stop traffic: fail open
             log.exception("scoring request %s failed; failing open", event.request_id)
             return None
@@ -237,75 +238,168 @@ def request_id(headers: Mapping[str, str]) -> str:
     return rid[:128] if rid else uuid.uuid4().hex
 
 
-# ---------------------------------------------------------------- forwarding
+# ---------------------------------------------------------------- the ASGI edge
+#
+# The proxy route is plain ASGI, not a Starlette route: the framework's middleware stack,
+# Request object and StreamingResponse (a task group per answer, and a thread hop to release the
+# upstream connection) cost about 0.4 ms of CPU per request, as much as the Scorer's median.
+
+Headers = list[tuple[bytes, bytes]]
+# Identity and the Event read only these; the rest of the headers are forwarded as they came.
+_READ = frozenset({b"authorization", b"x-forwarded-for", b"user-agent", b"x-request-id"})
+# Answers up to this size are read whole and sent in one piece; larger ones, and any without a
+# Content-Length (SSE, chunked), are relayed chunk by chunk as they arrive.
+WHOLE_BODY_BYTES = 1 << 20
 
 
 @dataclass
 class Call:
     """One proxied request: what arrived, and what Moat decided."""
 
-    request: Request
+    method: str
+    target: str  # the path and query exactly as the client sent them
+    path: str
+    headers: Headers  # as received, names lower-case (ASGI)
+    peer: str | None
     body: bytes
-    parsed: Any  # the JSON body, or None when it is not JSON
-    score: Score | None
+    parsed: Any = None  # the JSON body, or None when it is not JSON
+    score: Score | None = None
+
+
+def _call(scope: dict[str, Any], body: bytes) -> Call:
+    path = scope["path"]
+    raw = scope.get("raw_path") or path.encode()
+    query = scope.get("query_string") or b""
+    target = (raw + b"?" + query if query else raw).decode("latin-1")
+    client = scope.get("client")
+    return Call(scope["method"], target, path, scope["headers"], client[0] if client else None, body)
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived: nobody reads an answer."""
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole request body, or None when it exceeds `limit`."""
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(send: Any, status: int, headers: Headers, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _json_headers(body: bytes, extra: Mapping[str, str] | None = None) -> Headers:
+    out = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    return out + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items() if k.lower() not in ("content-type", "content-length")]
+
+
+async def send_reply(send: Any, r: Reply) -> None:
+    """An answer of the actions library (throttle, block, a 400)."""
+    await _send(send, r.status, _json_headers(r.body, r.headers), r.body)
+
+
+async def send_error(send: Any, status: int, message: str, code: str) -> None:
+    """The proxy's own answers (413: body too large; 502: upstream unreachable) in OpenAI's
+    error shape. The actions' answers come from the actions library (`denial`)."""
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error" if status < 500 else "api_error", "param": None, "code": code}}).encode()
+    await _send(send, status, _json_headers(body), body)
+
+
+async def _until_disconnect(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def relay_stream(receive: Any, send: Any, chunks: AsyncIterator[bytes]) -> None:
+    """Send each chunk as it comes, and stop reading the upstream when the client leaves (the
+    server drops writes to a closed connection silently, and a generation can run for minutes)."""
+    watch = asyncio.ensure_future(_until_disconnect(receive))
+    try:
+        async for chunk in chunks:
+            if watch.done():
+                return
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        watch.cancel()
+
+
+# ---------------------------------------------------------------- the upstream
 
 
 class Upstream:
-    """The connection pool to the real API, and the two ways of relaying its answer. aiohttp
-    (already a BentoML dependency) rather than httpx: it costs half the CPU per forwarded
-    request, which is most of what the proxy adds besides scoring."""
+    """The connection pool to the real API (serving/upstream.py), made on first use: it belongs
+    to the event loop that serves."""
 
     def __init__(self, base_url: str, timeout_s: float) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self.base_url = base_url
+        self.timeout_s = timeout_s
+        Pool(base_url)  # a malformed URL fails here, at start, not on the first request
+        self._pool: Pool | None = None
 
-    def session(self) -> aiohttp.ClientSession:
-        # Made on first use: a session belongs to the event loop that serves.
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=512, ttl_dns_cache=60),
-                timeout=self.timeout,
-                auto_decompress=False,  # relay the bytes as they came; perturb asks for identity
-                # The upstream must see the client's own Accept, Accept-Encoding and User-Agent.
-                skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
-            )
-        return self._session
-
-    async def open(self, request: Request, body: bytes, identity_encoding: bool) -> aiohttp.ClientResponse | Response:
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw if k.decode("latin-1").lower() not in _HOP]
+    async def open(self, call: Call, body: bytes, identity_encoding: bool) -> Answer | None:
+        """The upstream's answer, its body not yet read; None when the upstream is unreachable."""
+        if self._pool is None:
+            self._pool = Pool(self.base_url, read_timeout_s=self.timeout_s)
+        headers = call.headers
         if identity_encoding:  # Moat rewrites this answer, so it must arrive uncompressed
-            headers = [(k, v) for k, v in headers if k.lower() != "accept-encoding"] + [("accept-encoding", "identity")]
-        url = self.base_url + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            headers = [(k, v) for k, v in headers if k != b"accept-encoding"] + [(b"accept-encoding", b"identity")]
         try:
-            return await self.session().request(request.method, yarl.URL(url, encoded=True), headers=headers, data=body, allow_redirects=False)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # the upstream's fault, not Moat's: a gateway's 502
-            log.warning("upstream unreachable for %s %s: %s", request.method, request.url.path, type(exc).__name__)
-            return openai_error(502, f"upstream unreachable: {type(exc).__name__}", "upstream_error")
-
-    @staticmethod
-    def relay(up: aiohttp.ClientResponse) -> Response:
-        """The answer exactly as it came: status, headers (bar hop-by-hop) and raw bytes, each
-        chunk sent on as it arrives."""
-        resp = StreamingResponse(up.content.iter_any(), status_code=up.status, background=BackgroundTask(up.release))
-        resp.raw_headers = [(k, v) for k, v in up.raw_headers if k.decode("latin-1").lower() not in _HOP or k.lower() == b"content-length"]
-        return resp
+            return await self._pool.request(call.method, call.target.encode("latin-1"), headers, body)
+        except UpstreamError as exc:  # the upstream's fault, not Moat's: a gateway's 502
+            log.warning("upstream unreachable for %s %s: %s", call.method, call.path, exc)
+            return None
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.aclose()
 
 
-def _relayed_headers(up: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
-    """Headers of an answer Moat rewrote: its length is Moat's now."""
-    return [(k, v) for k, v in up.raw_headers if k.decode("latin-1").lower() not in _HOP]
+def _answer_headers(up: Answer, keep_length: bool) -> Headers:
+    """The upstream's headers bar hop-by-hop ones; Content-Length kept only for bytes relayed as
+    they came (an answer Moat rewrote has a length of its own)."""
+    out = []
+    for k, v in up.raw_headers:
+        name = k.lower()
+        if name not in HOP or (keep_length and name == b"content-length"):
+            out.append((name, v))
+    return out
+
+
+async def relay(receive: Any, send: Any, up: Answer) -> None:
+    """The answer exactly as it came: status, headers (bar hop-by-hop) and raw bytes. Its
+    connection goes back to the pool when it was read to its end; otherwise (the client left,
+    a fault) it is closed, which also tells the upstream to stop generating."""
+    try:
+        await send({"type": "http.response.start", "status": up.status, "headers": _answer_headers(up, keep_length=True)})
+        length = up.content_length
+        if length is not None and length <= WHOLE_BODY_BYTES and "text/event-stream" not in (up.header("content-type") or ""):
+            await send({"type": "http.response.body", "body": await up.read()})
+        else:
+            await relay_stream(receive, send, up.chunks())
+    finally:
+        up.release()
 
 
 # ---------------------------------------------------------------- actions
 
+
 def openai_error(status: int, message: str, code: str) -> Response:
-    """The proxy's own answers (413: body too large; 502: upstream unreachable) in OpenAI's
-    error shape. The actions' answers come from the actions library (`denial`)."""
+    """The proxy's own error shape as a Starlette response (for Starlette-served endpoints)."""
     body = {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "api_error", "param": None, "code": code}}
     return Response(json.dumps(body), status_code=status, media_type="application/json")
 
@@ -316,7 +410,8 @@ def reply(r: Reply) -> Response:
 
 
 def denial(action: str, settings: ActionSettings) -> Response | None:
-    """The answer that replaces forwarding for `action` (throttle: 429, block: 403), or None."""
+    """The answer that replaces forwarding for `action` (throttle: 429, block: 403), or None;
+    as a Starlette response, for the decision endpoints."""
     r = reply_for(action, settings)
     return reply(r) if r is not None else None
 
@@ -332,18 +427,22 @@ class FailOpenPerturber(ResponsePerturber):
             return body
 
 
-def response_perturber(settings: PerturbSettings, request_body: dict[str, Any]) -> FailOpenPerturber:
-    return FailOpenPerturber(request_seed(settings.secret.get_secret_value().encode(), request_body), settings)
+def response_perturber(settings: PerturbSettings, request_body: dict[str, Any], watermark: WatermarkSettings | None = None) -> FailOpenPerturber:
+    """The logprob perturber of one request, with the keyed text watermark when it is enabled."""
+    marker = TextWatermarker.from_settings(watermark) if watermark is not None and watermark.enabled else None
+    return FailOpenPerturber(request_seed(settings.secret.get_secret_value().encode(), request_body), settings, watermark=marker)
 
 
 class ActionHandler(Protocol):
-    async def respond(self, proxy: "Proxy", call: Call) -> Response: ...
+    async def respond(self, proxy: "Proxy", call: Call, receive: Any, send: Any) -> None: ...
 
 
 class Forward:
-    async def respond(self, proxy: "Proxy", call: Call) -> Response:
-        up = await proxy.upstream.open(call.request, call.body, identity_encoding=False)
-        return up if isinstance(up, Response) else Upstream.relay(up)
+    async def respond(self, proxy: "Proxy", call: Call, receive: Any, send: Any) -> None:
+        up = await proxy.upstream.open(call, call.body, identity_encoding=False)
+        if up is None:
+            return await send_error(send, 502, "upstream unreachable", "upstream_error")
+        await relay(receive, send, up)
 
 
 class Deny:
@@ -352,50 +451,49 @@ class Deny:
     def __init__(self, action: str) -> None:
         self.action = action
 
-    async def respond(self, proxy: "Proxy", call: Call) -> Response:
-        return denial(self.action, proxy.actions) or await Forward().respond(proxy, call)
+    async def respond(self, proxy: "Proxy", call: Call, receive: Any, send: Any) -> None:
+        r = reply_for(self.action, proxy.actions)
+        if r is None:
+            return await Forward().respond(proxy, call, receive, send)
+        await send_reply(send, r)
 
 
 class Perturb:
-    """Cap what the request may extract, forward it, then perturb the logprobs of a successful
-    answer, whole or as SSE chunks. A body that is not a JSON object is forwarded as it came
-    (there is nothing to cap, and the upstream answers it)."""
+    """Cap what the request may extract, forward it, then perturb the logprobs (and, when the
+    watermark is enabled, the text) of a successful answer, whole or as SSE chunks. A body that
+    is not a JSON object is forwarded as it came (there is nothing to cap, and the upstream
+    answers it)."""
 
-    async def respond(self, proxy: "Proxy", call: Call) -> Response:
+    async def respond(self, proxy: "Proxy", call: Call, receive: Any, send: Any) -> None:
         if not isinstance(call.parsed, dict):
-            return await Forward().respond(proxy, call)
+            return await Forward().respond(proxy, call, receive, send)
         settings = proxy.actions.perturb
         try:
             body = json.dumps(perturb_request(call.parsed, settings)).encode()
         except InvalidRequest as exc:
-            return reply(invalid_request(str(exc)))
-        up = await proxy.upstream.open(call.request, body, identity_encoding=True)
-        if isinstance(up, Response):
-            return up
-        encoded = up.headers.get("content-encoding", "identity").lower() != "identity"
+            return await send_reply(send, invalid_request(str(exc)))
+        up = await proxy.upstream.open(call, body, identity_encoding=True)
+        if up is None:
+            return await send_error(send, 502, "upstream unreachable", "upstream_error")
+        encoded = (up.header("content-encoding") or "identity").lower() != "identity"
         if not 200 <= up.status < 300 or encoded:  # an error, or compressed despite identity: as it came
-            return Upstream.relay(up)
-        perturber = response_perturber(settings, call.parsed)
-        if up.headers.get("content-type", "").startswith("text/event-stream"):
-            resp = StreamingResponse(_perturbed_sse(up, SSETransformer(perturber)), status_code=up.status, background=BackgroundTask(up.release))
-            resp.raw_headers = _relayed_headers(up)
-            return resp
+            return await relay(receive, send, up)
+        perturber = response_perturber(settings, call.parsed, proxy.actions.watermark)
         try:
-            raw = await up.read()
+            if (up.header("content-type") or "").startswith("text/event-stream"):
+                await send({"type": "http.response.start", "status": up.status, "headers": _answer_headers(up, keep_length=False)})
+                await relay_stream(receive, send, _perturbed_sse(up, SSETransformer(perturber)))
+                return
+            out = _perturbed_json(await up.read(), perturber)
         finally:
             up.release()
-        out = _perturbed_json(raw, perturber)
-        resp = Response(out, status_code=up.status)
-        resp.raw_headers = _relayed_headers(up) + [(b"content-length", str(len(out)).encode())]
-        return resp
+        await _send(send, up.status, _answer_headers(up, keep_length=False) + [(b"content-length", str(len(out)).encode())], out)
 
 
-async def _perturbed_sse(up: aiohttp.ClientResponse, sse: SSETransformer) -> AsyncIterator[bytes]:
-    async for chunk in up.content.iter_any():
-        if out := sse.feed(chunk):
-            yield out
-    if tail := sse.flush():
-        yield tail
+async def _perturbed_sse(up: Answer, sse: SSETransformer) -> AsyncIterator[bytes]:
+    async for chunk in up.chunks():
+        yield sse.feed(chunk)
+    yield sse.flush()
 
 
 def _perturbed_json(raw: bytes, perturber: ResponsePerturber) -> bytes:
@@ -420,44 +518,65 @@ class Proxy:
         self.decider = decider
         self.identity = identity
         self.upstream = upstream
+        self._read = _READ | {identity.account_header.encode("latin-1")}
 
-    async def handle(self, request: Request) -> Response:
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.settings.max_body_bytes:
-                return openai_error(413, f"request body exceeds {self.settings.max_body_bytes} bytes", "request_too_large")
-        parsed, score = await self._decide(request, bytes(body))
-        action = score.action if score is not None and score.action in HANDLERS else "allow"
-        return await HANDLERS[action].respond(self, Call(request, bytes(body), parsed, score))
-
-    async def _decide(self, request: Request, body: bytes) -> tuple[Any, Score | None]:
-        """The JSON body and its score; the score is None when there is nothing to score or
-        Moat faulted (fail open)."""
-        parsed = None
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
-            if body:
-                parsed = json.loads(body)
-            if request.method != "POST":
-                return parsed, None
-            headers = request.headers
-            who = self.identity.resolve(headers, request.client.host if request.client else None)
-            event = openai_event(parsed, request.url.path, who, headers.get("user-agent"), request_id(headers), time.time())
+            body = await _read_body(receive, self.settings.max_body_bytes)
+        except ClientGone:
+            return
+        if body is None:
+            return await send_error(send, 413, f"request body exceeds {self.settings.max_body_bytes} bytes", "request_too_large")
+        call = _call(scope, body)
+        await self._decide(call)
+        action = call.score.action if call.score is not None and call.score.action in HANDLERS else "allow"
+        await HANDLERS[action].respond(self, call, receive, send)
+
+    async def _decide(self, call: Call) -> None:
+        """Sets the JSON body and its score; the score stays None when there is nothing to
+        score or Moat faulted (fail open)."""
+        try:
+            if call.body:
+                call.parsed = json.loads(call.body)
+            if call.method != "POST":
+                return
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.headers if k in self._read}
+            who = self.identity.resolve(headers, call.peer)
+            event = openai_event(call.parsed, call.path, who, headers.get("user-agent"), request_id(headers), time.time())
         except (ValueError, ValidationError) as exc:  # not JSON, or a body the contract cannot hold
-            log.info("request to %s not scored: %s", request.url.path, str(exc).splitlines()[0])
-            return parsed, None
+            log.info("request to %s not scored: %s", call.path, str(exc).splitlines()[0])
+            return
         except Exception:  # any other fault reading the request fails open, never a 5xx
-            log.exception("request to %s not scored: could not build its event", request.url.path)
-            return parsed, None
-        if event is None:
-            return parsed, None
-        return parsed, await self.decider.score(event)
+            log.exception("request to %s not scored: could not build its event", call.path)
+            return
+        if event is not None:
+            call.score = await self.decider.score(event)
 
 
-def build_proxy_app(settings: ProxySettings, scorer: Scorer, actions: ActionSettings | None = None) -> Starlette:
+class ProxyApp:
+    """The ASGI app of `moat proxy`: the decision endpoints (and lifespan) through Starlette,
+    every other HTTP request straight to the proxy."""
+
+    def __init__(self, decisions: Starlette, proxy: Proxy | None, envoy_prefix: str, guardrail_path: str) -> None:
+        self.decisions = decisions
+        self.proxy = proxy
+        self.envoy_prefix = envoy_prefix
+        self.guardrail_path = guardrail_path
+
+    def _decision(self, path: str) -> bool:
+        return path.startswith(self.envoy_prefix) or path == self.guardrail_path
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if self.proxy is not None and scope["type"] == "http" and not self._decision(scope["path"]):
+            await self.proxy(scope, receive, send)
+        else:
+            await self.decisions(scope, receive, send)
+
+
+def build_proxy_app(settings: ProxySettings, scorer: Scorer, actions: ActionSettings | None = None) -> ProxyApp:
     """The proxy (when an upstream is set) with the decision endpoints beside it, all over one
     Scorer and one identity key."""
-    from moat.serving.ext_authz import build_decision_routes
+    from moat.serving.ext_authz import GUARDRAIL_PATH, PREFIX, build_decision_routes
 
     actions = actions or ActionSettings()
     decider = Decider(scorer)
@@ -470,8 +589,6 @@ def build_proxy_app(settings: ProxySettings, scorer: Scorer, actions: ActionSett
         if upstream is not None:
             await upstream.aclose()
 
-    routes: list[Route | Mount] = build_decision_routes(decider, identity, actions)
-    if upstream is not None:
-        proxy = Proxy(settings, actions, decider, identity, upstream)
-        routes.append(Route("/{path:path}", proxy.handle, methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]))
-    return Starlette(routes=routes, lifespan=lifespan)
+    decisions = Starlette(routes=build_decision_routes(decider, identity, actions), lifespan=lifespan)
+    proxy = Proxy(settings, actions, decider, identity, upstream) if upstream is not None else None
+    return ProxyApp(decisions, proxy, envoy_prefix=PREFIX + "/", guardrail_path=GUARDRAIL_PATH)

@@ -5,7 +5,8 @@ these two with their request and response schemas):
   POST /score        one flat request event -> one score
   POST /score/batch  a JSON list of events  -> a list of scores, in order
 The handlers are a small FastAPI app mounted on the service (BentoML merges a mounted FastAPI
-app's paths into its OpenAPI document), taking the raw request, so the edges are Moat's own:
+app's paths into its OpenAPI document; `Routes` serves the two POST routes without FastAPI's
+per-request machinery), taking the raw request, so the edges are Moat's own:
 framing with both Content-Length and Transfer-Encoding is a 400 (request smuggling); a media type
 other than application/json is a 415; a body that does not arrive within body_timeout_s is a 408
 (a Content-Length larger than the body would otherwise hold the call until BentoML's 10 s
@@ -14,9 +15,11 @@ numbers beyond a double, repeated keys); validation errors come back as 422 nami
 batch is validated whole before any event touches state. An internal fault is never a 5xx: the
 call is answered allow with reason MOAT_ERROR, in the contract's shape (see fail_open.py).
 
-Capacity: the Scorer is not thread-safe, so one thread (the ScoringLane) runs all scoring while
-the event loop keeps reading requests. Single calls wait before batch work: a batch is scored in
-chunks of batch_chunk events, and single calls that arrived meanwhile go before its next chunk,
+Capacity: the Scorer is not thread-safe, so the ScoringLane lets one job at a time touch it:
+single calls run on the event loop itself when the state is in memory (cheaper than a thread
+hop), and in the lane's one thread when the store waits on Redis, as batch chunks always do, so
+that the event loop keeps reading requests meanwhile. Single calls wait before batch work: a
+batch is scored in chunks of batch_chunk events, and single calls that arrived meanwhile go before its next chunk,
 so a caller posting large batches back to back cannot starve the gateway's per-request calls.
 Batches also pause between chunks so that they take at most batch_share of the scorer's time
 (0.3 by default: a 1,000-event batch takes about 2 s instead of 0.6 s), which leaves the
@@ -54,6 +57,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from moat.models.events import Event
+from moat.models.memory_store import MemoryStore
 from moat.serving.fail_open import MOAT_OVERLOADED, fail_open_scores
 from moat.serving.metrics import ServiceMetrics
 from moat.serving.scorer import Score, Scorer
@@ -75,6 +79,7 @@ class EdgeSettings(BaseSettings):
     max_batch_queue: int = Field(default=4, ge=1, description="/score/batch calls in flight beyond which a batch is answered 429")
     batch_chunk: int = Field(default=8, ge=1, description="events a batch scores before waiting single calls go first; about 0.6 ms each")
     batch_share: float = Field(default=0.3, gt=0, le=1, description="most of the time batches may keep the scorer (and the GIL) busy; they pause between chunks to stay within it")
+    score_inline: bool = Field(default=True, description="score single calls on the event loop when the state is in memory (a store that waits on Redis always takes the lane's thread)")
 
 
 class ScoringLane:
@@ -96,10 +101,23 @@ class ScoringLane:
         self.batches_in_flight = 0
 
     def waiting(self, priority: int) -> int:
+        if not self._waiters:
+            return 0
         return sum(1 for p, _, fut in self._waiters if p == priority and not fut.done())
 
-    async def run(self, priority: int, fn: Callable[..., T], *args: Any) -> T:
+    async def run(self, priority: int, fn: Callable[..., T], *args: Any, inline: bool = False) -> T:
+        """Run `fn` when the lane is free: in the lane's thread, or with `inline` on the event
+        loop itself. A single call to a Scorer whose store never waits on the network costs well
+        under a millisecond, less than the hop to the thread and back (two wake-ups, and GIL
+        hand-overs that wait out switch intervals under load): inline, /score's p50 at 150 req/s
+        fell from 4.7 to 2.5 ms on the 2-core machine. A store that waits on Redis must not
+        stall the loop, so it takes the thread."""
         await self._acquire(priority)
+        if inline:
+            try:
+                return fn(*args)
+            finally:
+                self._release()
         try:
             job = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         except BaseException:
@@ -345,7 +363,7 @@ async def _handle_one(svc: ScoringService, lane: ScoringLane, edge: EdgeSettings
         if lane.waiting(ScoringLane.SINGLE) >= edge.max_queue:
             svc.metrics.shed("score")
             return JSONResponse(fail_open_scores(_request_ids(body, events, False), svc.scorer.model_version, MOAT_OVERLOADED)[0])
-        scores = await lane.run(ScoringLane.SINGLE, _score_and_record, svc, events, t0)
+        scores = await lane.run(ScoringLane.SINGLE, _score_and_record, svc, events, t0, inline=edge.score_inline and isinstance(svc.scorer.store, MemoryStore))
     except ClientDisconnect:  # the caller gave up mid-body: no one reads this answer
         return Response(status_code=499)
     except Exception:  # an internal fault must never become a 5xx that blocks traffic
@@ -450,12 +468,32 @@ def _operation(summary: str, request: dict[str, Any], answer: dict[str, Any], ex
     }
 
 
+class Routes(FastAPI):
+    """A FastAPI app, which BentoML reads the routes' OpenAPI operations from; its POST routes
+    are served from here directly. The handlers take the raw request and answer every fault
+    themselves, so FastAPI's per-request work (its middleware, dependency solving) bought
+    nothing and cost about 5% of a call's CPU. Anything else (a GET, a wrong path) goes through
+    FastAPI as usual."""
+
+    direct: dict[str, Callable[[Request], Awaitable[Response]]]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path, root = scope["path"], scope.get("root_path", "")
+            handler = self.direct.get(path[len(root) :] if root and path.startswith(root) else path)
+            if handler is not None:
+                response = await handler(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
 def build_app(current_service: Callable[[], ScoringService], edge: EdgeSettings | None = None) -> FastAPI:
     """The routes, reading the service through `current_service` (BentoML's lookup in
     production; tests pass their own)."""
     edge = edge or EdgeSettings()
     lane = ScoringLane()
-    app = FastAPI(title="moat", docs_url=None, redoc_url=None, openapi_url=None)
+    app = Routes(title="moat", docs_url=None, redoc_url=None, openapi_url=None)
     event, score = _schema(Event), _schema(Score)
 
     async def score_one(request: Request) -> Response:
@@ -472,6 +510,7 @@ def build_app(current_service: Callable[[], ScoringService], edge: EdgeSettings 
         {"429": _error_response("too many batches in flight; retry after Retry-After seconds")},
     )
     app.add_api_route("/score/batch", score_batch, methods=["POST"], openapi_extra=batch_ops)
+    app.direct = {"/score": score_one, "/score/batch": score_batch}
     return app
 
 

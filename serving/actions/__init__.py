@@ -7,8 +7,10 @@ from moat.serving.actions.registry import ACTIONS, Action, get_action, reply_for
 from moat.serving.actions.replies import Reply, invalid_request, openai_error
 from moat.serving.actions.request import InvalidRequest, perturb_request
 from moat.serving.actions.settings import ActionSettings, PerturbSettings, ThrottleSettings
+from moat.serving.actions.watermark import TextWatermarker, WatermarkSettings, detect
 
 __all__ = [
     "ACTIONS", "Action", "ActionSettings", "InvalidRequest", "PerturbSettings", "Reply", "ResponsePerturber", "SSETransformer",
-    "ThrottleSettings", "get_action", "invalid_request", "openai_error", "perturb_request", "reply_for", "request_seed",
+    "TextWatermarker", "ThrottleSettings", "WatermarkSettings", "detect", "get_action", "invalid_request", "openai_error", "perturb_request", "reply_for",
+    "request_seed",
 ]

@@ -27,6 +27,7 @@ import math
 from typing import Any
 
 from moat.serving.actions.settings import PerturbSettings
+from moat.serving.actions.watermark import TextWatermarker
 
 # The fields that make two requests "the same question". Everything else (logit_bias,
 # top_logprobs, temperature, n, seed, stream, user, unknown extensions) leaves the noise alone.
@@ -105,13 +106,20 @@ class LogprobNoise:
 class ResponsePerturber:
     """Perturbs the choices of one request's response, whole or chunk by chunk. Positions are
     counted per choice index across chunks, so a stream gets the values the whole response
-    would have had."""
+    would have had. With a watermark, the text is rewritten too (see watermark.py); a stream's
+    text is held back until the words after it are known, and the rest goes out with the
+    choice's finish_reason."""
 
-    def __init__(self, seed: bytes, settings: PerturbSettings) -> None:
+    def __init__(self, seed: bytes, settings: PerturbSettings, watermark: TextWatermarker | None = None) -> None:
         self.noise = LogprobNoise(seed, settings)
         self.positions: dict[int, int] = {}
+        self.watermark = watermark
+        self.streaming = False  # set by SSETransformer: text is then held back between chunks
+        self._shape: tuple[str | None, str] | None = None  # where the last marked text was
 
     def choice(self, choice: dict[str, Any]) -> dict[str, Any]:
+        if self.watermark is not None:
+            choice = self._marked(choice)
         lp = choice.get("logprobs")
         if not isinstance(lp, dict):
             return choice
@@ -133,6 +141,45 @@ class ResponsePerturber:
         self.positions[index] = start + n
         return {**choice, "logprobs": new}
 
+    def _marked(self, choice: dict[str, Any]) -> dict[str, Any]:
+        """The choice with its text watermarked: message.content (chat), delta.content (chat
+        stream) or text (completions, whole or streamed)."""
+        assert self.watermark is not None
+        index = choice["index"] if isinstance(choice.get("index"), int) else 0
+        end = choice.get("finish_reason") is not None
+        if isinstance(choice.get("message"), dict):
+            outer, name = "message", "content"
+        elif isinstance(choice.get("delta"), dict):
+            outer, name = "delta", "content"
+        elif "text" in choice:
+            outer, name = None, "text"
+        else:
+            return choice
+        holder = choice if outer is None else choice[outer]
+        text = holder.get(name)
+        if not isinstance(text, str) and not (self.streaming and end):
+            return choice  # a tool call, a refusal: no text to mark
+        new = self.watermark.feed(text if isinstance(text, str) else "", index)
+        if end or not self.streaming:
+            new += self.watermark.flush(index)
+        if not isinstance(text, str) and not new:
+            return choice
+        self._shape = (outer, name)
+        holder = {**holder, name: new}
+        return holder if outer is None else {**choice, outer: holder}
+
+    def tail(self, template: dict[str, Any]) -> dict[str, Any] | None:
+        """A last chunk with the text still held back, for a stream that ended without a
+        finish_reason; None when nothing is held."""
+        if self.watermark is None or not self.watermark.pending() or self._shape is None:
+            return None
+        outer, name = self._shape
+        choices = []
+        for index in sorted(self.watermark.pending()):
+            field = {name: self.watermark.flush(index)}
+            choices.append({"index": index, **({outer: field} if outer else field), "finish_reason": None})
+        return {k: template[k] for k in ("id", "object", "created", "model") if k in template} | {"choices": choices}
+
     def body(self, body: dict[str, Any]) -> dict[str, Any]:
         """A chat.completion, text_completion or chat.completion.chunk with its logprobs perturbed;
         anything else (an error, a usage-only chunk) unchanged."""
@@ -149,7 +196,9 @@ class SSETransformer:
 
     def __init__(self, perturber: ResponsePerturber) -> None:
         self.perturber = perturber
+        perturber.streaming = True
         self._buf = b""
+        self._last: dict[str, Any] = {}  # the last chunk rewritten, a template for a tail chunk
 
     def line(self, line: bytes) -> bytes:
         """One line, with its ending if it has one."""
@@ -158,15 +207,24 @@ class SSETransformer:
         if not body.startswith(b"data:"):
             return line
         payload = body[5:].lstrip(b" ")
-        if b'"logprobs"' not in payload:  # most chunks of a stream without logprobs: no parse
+        if payload == b"[DONE]":
+            tail = self.perturber.tail(self._last)
+            return line if tail is None else self._data(tail, b"\n\n") + line
+        # Most chunks of a stream without logprobs need no parse, unless the text is marked.
+        if b'"logprobs"' not in payload and self.perturber.watermark is None:
             return line
         try:
             obj = json.loads(payload)
-        except ValueError:  # [DONE] or a non-JSON payload: not ours to touch
+        except ValueError:  # a non-JSON payload: not ours to touch
             return line
         if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
             return line
-        return b"data: " + json.dumps(self.perturber.body(obj), ensure_ascii=False, separators=(",", ":")).encode() + ending
+        self._last = obj
+        return self._data(self.perturber.body(obj), ending)
+
+    @staticmethod
+    def _data(obj: dict[str, Any], ending: bytes) -> bytes:
+        return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + ending
 
     def feed(self, chunk: bytes) -> bytes:
         """The complete lines of buffered + `chunk`, transformed; a partial last line waits."""

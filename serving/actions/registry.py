@@ -15,6 +15,7 @@ from moat.serving.actions.logprobs import ResponsePerturber, SSETransformer, req
 from moat.serving.actions.replies import Reply, openai_error
 from moat.serving.actions.request import perturb_request
 from moat.serving.actions.settings import ActionSettings
+from moat.serving.actions.watermark import TextWatermarker
 
 
 class PassThrough:
@@ -80,8 +81,9 @@ class Perturb(Action):
         return perturb_request(body, self.settings.perturb)
 
     def _perturber(self, request: dict[str, Any]) -> ResponsePerturber:
-        p = self.settings.perturb
-        return ResponsePerturber(request_seed(p.secret.get_secret_value().encode(), request), p)
+        p, w = self.settings.perturb, self.settings.watermark
+        marker = TextWatermarker.from_settings(w) if w.enabled else None
+        return ResponsePerturber(request_seed(p.secret.get_secret_value().encode(), request), p, watermark=marker)
 
     def response(self, request: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         return self._perturber(request).body(body)

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from moat.serving.actions.watermark import WatermarkSettings
+
 # One per process, not one per settings object: a gateway that builds settings per request
 # must still give a retried request the same noise.
 _PROCESS_SECRET = secrets.token_hex(32)
@@ -49,7 +51,8 @@ class ThrottleSettings(BaseSettings):
 
 @dataclass(frozen=True)
 class ActionSettings:
-    """Both groups, read from the environment when not given; tests pass their own."""
+    """The groups, read from the environment when not given; tests pass their own."""
 
     perturb: PerturbSettings = field(default_factory=PerturbSettings)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    watermark: WatermarkSettings = field(default_factory=WatermarkSettings)  # off by default

@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import random
+import re
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from moat.models.policy import ACTIONS as POLICY_ACTIONS
 from moat.serving.actions import (
@@ -26,6 +28,7 @@ from moat.serving.actions import (
     reply_for,
     request_seed,
 )
+from moat.serving.actions.watermark import PAIRS, TextWatermarker, Watermarker, WatermarkSettings, carriers, keyed_choice
 
 SETTINGS = PerturbSettings(secret="test-key")
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -378,3 +381,123 @@ def test_default_secret_is_one_per_process() -> None:
     a = get_action("perturb").response(CHAT, resp)
     b = get_action("perturb").response(CHAT, resp)
     assert a == b
+
+
+# --- the keyed text watermark (perturb, when enabled) --------------------------------------
+
+WM_KEY = "watermark-test-key-0123456789"
+WM_ON = ActionSettings(perturb=SETTINGS, watermark=WatermarkSettings(enabled=True, secret=WM_KEY))
+# Prose with carriers of every kind: two- and three-word wordings, one-word ones, contractions,
+# and places that must not change (code, a clause-final "they are", "kind of you").
+PROSE = (
+    "First of all, I do not think you are right. In the meantime, everyone knows a lot of things; "
+    "it was kind of you, and they are. Maybe we can't go toward it, although no one would mind. "
+    "Use `do not` in code:\n```\nmaybe often = 1\n```\nThey’re usually fine and don’t care. DO NOT STOP."
+)
+
+
+def keyed_wordings(text: str) -> list[tuple[int, str, int]]:
+    return [(c.pair, c.previous, c.variant) for c in carriers(text)]
+
+
+def test_every_carrier_takes_the_keys_wording_and_nothing_else_changes() -> None:
+    marked = Watermarker(WM_KEY.encode()).apply(PROSE)
+    found = carriers(marked)
+    assert len(found) == len(carriers(PROSE)) >= 12
+    assert all(c.variant == keyed_choice(WM_KEY.encode(), c.pair, c.previous) for c in found)
+    # Code, a contraction that would end a clause, and "kind of you" are left as they were.
+    assert "`do not`" in marked and "maybe often = 1" in marked and "and they are." in marked and "kind of you" in marked
+    # With every wording written as its pair's number, the two texts are the same character
+    # for character: nothing but carriers changed.
+    assert pair_numbers(marked) == pair_numbers(PROSE)
+
+
+def pair_numbers(text: str) -> str:
+    for number, pair in enumerate(PAIRS):
+        for variant in sorted(pair.variants, key=len, reverse=True):
+            pattern = re.escape(variant).replace("'", "['’]")
+            text = re.sub(rf"\b{pattern}\b", f"<{number}>", text, flags=re.IGNORECASE)
+    return text
+
+
+@pytest.mark.parametrize("original, expected", [("Do not", "Don't"), ("DO NOT", "DON'T"), ("don’t", "do not"), ("Don’t", "Do not")])
+def test_case_and_apostrophe_style_are_kept(original: str, expected: str) -> None:
+    # The key below picks "don't" after "we" and "do not" after "they" (asserted, so a change
+    # of the hash shows here rather than as a puzzling case failure).
+    key = b"case-key"
+    choice = {"we": keyed_choice(key, 0, "we"), "they": keyed_choice(key, 0, "they")}
+    subject = "We" if expected.lower().startswith("don") else "They"
+    assert choice[subject.lower()] == (1 if subject == "We" else 0), choice
+    assert Watermarker(key).apply(f"{subject} {original} go.") == f"{subject} {expected.replace(chr(39), '’') if '’' in original else expected} go."
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_streamed_text_is_marked_exactly_like_the_whole(seed: int) -> None:
+    marker = Watermarker(WM_KEY.encode())
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(PROSE)), rng.randint(1, 60)))
+    stream = TextWatermarker(marker)
+    pieces = [PROSE[a:b] for a, b in zip([0, *cuts], [*cuts, len(PROSE)])]
+    assert "".join(stream.feed(p) for p in pieces) + stream.flush() == marker.apply(PROSE)
+
+
+def prose_chat(text: str) -> dict[str, Any]:
+    return {"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": "stop"}]}
+
+
+def prose_chunks(text: str, piece: int) -> list[dict[str, Any]]:
+    base = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    out = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text[i : i + piece]}, "logprobs": None, "finish_reason": None}]} for i in range(0, len(text), piece)]
+    return out + [{**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}]
+
+
+def streamed_text(raw: bytes) -> str:
+    return "".join((json.loads(line[6:])["choices"][0]["delta"].get("content") or "") for line in raw.split(b"\n") if line.startswith(b"data: {"))
+
+
+@pytest.mark.parametrize("piece", [1, 5, 33, 10_000])
+def test_perturb_marks_whole_and_streamed_answers_alike(piece: int) -> None:
+    action = get_action("perturb", WM_ON)
+    whole = action.response(CHAT, prose_chat(PROSE))["choices"][0]["message"]["content"]
+    assert whole == Watermarker(WM_KEY.encode()).apply(PROSE) != PROSE
+    assert streamed_text(run_stream(action.stream(CHAT), sse(prose_chunks(PROSE, piece), b"\n"), 17)) == whole
+
+
+def test_text_held_at_a_stream_without_finish_reason_goes_out_before_done() -> None:
+    action = get_action("perturb", WM_ON)
+    chunks = prose_chunks(PROSE, 40)[:-1]  # no finish_reason chunk
+    out = run_stream(action.stream(CHAT), sse(chunks, b"\n"), 64)
+    assert streamed_text(out) == Watermarker(WM_KEY.encode()).apply(PROSE)
+    assert out.rstrip().endswith(b"data: [DONE]")
+
+
+@pytest.mark.parametrize("choice", [
+    {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [{"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "tool_calls"},
+    {"index": 0, "message": {"role": "assistant", "content": "", "refusal": "no"}, "finish_reason": "stop"},
+])
+def test_answers_without_text_are_left_alone(choice: dict[str, Any]) -> None:
+    body = {**prose_chat(""), "choices": [choice]}
+    assert get_action("perturb", WM_ON).response(CHAT, body) == body
+
+
+def test_legacy_completion_text_is_marked() -> None:
+    body = {"id": "c", "object": "text_completion", "created": 1, "model": "m", "choices": [{"index": 0, "text": PROSE, "logprobs": None, "finish_reason": "stop"}]}
+    assert get_action("perturb", WM_ON).response(COMPLETION, body)["choices"][0]["text"] == Watermarker(WM_KEY.encode()).apply(PROSE)
+
+
+@pytest.mark.parametrize("settings, marked", [(ActionSettings(perturb=SETTINGS), False), (WM_ON, True)])
+def test_the_watermark_is_off_by_default(settings: ActionSettings, marked: bool) -> None:
+    out = get_action("perturb", settings).response(CHAT, prose_chat(PROSE))["choices"][0]["message"]["content"]
+    assert (out != PROSE) == marked
+    assert get_action("allow", WM_ON).response(CHAT, prose_chat(PROSE))["choices"][0]["message"]["content"] == PROSE
+
+
+@pytest.mark.parametrize("env, error", [({"MOAT_WATERMARK_ENABLED": "true"}, "MOAT_WATERMARK_SECRET"), ({"MOAT_WATERMARK_ENABLED": "true", "MOAT_WATERMARK_SECRET": "short"}, "16\\+ characters"), ({}, None)])
+def test_watermark_settings_need_a_stable_secret(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], error: str | None) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    if error is None:
+        assert WatermarkSettings().enabled is False
+        return
+    with pytest.raises(ValidationError, match=error):
+        WatermarkSettings()

@@ -159,7 +159,8 @@ def latched() -> Iterator[tuple[Service, threading.Event]]:
 
 async def test_score_overload_is_shed_as_a_contract_valid_allow(latched, score_schema: dict) -> None:
     svc, latch = latched
-    app = service.build_app(lambda: svc, EdgeSettings(max_queue=2))
+    # The latch blocks the thread it runs on, so single calls take the lane's thread here.
+    app = service.build_app(lambda: svc, EdgeSettings(max_queue=2, score_inline=False))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moat") as http:
         calls = []
         for i in range(4):  # one scoring, two waiting (the bound), one shed

@@ -32,9 +32,12 @@ VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 VICTIM = Identity("victim", "victim-key", "198.51.100.77")
 FAIL_OPEN = {MOAT_ERROR, MOAT_OVERLOADED}
 CASES = corpus()
-# The victim's first real request, after every rejected body aimed at it.
+# The victim's first real request, after every rejected body aimed at it. Its prompt and its
+# client (user agent) appear nowhere else, so the valid bodies, which other accounts send, share
+# neither its campaign nor its cohort: any difference from a fresh scorer is state a rejected
+# body left.
 PROBE = {**BASE, "request_id": "probe", "account_id": VICTIM.account_id, "api_key_id": VICTIM.api_key_id, "client_ip": VICTIM.client_ip,
-         "messages": [{"role": "user", "content": "Probe text seen nowhere else in the corpus."}]}
+         "user_agent": "hostile-probe/1.0", "messages": [{"role": "user", "content": "Probe text seen nowhere else in the corpus."}]}
 
 
 class NotJson(ValueError):
@@ -136,7 +139,7 @@ def test_hostile_body(outcomes: dict, case: Case) -> None:
 def test_rejected_bodies_left_no_state(service_url: str, outcomes: dict) -> None:
     """After every invalid body aimed at the victim, its first real request scores as on a
     fresh scorer: nothing of them reached its account, key or address block, nor the campaign
-    sketch."""
+    or cohort sketches."""
     assert any(not valid for _, _, valid, _ in outcomes.values())
     served = httpx.post(service_url + "/score", json=PROBE, timeout=30).json()
     fresh = Scorer(ServingSettings()).score(Event.model_validate(PROBE)).model_dump(exclude_none=True)

@@ -3,19 +3,31 @@ with thresholds forcing each action) -> a fake OpenAI upstream (uvicorn thread).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import uvicorn
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from moat.models.events import Event
 from moat.serving.actions.settings import ActionSettings, PerturbSettings
-from moat.serving.proxy import IdentityResolver, ProxySettings, build_proxy_app, client_address, openai_event
-from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, forced_scorer, serve_app
+from moat.serving.actions.watermark import Watermarker, WatermarkSettings, detect
+from moat.serving.proxy import Decider, IdentityResolver, ProxySettings, build_proxy_app, client_address, openai_event
+from moat.serving.proxy_cli import SERVER_OPTIONS
+from moat.serving.scorer import Score, Scorer
+from moat.serving.settings import ServingSettings
+from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, forced_scorer, free_port, serve_app
 
 ACTIONS = ActionSettings(perturb=PerturbSettings(secret=SecretStr("test-secret"), max_top_logprobs=1, round_step=0.1, noise_nats=0.3, temperature_floor=0.7))
 CHAT = {"model": "fake", "messages": [{"role": "user", "content": "Say hello"}], "logprobs": True, "top_logprobs": 5, "temperature": 0.0, "logit_bias": {"42": 100}}
@@ -228,3 +240,133 @@ WHO = IdentityResolver(ProxySettings(secret=SecretStr("k"))).resolve({"authoriza
 )
 def test_openai_event(body: Any, check: Any) -> None:
     assert check(openai_event(body, "/v1/chat/completions", WHO, "ua", "r1", 1.0))
+
+
+# ---------------------------------------------------------------- the watermark through the proxy
+
+PROSE = "First of all, I do not think you are right. Maybe we can't go toward it, although no one would mind; they are often late."
+WM = ActionSettings(perturb=ACTIONS.perturb, watermark=WatermarkSettings(enabled=True, secret=SecretStr("proxy-watermark-key-0123")))
+
+
+def prose_upstream() -> Starlette:
+    """An upstream whose answers carry watermark carriers, streamed in small pieces."""
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        base = {"id": "c1", "created": 1, "model": "fake"}
+        if not body.get("stream"):
+            choice = {"index": 0, "message": {"role": "assistant", "content": PROSE}, "logprobs": None, "finish_reason": "stop"}
+            return JSONResponse({**base, "object": "chat.completion", "choices": [choice]})
+
+        async def events() -> AsyncIterator[bytes]:
+            for i in range(0, len(PROSE), 7):
+                chunk = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": PROSE[i : i + 7]}, "logprobs": None, "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+            end = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}
+            yield f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@pytest.fixture(scope="module")
+def prose_proxies() -> Iterator[dict[str, str]]:
+    with serve_app(prose_upstream()) as up:
+        with serve_app(build_proxy_app(ProxySettings(upstream=up), forced_scorer("perturb"), WM)) as perturb:
+            with serve_app(build_proxy_app(ProxySettings(upstream=up), forced_scorer("allow"), WM)) as allow:
+                yield {"perturb": perturb, "allow": allow}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_perturb_watermarks_the_text_the_sdk_receives(prose_proxies: dict[str, str], stream: bool) -> None:
+    text, _ = call(prose_proxies["perturb"], stream, logprobs=False, top_logprobs=None)
+    key = WM.watermark.secret.get_secret_value().encode()
+    assert text == Watermarker(key).apply(PROSE) != PROSE
+    assert detect([text], key).hits == detect([text], key).carriers >= 8
+    allowed, _ = call(prose_proxies["allow"], stream, logprobs=False, top_logprobs=None)
+    assert allowed == PROSE  # allow relays the text as it came
+
+
+# ---------------------------------------------------------------- the edge
+
+
+def test_a_body_over_the_limit_is_a_413_in_the_openai_shape(upstream: tuple[str, Seen]) -> None:
+    before = len(upstream[1].bodies)
+    app = build_proxy_app(ProxySettings(upstream=upstream[0], max_body_bytes=1024), forced_scorer("allow"), ACTIONS)
+    with serve_app(app) as url:
+        r = httpx.post(url + "/v1/chat/completions", json={**CHAT, "messages": [{"role": "user", "content": "x" * 2000}]})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert len(upstream[1].bodies) == before
+
+
+class RecordingScorer:
+    """Scores allow and keeps the events, to check what the proxy read from a request."""
+
+    model_version = "recording"
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def score(self, event: Event) -> Score:
+        self.events.append(event)
+        return Score(request_id=event.request_id, risk=0.0, action="allow", reasons=[], model_version=self.model_version)
+
+
+@pytest.mark.parametrize("depth, expected", [(0, "127.0.0.1"), (1, "6.6.6.6")])
+def test_the_server_leaves_x_forwarded_for_to_moat(upstream: tuple[str, Seen], depth: int, expected: str) -> None:
+    """As `moat proxy` serves it: uvicorn must not swap the local peer for the header's last
+    entry, or depth 0 (no trusted proxy) would trust a header any client can write."""
+    scorer = RecordingScorer()
+    app = build_proxy_app(ProxySettings(upstream=upstream[0], forwarded_depth=depth), scorer, ACTIONS)  # type: ignore[arg-type]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **SERVER_OPTIONS))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.02)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT, headers={"x-forwarded-for": "6.6.6.6", "authorization": "Bearer sk-x"})
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    assert r.status_code == 200
+    assert [e.client_ip for e in scorer.events] == [expected]
+    assert "date" in r.headers and len(r.headers.get_list("date")) == 1  # the upstream's own, once
+
+
+@pytest.mark.parametrize("action", ["allow", "perturb"])
+def test_a_client_leaving_a_stream_stops_the_upstream_generating(action: str) -> None:
+    """The server drops writes to a closed client silently; the proxy must notice and close the
+    upstream connection, or a long generation runs on for nobody."""
+    stopped = threading.Event()
+
+    async def chat(request: Request) -> Response:
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                for i in range(400):  # 20 s unless stopped
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "fake", "choices": [{"index": 0, "delta": {"content": f"w{i} "}, "finish_reason": None}]}
+                    yield f"data: {json.dumps(chunk)}\n\n".encode()
+                    await asyncio.sleep(0.05)
+            finally:
+                stopped.set()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with serve_app(Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])) as up:
+        with serve_app(build_proxy_app(ProxySettings(upstream=up), forced_scorer(action), ACTIONS)) as url:
+            with httpx.stream("POST", url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10) as r:
+                first = next(r.iter_bytes())
+            assert b"data:" in first
+            assert stopped.wait(5), "the upstream kept generating after the client left"
+
+
+@pytest.mark.parametrize("state", ["memory", "redis"])
+def test_scoring_runs_on_the_loop_only_when_the_store_never_waits(upstream: tuple[str, Seen], state: str, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue("redis_url") if state == "redis" else "memory"
+    t, p, b = THRESHOLDS["block"]
+    scorer = Scorer(ServingSettings(state=url, throttle_threshold=t, perturb_threshold=p, block_threshold=b))
+    assert (Decider(scorer)._worker is None) == (state == "memory")
+    with serve_app(build_proxy_app(ProxySettings(upstream=upstream[0]), scorer, ACTIONS)) as base:
+        with pytest.raises(openai.PermissionDeniedError):
+            call(base, stream=False)  # scored (and blocked) through either path
