@@ -83,7 +83,9 @@ def choose_thresholds(account_risk: np.ndarray, targets: ActionTargets) -> Thres
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
+    # Fine enough that a saturating model's top accounts stay apart (at 1e-6 they tied, which
+    # made a "cluster" and a zero tail out of nothing), coarse enough for float64 (1 - 1e-12).
+    p = np.clip(p, 1e-12, 1 - 1e-12)
     return np.log(p) - np.log1p(-p)
 
 
@@ -107,7 +109,8 @@ def top_cluster_start(account_risk: np.ndarray) -> float | None:
     Measured on the unlabelled operator sample calib-spread: 159 of 743 accounts within 0.4
     logits at the top, above a valley of 5-6 accounts per bin; a fence on the spread of the
     whole population (Tukey's) sits far above them and trims none."""
-    z = np.sort(_logit(np.asarray(account_risk, dtype=np.float64)))
+    risk = np.asarray(account_risk, dtype=np.float64)
+    z = np.sort(_logit(risk[np.isfinite(risk)]))
     n = len(z)
     if n < 50 or z[-1] - z[0] < 2 * CLUSTER_BIN:
         return None
@@ -159,15 +162,19 @@ def tail_threshold(population_risk: np.ndarray, share: float) -> float:
     where at least TAIL_MIN_ABOVE accounts lie above it, else the exponential tail fitted to
     the top TAIL_SHARE (generalised Pareto with shape 0: z_q = u + mean excess x ln(TAIL_SHARE /
     share)). A new day's traffic then does not cross a threshold set at one sample's maximum."""
-    z = np.sort(_logit(np.asarray(population_risk, dtype=np.float64)))
+    risk = np.sort(np.asarray(population_risk, dtype=np.float64))
+    z = _logit(risk)
     n = len(z)
     k = int(np.floor(share * n))
     tail = int(np.floor(TAIL_SHARE * n))
+    empirical = _above(risk, share)
     if k >= TAIL_MIN_ABOVE or tail < TAIL_MIN_ABOVE or share <= 0:
-        return _above(np.sort(np.asarray(population_risk, dtype=np.float64)), share)
+        return empirical
     u = z[-tail - 1]
     zq = u + float(np.mean(z[-tail:] - u)) * math.log(TAIL_SHARE / share)
-    return float(1.0 / (1.0 + math.exp(-zq)))
+    # Never below the sample's own quantile: a tail of tied accounts has no excess, and the fit
+    # would put the threshold on them.
+    return max(float(1.0 / (1.0 + math.exp(-zq))), empirical)
 
 
 def operator_thresholds(account_risk: np.ndarray, targets: ActionTargets, fence: float = FENCE) -> OperatorChoice:

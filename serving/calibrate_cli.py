@@ -142,6 +142,11 @@ def run(args: argparse.Namespace) -> int:
     new = write_calibrated(src, meta, args.out, choice, provenance)
     print(json.dumps(choice.report(), indent=2))
     print(f"moat calibrate: wrote {new.model_version} to {args.out} (thresholds throttle {new.thresholds.throttle}, perturb {new.thresholds.perturb}, block {new.thresholds.block})", file=sys.stderr)
+    if choice.ever_acted > 2 * targets.action:
+        # Trimmed accounts are left to be acted on: a campaign, or a benign population of its
+        # own (a tenant's many accounts) that only a person can tell apart.
+        print(f"moat calibrate: warning: these thresholds would act on {choice.ever_acted:.1%} of the accounts ({choice.cluster} in a separated top cluster, "
+              f"{choice.trimmed - choice.cluster} outside the fence), above the {targets.action:.1%} target: review them in shadow mode before enforcing", file=sys.stderr)
     registered = register_bundle(args.out, args.tracking_uri, tags={"calibrated_from": meta.model_version})
     if registered:
         print(f"moat calibrate: registered as {registered}", file=sys.stderr)

@@ -103,6 +103,7 @@ def replay(scorer: "Scorer", raws: Iterable[str | dict], emit: Callable[[dict], 
 
 def run(args: argparse.Namespace) -> int:
     from moat.models.bundle import BundleError
+    from moat.serving.replay_workers import MAX_WORKER_CHUNK
     from moat.serving.scorer import Scorer
 
     logging.basicConfig(level=logging.WARNING)
@@ -115,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not args.trace.is_file():
         print(f"moat replay: error: no such trace file: {args.trace}", file=sys.stderr)
+        return 2
+    if args.workers > 1 and scorer.settings.replay_chunk > MAX_WORKER_CHUNK:
+        print(f"moat replay: error: --workers needs MOAT_REPLAY_CHUNK <= {MAX_WORKER_CHUNK} (got {scorer.settings.replay_chunk}); use one process for larger network batches", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     with TraceWriter(args.output) as out:

@@ -167,6 +167,13 @@ class _Pool:
             conn.close()
 
 
+# The coordinator sends several chunks' requests before it reads replies; with chunks much above
+# the default, a request and a reply can both outgrow the socket buffers and wait on each other
+# (seen at 512 events of ~2 KB prompts). Until the pool reads while it sends, larger chunks are
+# refused; one process takes any size.
+MAX_WORKER_CHUNK = 128
+
+
 def _owner(scope: str, key: str, n: int) -> int:
     return zlib.crc32(f"{scope}\0{key}".encode("utf-8", "surrogatepass")) % n
 
@@ -276,6 +283,8 @@ class _Featurise:
 def replay_parallel(scorer: "Scorer", raws: Iterable[str | dict], workers: int, on_invalid: Callable[[int, str | dict, Invalid], None]) -> Iterator[Any]:
     """Yield the scorer's Score (None for an invalid line, after `on_invalid` was told) for each
     line, in order, featurising on `workers` processes."""
+    if scorer.settings.replay_chunk > MAX_WORKER_CHUNK:
+        raise ValueError(f"--workers needs MOAT_REPLAY_CHUNK <= {MAX_WORKER_CHUNK} (got {scorer.settings.replay_chunk}): larger chunks can fill the pipes to the workers both ways and stall")
     pool = _Pool(workers)
     try:
         yield from scorer.score_stepped(_Featurise(scorer, pool, on_invalid).chunks(raws))

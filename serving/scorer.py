@@ -147,7 +147,13 @@ class Scorer:
         opts.intra_op_num_threads = s.onnx_threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=execution_providers(s.onnx_provider))
+        providers = execution_providers(s.onnx_provider)
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        if self.session.get_providers()[0] != providers[0]:
+            # onnxruntime falls back to the CPU when CUDA or cuDNN fails to load.
+            if s.onnx_provider == "cuda":
+                raise RuntimeError(f"MOAT_ONNX_PROVIDER=cuda: onnxruntime could not start {providers[0]} (running on {self.session.get_providers()[0]}); check the CUDA and cuDNN libraries")
+            log.warning("MOAT_ONNX_PROVIDER=%s: %s did not start; the network runs on %s", s.onnx_provider, providers[0], self.session.get_providers()[0])
         t = self.meta.thresholds
         thresholds = Thresholds(
             throttle=s.throttle_threshold if s.throttle_threshold is not None else t.throttle,

@@ -56,8 +56,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 import redis
+from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
+from redis.retry import Retry
 
 from moat.models.feature_spec import BLOOM_WORDS, FEATURE_SPEC_VERSION, WINDOW
 from moat.models.scope_window import ROW, ScopeState
@@ -150,7 +152,11 @@ class RedisStore(StateStore):
 
     def __init__(self, url: str, ttl_s: float = 86400.0, timeout_s: float = 0.05, retry_s: float = 5.0, prefix: str = "moat", max_retries: int = 50, secret: bytes | None = None, cluster: bool = False, max_accounts: int = 2000) -> None:
         options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
-        self.client: redis.Redis | RedisCluster = RedisCluster.from_url(url, **options) if cluster else redis.Redis.from_url(url, **options)
+        # No client-side retries on a cluster: redis-py would re-send a compare-and-append whose
+        # reply timed out after Redis ran it (appending the row twice), and its backoff would
+        # turn the breaker's fail-fast into seconds. A failed call opens the breaker instead.
+        cluster_options = {**options, "retry": Retry(NoBackoff(), 0), "cluster_error_retry_attempts": 0}
+        self.client: redis.Redis | RedisCluster = RedisCluster.from_url(url, **cluster_options) if cluster else redis.Redis.from_url(url, **options)
         self.cluster = cluster
         self.runner = Runner(self.client)
         self.ttl = max(int(ttl_s), 1)

@@ -115,3 +115,22 @@ def test_tail_threshold_extrapolates_where_a_quantile_would_be_the_sample_maximu
     assert tail_threshold(risk, 0.001) > risk.max()
     # 5% of 500 = 25 accounts above: the empirical quantile, just above the 26th highest risk.
     assert tail_threshold(risk, 0.05) == pytest.approx(np.sort(risk)[-26] + 1e-6, abs=1e-9)
+
+
+# (case, risks): populations on which a fitted tail or a clipped logit used to put thresholds on
+# top of tied or saturated accounts. No account of them may be blocked.
+TIED = [
+    ("all tied", np.full(200, 0.6)),
+    ("a tied top", np.concatenate([np.linspace(0.01, 0.5, 170), np.full(30, 0.7)])),
+    ("a saturating model", _sig(np.random.default_rng(3).normal(14.0, 3.0, 500))),
+    ("NaN among them", np.concatenate([_benign(300, 4), [np.nan]])),
+]
+
+
+@pytest.mark.parametrize("case, risk", TIED, ids=[c[0] for c in TIED])
+def test_ties_and_saturation_block_no_more_than_the_target(case: str, risk: np.ndarray) -> None:
+    choice = operator_thresholds(risk, ActionTargets())
+    t = choice.thresholds
+    assert t.throttle <= t.perturb <= t.block
+    finite = risk[np.isfinite(risk)]
+    assert (finite >= t.block).mean() <= 0.01

@@ -59,9 +59,11 @@ def test_calibrated_bundle_keeps_the_network_and_records_its_provenance(populati
     assert prov["report"]["ever_acted_share"] <= 0.01 and prov["report"]["ever_blocked_share"] <= 0.001
     assert meta.thresholds.throttle <= meta.thresholds.perturb <= meta.thresholds.block
     assert "## Operator calibration" in (out / "card.md").read_text()
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert report["thresholds"] == meta.thresholds.model_dump()
     assert set(report["near_threshold"]) == {"throttle", "perturb", "block"}
+    assert "warning" not in captured.err  # benign traffic: nothing for the operator to review
 
 
 def test_a_few_percent_of_attackers_barely_move_the_thresholds(populations, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,18 @@ def test_workers_must_be_a_positive_count(tmp_path: Path, value: str) -> None:
     assert proc.returncode == 2
     assert f"--workers: expected a whole number of at least 1, got '{value}'" in proc.stderr
     assert not (tmp_path / "s.jsonl").exists()
+
+
+# (MOAT_REPLAY_CHUNK, workers, refused): chunks above what the worker pipes carry safely are
+# refused with --workers (they stalled), and taken by one process.
+CHUNKS = [("512", "2", True), ("128", "2", False), ("512", "1", False)]
+
+
+@pytest.mark.parametrize("chunk, workers, refused", CHUNKS)
+def test_workers_refuse_chunks_that_could_stall(tmp_path: Path, chunk: str, workers: str, refused: bool) -> None:
+    env = {**os.environ, "MOAT_REPLAY_CHUNK": chunk}
+    out = tmp_path / "s.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "moat", "replay", str(GOLDEN), "-o", str(out), "--workers", workers, "--no-progress"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert (proc.returncode == 2) is refused, proc.stderr
+    assert ("MOAT_REPLAY_CHUNK <= 128" in proc.stderr) is refused
+    assert out.exists() is not refused
