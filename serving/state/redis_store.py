@@ -155,7 +155,7 @@ class RedisStore(StateStore):
         # No client-side retries on a cluster: redis-py would re-send a compare-and-append whose
         # reply timed out after Redis ran it (appending the row twice), and its backoff would
         # turn the breaker's fail-fast into seconds. A failed call opens the breaker instead.
-        cluster_options = {**options, "retry": Retry(NoBackoff(), 0), "cluster_error_retry_attempts": 0}
+        cluster_options = {**options, "retry": Retry(NoBackoff(), 0)}
         self.client: redis.Redis | RedisCluster = RedisCluster.from_url(url, **cluster_options) if cluster else redis.Redis.from_url(url, **options)
         self.cluster = cluster
         self.runner = Runner(self.client)
