@@ -12,6 +12,7 @@ their own level.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,14 +72,17 @@ def _above(sorted_risk: np.ndarray, share: float) -> float:
     return float(min(np.nextafter(q, 2.0) + 1e-6, 1.0001))
 
 
-def choose_thresholds(account_risk: np.ndarray, targets: ActionTargets) -> Thresholds:
-    """Thresholds so that at most each target share of these accounts ever reaches the action."""
+def choose_thresholds(account_risk: np.ndarray, targets: ActionTargets, quantile: Callable[[np.ndarray, float], float] | None = None) -> Thresholds:
+    """Thresholds so that at most each target share of these accounts ever reaches the action.
+    `quantile(sorted risk, share)` is the sample's own by default (`_above`); operator
+    calibration passes `tail_threshold`."""
     risk = np.sort(np.asarray(account_risk, dtype=np.float64))
     if len(risk) == 0:
         return Thresholds(throttle=0.5, perturb=0.8, block=0.95)
-    throttle = max(_above(risk, targets.action), MIN_THROTTLE)
-    perturb = max(_above(risk, targets.perturb), throttle)
-    block = max(_above(risk, targets.block), perturb, MIN_BLOCK)
+    q = quantile or _above
+    throttle = max(q(risk, targets.action), MIN_THROTTLE)
+    perturb = max(q(risk, targets.perturb), throttle)
+    block = max(q(risk, targets.block), perturb, MIN_BLOCK)
     return Thresholds(throttle=round(throttle, 6), perturb=round(perturb, 6), block=round(block, 6))
 
 
@@ -185,14 +189,7 @@ def operator_thresholds(account_risk: np.ndarray, targets: ActionTargets, fence:
     start = top_cluster_start(risk)
     in_cluster = z >= start if start is not None else np.zeros(len(z), dtype=bool)
     keep = population_mask(risk, fence) & ~in_cluster
-    pop = risk[keep]
-    if len(pop) == 0:
-        thr = choose_thresholds(pop, targets)
-    else:
-        throttle = max(tail_threshold(pop, targets.action), MIN_THROTTLE)
-        perturb = max(tail_threshold(pop, targets.perturb), throttle)
-        block = max(tail_threshold(pop, targets.block), perturb, MIN_BLOCK)
-        thr = Thresholds(throttle=round(throttle, 6), perturb=round(perturb, 6), block=round(block, 6))
+    thr = choose_thresholds(risk[keep], targets, quantile=tail_threshold)
     near = {name: int((np.abs(z - _logit(np.array(t))) <= NEAR_LOGITS).sum()) for name, t in thr.model_dump().items()}
     n = max(len(risk), 1)
     return OperatorChoice(

@@ -8,14 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from moat.serving.serve_cli import add_scorer_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream", help="base URL of the real OpenAI-compatible API, e.g. https://api.openai.com (default: MOAT_PROXY_UPSTREAM; unset: decision endpoints only)")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port to listen on")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on; 0.0.0.0 is every interface")
-    p.add_argument("--model", help="bundle directory, models:/moat-risk@champion or bentoml:TAG (default: MOAT_MODEL, else the shipped model)")
-    p.add_argument("--state", help="where per-scope state lives: memory or redis://host:port/db (default: MOAT_STATE, else memory)")
-    p.add_argument("--shadow", action="store_true", help="shadow mode: score and report, always forward")
+    add_scorer_arguments(p, 8080, "score and report, always forward")
 
 
 def run(args: argparse.Namespace) -> int:

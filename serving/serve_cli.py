@@ -15,12 +15,17 @@ import sys
 import tempfile
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=3000, help="HTTP port to listen on")
+def add_scorer_arguments(p: argparse.ArgumentParser, port: int, shadow: str) -> None:
+    """The listening address and the scorer's options, shared by `moat serve` and `moat proxy`."""
+    p.add_argument("--port", type=int, default=port, help="HTTP port to listen on")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on; 0.0.0.0 is every interface")
     p.add_argument("--model", help="bundle directory, models:/moat-risk@champion or bentoml:TAG (default: MOAT_MODEL, else the shipped model)")
     p.add_argument("--state", help="where per-scope state lives: memory or redis://host:port/db (default: MOAT_STATE, else memory)")
-    p.add_argument("--shadow", action="store_true", help="shadow mode: report what would be done, always allow")
+    p.add_argument("--shadow", action="store_true", help=f"shadow mode: {shadow}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_scorer_arguments(p, 3000, "report what would be done, always allow")
 
 
 def run(args: argparse.Namespace) -> int:
