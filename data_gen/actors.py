@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from moat.data_gen.identity import Account, Prefix
 from moat.data_gen.text import PromptGrammar
+from moat.data_gen.text_habit import TextHabit
 from moat.data_gen.timing import TimingLibrary
 
 CHAT = "/v1/chat/completions"
@@ -36,6 +37,14 @@ class SimContext:
 
 # (temperature, max_tokens, stream) of a few chat front-ends, the first the most common.
 FRONTEND_PRESETS = [(0.7, None, True), (0.7, None, True), (0.8, 1024, True), (1.0, None, True), (None, None, True), (0.7, 2048, False), (0.5, 4096, True)]
+
+
+def habit_share(rng: random.Random, low: float) -> float:
+    """How often a client that uses an optional field sends it. Real clients are code or a
+    front-end: a field is almost always sent on every request or never, and only some clients
+    flip it per request. Flipping it at random on most requests made parameter changes look
+    normal in the simulator (half of all windows) while real traffic barely has them."""
+    return 1.0 if rng.random() < 0.8 else rng.uniform(low, 1.0)
 
 
 @dataclass
@@ -60,13 +69,13 @@ class ParamHabit:
             temperature=None if rng.random() < 0.3 else rng.choice([0.0, 0.2, 0.5, 0.7, 0.8, 1.0, round(rng.uniform(0, 1.3), 2)]),
             temperature_jitter=0.0 if rng.random() < 0.8 else rng.uniform(0.02, 0.3),
             max_tokens=None if rng.random() < 0.35 else int(rng.choice([64, 128, 256, 512, 1024, 2048, 4096, rng.randint(16, 4000)])),
-            max_tokens_spread=0.0 if rng.random() < 0.7 else rng.uniform(0.1, 1.0),
+            max_tokens_spread=0.0 if rng.random() < 0.85 else rng.uniform(0.1, 1.0),
             top_p=None if rng.random() < 0.85 else round(rng.uniform(0.5, 1.0), 2),
-            logprobs_p=0.0 if rng.random() < 0.9 else rng.uniform(0.05, 1.0),
+            logprobs_p=0.0 if rng.random() < 0.9 else habit_share(rng, 0.05),
             top_logprobs=rng.randint(0, 5),
-            seed_p=0.0 if rng.random() < 0.85 else rng.uniform(0.2, 1.0),
-            stop_p=0.0 if rng.random() < 0.8 else rng.uniform(0.2, 1.0),
-            stream_p=0.0 if rng.random() < 0.5 else rng.uniform(0.3, 1.0),
+            seed_p=0.0 if rng.random() < 0.85 else habit_share(rng, 0.2),
+            stop_p=0.0 if rng.random() < 0.8 else habit_share(rng, 0.2),
+            stream_p=0.0 if rng.random() < 0.5 else habit_share(rng, 0.3),
             n=1 if rng.random() < 0.95 else rng.randint(2, 4),
         )
         for key, value in overrides.items():
@@ -131,6 +140,9 @@ class Actor(ABC):
     kind: ClassVar[str]  # "persona" or "attack"
     weight: ClassVar[float] = 1.0  # relative share among actors of its kind
     source: ClassVar[str] = ""
+    # Whether one hand writes every account's prompts (a script behind many accounts) or each
+    # account is its own writer (the people of a crowd or an office).
+    one_writer: ClassVar[bool] = False
 
     def __init__(self, actor_id: str, seed: int, ctx: SimContext, shared_prefixes: list[Prefix] | None = None) -> None:
         self.actor_id = actor_id
@@ -138,6 +150,8 @@ class Actor(ABC):
         self.ctx = ctx
         self.shared_prefixes = shared_prefixes
         self._seq = 0
+        self._habit_seed = seed ^ 0x7E47
+        self._habits: dict[str, TextHabit] = {}
         self.setup()
 
     def setup(self) -> None:
@@ -146,6 +160,16 @@ class Actor(ABC):
     @abstractmethod
     def events(self) -> Iterator[dict[str, Any]]:
         """Yield this actor's request events in time order."""
+
+    def text_habit(self, account_id: str) -> TextHabit:
+        """How the writer of this account writes (data_gen/text_habit.py)."""
+        writer = self.actor_id if self.one_writer else account_id
+        habit = self._habits.get(writer)
+        if habit is None:
+            # Its own generator: drawn beside the family's behaviour without shifting the draws
+            # that `setup()` and `events()` make from `self.rng`.
+            habit = self._habits[writer] = TextHabit.draw(random.Random(f"{self._habit_seed}:{writer}"))
+        return habit
 
     # Helpers shared by all actors.
     def new_account(self, ua_weights: dict[str, float], n_keys: int = 1, n_prefixes: int = 1, n_hosts: int = 1) -> Account:
@@ -173,15 +197,25 @@ class Actor(ABC):
             ev["user_agent"] = account.user_agent
         ev["endpoint"] = query.endpoint
         ev["model"] = account.model
+        habit = self.text_habit(account.account_id)
         if query.messages is not None:
-            ev["messages"] = query.messages
+            ev["messages"] = query.messages if habit.plain else [self._written(m, habit) for m in query.messages]
         else:
-            ev["prompt"] = query.prompt
+            ev["prompt"] = habit.rewrite(query.prompt) if query.prompt is not None else None
         ev["params"] = query.params
         ev["label"] = self.label
         ev["family"] = self.family
         ev["actor"] = self.actor_id
         return ev
+
+    @staticmethod
+    def _written(message: dict[str, str], habit: TextHabit) -> dict[str, str]:
+        # A new dict: the actor keeps its history as the grammar wrote it, and every request
+        # rewrites it the same way (the habit is a pure function of the text).
+        if message.get("role") in ("user", "assistant") and isinstance(message.get("content"), str):
+            content = habit.rewrite(message["content"]) if message["role"] == "user" else habit.rewrite_reply(message["content"])
+            return {**message, "content": content}
+        return message
 
 
 _REGISTERED: dict[str, type[Actor]] = {}

@@ -215,6 +215,7 @@ class AttackActor(Actor):
 
     label = 1
     kind = "attack"
+    one_writer = True
     strategy_cls: ClassVar[type[Strategy]]
     account: Account  # opened by `start`
 

@@ -120,6 +120,8 @@ FOLLOW_UPS = [
     "Can you make it shorter?", "Thanks! Now add error handling.", "Why does that work?", "Can you give an example?",
     "That didn't work, I get {err}", "Explain the second step again.", "Now translate it to {lang_h}.",
     "What about edge cases?", "Make it more formal.", "Great. What else should I consider?", "ok and how about {topic}?",
+    # Real chat turns are often a word or two; without these the shortest turn was 20 characters.
+    "ok", "thanks!", "continue", "why?", "more", "?", "yes", "shorter pls", "go on",
 ]
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.", "You are {app}'s support assistant. Answer briefly and politely.",

@@ -55,6 +55,18 @@ class RiskNet(nn.Module):
         # A bag of hashed token ids: content without a tokenizer to download, and the model can
         # learn words like "step by step" or "translate" without seeing raw text in state.
         self.tok_emb = nn.Embedding(cfg.token_vocab, cfg.hidden, padding_idx=0)
+        # Small initial rows (BERT's 0.02, not N(0, 1)): a hashed bucket that training never saw
+        # (real words the simulator never wrote) must add next to nothing, not a random vector
+        # as large as the whole feature projection.
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.tok_emb.weight[0].zero_()
+        # The training data's per-feature range; inputs are clipped to it, so the network never
+        # extrapolates to values it was not trained on (a real prompt longer than any simulated
+        # one reads as the longest seen, not as a value some untrained weight scales up).
+        # Training sets it from its windows (`set_input_range`); it is exported with the weights.
+        self.register_buffer("input_lo", torch.full((cfg.n_features,), -1e4))
+        self.register_buffer("input_hi", torch.full((cfg.n_features,), 1e4))
         # The encoder comes from a `transformers` config with no downloaded weights. BERT's own
         # position embeddings (absolute, up to `window`) tell the model how deep into the scope
         # history a request sits. Eager attention exports cleanly to ONNX.
@@ -73,7 +85,12 @@ class RiskNet(nn.Module):
         self.encoder = BertModel(bert_cfg, add_pooling_layer=False)
         self.head = nn.Linear(cfg.hidden, 1)
 
+    def set_input_range(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        self.input_lo.copy_(lo)
+        self.input_hi.copy_(hi)
+
     def forward(self, feats: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        feats = torch.minimum(torch.maximum(feats, self.input_lo), self.input_hi)
         # Mean over real tokens; padding id 0 embeds to the zero vector, so a plain sum suffices.
         count = (tokens > 0).sum(-1, keepdim=True).clamp(min=1).to(feats.dtype)
         tok = self.tok_emb(tokens).sum(2) / count  # [B, T, H]

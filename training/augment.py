@@ -42,3 +42,16 @@ def jitter_values(feats: torch.Tensor, p: float, scale: float) -> torch.Tensor:
     out = feats.clone()
     out[:, :, _COLS] = torch.where(picked & sent, (cols + shift).clamp(min=1e-3), cols)
     return out
+
+
+def drop_token_bags(tokens: torch.Tensor, p: float) -> torch.Tensor:
+    """tokens[B, T, K] with every token of a window set to padding with probability `p`.
+
+    The simulator writes from one grammar, so its hashed words are a quirk of that grammar: a
+    model free to lean on them scores real prompts by the accidental buckets their words hash
+    into. Windows without words make the behavioural features carry the decision, and the
+    words only add to it."""
+    if p <= 0:
+        return tokens
+    keep = torch.rand(tokens.shape[0], 1, 1, device=tokens.device) >= p
+    return tokens * keep

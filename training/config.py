@@ -45,6 +45,8 @@ class TrainConfig(BaseSettings):
     # +-jitter_scale (training/augment.py): against exact-value shortcuts.
     jitter_p: float = 0.3
     jitter_scale: float = 0.3
+    # Share of training windows whose hashed words are all dropped (training/augment.py).
+    token_drop: float = 0.3
     # Own risk before a dependent scope's risk counts (serving's MOAT_CORROBORATION default).
     corroboration: float = 0.5
     # Action targets on validation benign accounts (ever blocked / ever not allowed).

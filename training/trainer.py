@@ -107,6 +107,13 @@ def finalize_bundle(net: RiskNet, out: Path, val: Sequences, targets: Calibratio
     return meta
 
 
+def input_range(seqs: Sequences) -> tuple[list[float], list[float]]:
+    """Each feature's smallest and largest value over the training rows: the range the
+    network clips its inputs to (models/network.py)."""
+    feats = seqs.feats.astype(np.float32)
+    return feats.min(axis=0).tolist(), feats.max(axis=0).tolist()
+
+
 def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, progress: bool = True) -> TrainResult:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -117,7 +124,8 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, p
     targets = cfg.calibration_targets()
     module = RiskModule(
         net=cfg.net.as_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, val_seq_labels=dm.val.label.tolist(),
-        jitter_p=cfg.jitter_p, jitter_scale=cfg.jitter_scale, calibration=asdict(targets),
+        jitter_p=cfg.jitter_p, jitter_scale=cfg.jitter_scale, calibration=asdict(targets), token_drop=cfg.token_drop,
+        input_range=input_range(dm.train),
     )
     stats_path = data_dir / "stats.json"
     data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}

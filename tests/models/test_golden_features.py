@@ -36,8 +36,8 @@ FEATURES = [
 ]
 # (case, trace, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, 477, "facabb6dd3471cfcdd5becc4187999dc172d885e5094e872924a6e1270f6c47b"),
-    ("contract example", EXAMPLE, 4, "10bc2decc378ca05eef984b1e0a535e886a56fe5a6bdefb14aebcb64485eb969"),
+    ("golden trace", GOLDEN, 477, "3508697a3933b563228cb6d1ebe7b1a49d3a47b4196651302cac76ba755811f5"),
+    ("contract example", EXAMPLE, 4, "1f2aab7e9b7382c5296960236c7589ea2e27e87aea9544866edcac4db84eae22"),
 ]
 
 

@@ -43,3 +43,32 @@ def test_right_padding_does_not_change_real_positions(net: RiskNet) -> None:
     padded_m = torch.cat([mask, torch.zeros(1, 4)], 1)
     with torch.no_grad():
         assert torch.allclose(net(feats, tokens, mask), net(padded_f, padded_t, padded_m)[:, :8], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("value", "clipped_to"),
+    [(5.0, 1.0), (-3.0, 0.0), (0.4, 0.4)],
+    ids=["above the training range", "below it", "inside it"],
+)
+def test_inputs_outside_the_training_range_read_as_its_edge(value: float, clipped_to: float) -> None:
+    torch.manual_seed(0)
+    net = RiskNet(NetConfig()).eval()
+    net.set_input_range(torch.zeros(N_FEATURES), torch.ones(N_FEATURES))
+    feats, tokens, mask = inputs(2, 6)
+    out_of_range, edge = feats.clone(), feats.clone()
+    out_of_range[:, :, 0], edge[:, :, 0] = value, clipped_to
+    with torch.no_grad():
+        assert torch.allclose(net(out_of_range, tokens, mask), net(edge, tokens, mask), atol=1e-6)
+    # The range is a buffer: it travels with the weights into checkpoints and the ONNX graph.
+    restored = RiskNet(NetConfig())
+    restored.load_state_dict(net.state_dict())
+    assert torch.equal(restored.input_hi, torch.ones(N_FEATURES)) and torch.equal(restored.input_lo, torch.zeros(N_FEATURES))
+
+
+def test_unseen_token_buckets_start_near_zero() -> None:
+    # A hashed bucket training never touches keeps its initial row: it must add next to nothing
+    # next to the feature projection (LayerNorm'd, norm about sqrt(hidden)).
+    net = RiskNet(NetConfig())
+    norms = net.tok_emb.weight.norm(dim=1)
+    assert norms[0] == 0.0
+    assert norms[1:].max() < 0.05 * NetConfig().hidden**0.5 * 3

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moat.models.feature_spec import INDEX, N_FEATURES, SPEC, presence_flag
-from moat.training.augment import PARAM_FEATURES, jitter_values
+from moat.training.augment import PARAM_FEATURES, drop_token_bags, jitter_values
 
 PARAMS = [INDEX[name] for name in PARAM_FEATURES]
 OTHERS = [i for i in range(N_FEATURES) if i not in PARAMS]
@@ -58,3 +58,15 @@ def test_every_sent_parameter_moves_and_nothing_else() -> None:
     out = jitter_values(feats, 1.0, 0.2)
     changed = {i for i in range(N_FEATURES) if not torch.equal(out[:, :, i], feats[:, :, i])}
     assert changed == set(PARAMS)
+
+
+@pytest.mark.parametrize(("p", "low", "high"), [(0.0, 0.0, 0.0), (0.3, 0.2, 0.4), (1.0, 1.0, 1.0)])
+def test_token_bags_drop_whole_windows_at_the_set_rate(p: float, low: float, high: float) -> None:
+    torch.manual_seed(0)
+    tokens = torch.randint(1, 4096, (2000, 16, 8))
+    out = drop_token_bags(tokens, p)
+    dropped = (out == 0).flatten(1).all(1)
+    kept = (out == tokens).flatten(1).all(1)
+    # A window keeps all its words or loses all of them: never a partial bag.
+    assert bool((dropped | kept).all())
+    assert low <= dropped.float().mean().item() <= high
