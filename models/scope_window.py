@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -115,11 +116,11 @@ class ScopeState:
         return self.rows.nbytes + self.bloom_cur.nbytes + (self.bloom_prev.nbytes if self.bloom_prev is not None else 0) + 8 * 8
 
 
-@dataclass(frozen=True)
-class Crowd:
+class Crowd(NamedTuple):
     """What the request's cross-account sketches say, the same for every scope of the request:
     distinct accounts (this one included) in the last hour that sent its prompt template
-    (`campaign`) and its exact client fingerprint (`cohort`)."""
+    (`campaign`) and its exact client fingerprint (`cohort`). A named tuple, as the featurizer's
+    other per-request records: a frozen dataclass's __init__ costs about 2 us, a tuple's 0.5."""
 
     campaign: int = 1
     cohort: int = 1

@@ -246,7 +246,7 @@ class SketchCache:
     last 4,096 distinct ones. Entries are keyed by a 128-bit BLAKE2b digest of the text, so no
     raw text is kept; a lock makes it safe for a threaded server."""
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 16384) -> None:
         self.size = size
         self._entries: OrderedDict[bytes, TextSketch] = OrderedDict()
         self._lock = threading.Lock()

@@ -55,8 +55,18 @@ class ReasonRule:
     # action on the account's own scopes is at least this level (1: throttle) while it fires.
     floor: int = 0
 
-    def fires(self, vec: np.ndarray, window_len: int) -> bool:
-        return window_len >= self.min_window and any(all(c.holds(vec) for c in group) for group in self.any_of)
+    def fires(self, vec: np.ndarray | list[float], window_len: int) -> bool:
+        if window_len < self.min_window:
+            return False
+        # any(all(...)) as plain loops: this runs for every scored scope, and the generator
+        # frames cost more than the comparisons.
+        for group in self.any_of:
+            for c in group:
+                if not c.holds(vec):
+                    break
+            else:
+                return True
+        return False
 
 
 RULES: list[ReasonRule] = [

@@ -61,18 +61,15 @@ class Batch:
 
 
 def _pack(windows: list[ScopeWindow]) -> Batch:
-    """Pad the windows to the longest, in one scatter per array: the real rows of all windows,
-    concatenated in order, go to the positions the mask marks (row-major, so window by window,
-    oldest first). Four numpy stores per window cost more than the network call's share."""
-    lengths = np.array([len(w.feats) for w in windows], dtype=np.intp)
-    t = int(lengths.max()) if len(windows) else 1
-    real = np.arange(t) < lengths[:, None]
+    t = max((len(w.feats) for w in windows), default=1)
     feats = np.zeros((len(windows), t, N_FEATURES), dtype=np.float32)
     tokens = np.zeros((len(windows), t, N_TOKENS), dtype=np.int64)
-    if windows:
-        feats[real] = np.concatenate([w.feats for w in windows])
-        tokens[real] = np.concatenate([w.tokens for w in windows])
-    return Batch(feats, tokens, real.astype(np.float32), lengths - 1)
+    mask = np.zeros((len(windows), t), dtype=np.float32)
+    last = np.empty(len(windows), dtype=np.intp)
+    for i, w in enumerate(windows):
+        n = len(w.feats)
+        feats[i, :n], tokens[i, :n], mask[i, :n], last[i] = w.feats, w.tokens, 1.0, n - 1
+    return Batch(feats, tokens, mask, last)
 
 
 @dataclass(frozen=True)
