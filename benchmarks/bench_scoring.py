@@ -80,6 +80,14 @@ def score_latency(trace: Path, limit: int) -> tuple[float, float]:
     return per_call_us(sc.score, events)
 
 
+def cold_cache() -> None:
+    """Empty the text-sketch cache (on trees that have one)."""
+    from moat.models import summary
+
+    if hasattr(summary, "SKETCHES"):
+        summary.SKETCHES.clear()
+
+
 def stage_split(trace: Path, limit: int) -> dict[str, float]:
     """Microseconds per event of each stage of one-process replay, run stage by stage."""
     from moat.models.featurizer import Featurizer
@@ -98,8 +106,12 @@ def stage_split(trace: Path, limit: int) -> dict[str, float]:
         return r
 
     events = timed("parse (validate JSON)", lambda: [Event.model_validate_json(x) for x in lines])
+    # Each stage that summarises starts from a cold text-sketch cache, as a replay does, so a
+    # stage does not reuse the sketches of the stage before it.
+    cold_cache()
     timed("summarize", lambda: [summarize(e) for e in events])
     featurizer = Featurizer(MemoryStore())
+    cold_cache()
     timed("featurise (summarize + every scope)", lambda: [featurizer.step(e) for e in events])
     sc = Scorer(ServingSettings(state="memory"))
     stepped = [sc._step(e, CallerClock()) for e in events]

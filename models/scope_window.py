@@ -52,8 +52,6 @@ _TOTAL, _CAMPAIGN, _COHORT = SPEC["total"].scale.encode, SPEC["campaign"].scale.
 # param, flags; and k such rows in one format, which unpacks faster than k single rows.
 _META = struct.Struct(f"<{2 * N_TOKENS}xdQIIIIB")
 _META_ROWS = [struct.Struct("<" + _META.format[1:] * k) for k in range(WINDOW + 1)]
-# A row's fields after its tokens, as `push` packs them.
-_SCALARS = struct.Struct("<dQIIIIB")
 _PARAM_CHANGE = INDEX["param_change"]
 
 
@@ -86,19 +84,6 @@ class ScopeState:
         return self.rows[: self.n]
 
     def append(self, row: tuple) -> None:
-        at = self._slot()  # first: it may replace self.rows with a larger array
-        self.rows[at] = row
-        self.n += 1
-
-    def append_raw(self, row: bytes) -> None:
-        """`append` of a row given as its ROW bytes: a record store from a tuple with sub-array
-        fields costs several times this byte copy."""
-        at = self._slot() * ROW.itemsize
-        self.rows.view(np.uint8).data[at : at + ROW.itemsize] = row
-        self.n += 1
-
-    def _slot(self) -> int:
-        """The index the next row goes to, after making room for it."""
         if self.n == len(self.rows):
             if self.n < WINDOW:
                 grown = np.zeros(min(2 * len(self.rows), WINDOW), dtype=ROW)
@@ -110,7 +95,8 @@ class ScopeState:
                 raw = self.rows.view(np.uint8)
                 raw[: -ROW.itemsize] = raw[ROW.itemsize :]
                 self.n -= 1
-        return self.n
+        self.rows[self.n] = row
+        self.n += 1
 
     def nbytes(self) -> int:
         return self.rows.nbytes + self.bloom_cur.nbytes + (self.bloom_prev.nbytes if self.bloom_prev is not None else 0) + 8 * 8
@@ -219,8 +205,8 @@ def window(state: ScopeState, s: Summary, crowd: Crowd, scope: str) -> tuple[np.
 _META_FROM = ROW.fields["tokens"][1]  # byte offset where a row's non-feature fields start
 
 
-if _META.size != ROW.itemsize - _META_FROM or _META.size != 2 * N_TOKENS + _SCALARS.size or ROW.fields["vec"][1] != 0 or ROW.fields["tokens"][1] != 2 * N_FEATURES:
-    raise RuntimeError("scope_window._META and _SCALARS must unpack a ROW from its tokens field on, after the float16 vector")
+if _META.size != ROW.itemsize - _META_FROM:
+    raise RuntimeError("scope_window._META must unpack a ROW from its tokens field on")
 
 
 # k rows' bytes with each row's fields from `tokens` on as one bytes item: a strided numpy copy
@@ -256,9 +242,7 @@ def push(state: ScopeState, s: Summary, vec: np.ndarray) -> tuple[np.ndarray, np
     changed = bool(vec[_PARAM_CHANGE])  # relational already compared with the predecessor
     last = state.last_ts
     flags = int(s.logprobs) | (int(s.has_lb) << 1) | (int(changed) << 2)
-    # The row's bytes as ROW lays them out: the vector stored as float16 (the cast a record
-    # store does), the tokens, then the packed scalar fields.
-    row = vec.astype(np.float16).tobytes() + s.tokens.tobytes() + _SCALARS.pack(s.ts, s.simhash, s.shape, s.prompt_hash, s.lb_hash, s.param_hash, flags)
+    row = (vec, s.tokens, s.ts, s.simhash, s.shape, s.prompt_hash, s.lb_hash, s.param_hash, flags)
     if last is not None:
         gap = max(s.ts - last, 0)
         state.ewma_1h = state.ewma_1h * math.exp(-gap / 3600) + 1
@@ -271,7 +255,7 @@ def push(state: ScopeState, s: Summary, vec: np.ndarray) -> tuple[np.ndarray, np
     if state.bloom_count >= BLOOM_ROTATE:
         state.bloom_prev, state.bloom_cur = state.bloom_cur, np.zeros(BLOOM_WORDS, dtype=np.uint64)
         state.bloom_count = 0
-    state.append_raw(row)
+    state.append(row)
     h = state.history()
     # The stored float16 vector is what the model reads, in training and in serving alike.
     return h["vec"].copy(), h["tokens"].copy()

@@ -1,6 +1,6 @@
 """The scoring path's fast paths equal the plain computations they replace, bit for bit, on the
-edge cases where a shortcut could go wrong: a cached text sketch against computing it, raw-byte
-row stores and reads against numpy's record stores and strided copies."""
+edge cases where a shortcut could go wrong: a cached text sketch against computing it, a row
+read from contiguous bytes against numpy's strided copy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moat.models.events import Event
-from moat.models.feature_spec import N_FEATURES, N_TOKENS, TEXT_LIMIT, WINDOW
+from moat.models.feature_spec import TEXT_LIMIT, WINDOW
 from moat.models.scope_window import _META_FROM, ROW, ScopeState, row_meta
 from moat.models.summary import SKETCHES, SketchCache, Summary, newest_text, summarize, text_sketch
 
@@ -87,18 +87,3 @@ def test_row_meta_equals_the_strided_copy(case: str, n: int, capacity: int) -> N
     state = ScopeState(rows=random_rows(capacity, n), n=n)
     strided = state.rows.view(np.uint8).reshape(-1, ROW.itemsize)[:n, _META_FROM:].tobytes()
     assert row_meta(state) == strided
-
-
-@pytest.mark.parametrize("appends", [1, 2, 3, WINDOW, WINDOW + 1, 2 * WINDOW + 3], ids=lambda n: f"{n} appends")
-def test_append_raw_equals_the_record_store(appends: int) -> None:
-    """Growth by doubling, then the shift once the window is full: both stores see the same rows."""
-    rng = np.random.default_rng(appends)
-    plain, raw = ScopeState(), ScopeState()
-    for i in range(appends):
-        vec = rng.normal(size=N_FEATURES).astype(np.float32)
-        tokens = rng.integers(0, 4096, N_TOKENS).astype(np.uint16)
-        fields = (float(i) + 0.5, int(rng.integers(0, 2**63)) * 2 + 1, i, 2**32 - 1 - i, 0, 7 * i, i % 8)
-        plain.append((vec, tokens, *fields))
-        raw.append_raw(vec.astype(np.float16).tobytes() + tokens.tobytes() + np.array([fields], dtype=ROW.descr[2:]).tobytes())
-        assert raw.n == plain.n and len(raw.rows) == len(plain.rows)
-        assert raw.history().tobytes() == plain.history().tobytes()
