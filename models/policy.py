@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -40,8 +39,7 @@ class ScopeRisk(NamedTuple):
     floor: int = 0  # the lowest level a signature demands of this scope (own scopes only)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):  # one per request: a named tuple builds several times faster than a frozen dataclass
     action: str
     level: int
     would_be: str  # the action enforce mode would take (differs from `action` in shadow mode)

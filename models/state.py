@@ -138,6 +138,8 @@ class StateStore(ABC):
 
 
 def clamp_ts(ts: float) -> float:
+    if TS_MIN <= ts <= TS_MAX:  # the common case, returned as is (NaN fails both comparisons)
+        return ts
     return min(max(ts, TS_MIN), TS_MAX) if not math.isnan(ts) else TS_MIN
 
 
@@ -147,7 +149,10 @@ def keep_monotonic(state: ScopeState, last: float | None) -> None:
     the past cannot reorder the history that later gaps and rates are computed on."""
     if state.n:
         ts = state.rows["ts"]
-        ts[state.n - 1] = clamp_ts(max(float(ts[state.n - 1]), last if last is not None else TS_MIN))
+        stored = float(ts[state.n - 1])
+        kept = clamp_ts(max(stored, last if last is not None else TS_MIN))
+        if kept != stored:  # in order and in range, as nearly every row is: nothing to write
+            ts[state.n - 1] = kept
 
 
 class CampaignSketch:
