@@ -228,11 +228,15 @@ def fingerprint(state: ScopeState) -> tuple:
     return (state.n, state.total, state.ewma_1h, state.ewma_1d, row_meta(state), state.bloom_cur.tobytes(), prev)
 
 
+# Each scope's flag columns, the vector's tail (checked at import above): `rescope` writes them
+# as one slice instead of a fancy-indexed store from a list of columns.
+_FLAG_TAILS = {sc: np.array(flags, dtype=np.float32) for sc, flags in _SCOPE_FLAGS.items()}
+
+
 def rescope(vec: np.ndarray, scope: str) -> np.ndarray:
     """`vec` as computed for another scope, with this scope's flag instead."""
     out = vec.copy()
-    out[SCOPE_FLAG_COLUMNS] = 0.0
-    out[SCOPE_INDEX[scope]] = 1.0
+    out[_REL_END:] = _FLAG_TAILS[scope]
     return out
 
 
