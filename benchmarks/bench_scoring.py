@@ -172,8 +172,10 @@ def interleaved_cpu(env: dict[str, str], n: int, block: int = 1000) -> None:
         p.wait()
     new, base = (1e6 * sum(cpu[k]) / n for k in ("new", "base"))
     ratios = [x / y for x, y in zip(cpu["new"], cpu["base"])]
-    print(f"  main-thread CPU of a one-process replay (network thread excluded), blocks of {block:,} events taking turns: new {new:.0f} us per event, base {base:.0f} us; "
-          f"new / base {new / base:.2f}x (median block {statistics.median(ratios):.2f}x); output identical to base: {'yes' if same else 'NO'}")
+    print(
+        f"  main-thread CPU of a one-process replay (network thread excluded), blocks of {block:,} events taking turns: new {new:.0f} us per event, base {base:.0f} us; "
+        f"new / base {new / base:.2f}x (median block {statistics.median(ratios):.2f}x); output identical to base: {'yes' if same else 'NO'}"
+    )
 
 
 def dev_spread(args: argparse.Namespace, tmp: str) -> None:

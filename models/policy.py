@@ -39,7 +39,9 @@ class ScopeRisk(NamedTuple):
     floor: int = 0  # the lowest level a signature demands of this scope (own scopes only)
 
 
-class Decision(NamedTuple):  # one per request: a named tuple builds several times faster than a frozen dataclass
+class Decision(NamedTuple):
+    """The policy's answer for one request (a named tuple, as ScopeRisk)."""
+
     action: str
     level: int
     would_be: str  # the action enforce mode would take (differs from `action` in shadow mode)

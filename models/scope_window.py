@@ -159,8 +159,8 @@ def relational(state: ScopeState, s: Summary, crowd: Crowd, scope: str, meta: by
         variety.add(s.lb_hash)
         variety.discard(0)
         lb_variety = len(variety)
-    # Each flag bit summed at its place value, then shifted down: three C-level sums instead
-    # of a Python loop with three updates per row.
+    # Each flag bit summed at its place value, then shifted down: three comprehensions and
+    # sums instead of a loop with three counter updates per row.
     n_logprobs = sum([f & 1 for f in flags])
     n_lb = sum([f & 2 for f in flags]) >> 1
     n_changed = sum([f & 4 for f in flags]) >> 2

@@ -243,9 +243,11 @@ def text_sketch(text: str) -> TextSketch:
 
 class SketchCache:
     """Recent texts' sketches, least recently used evicted. Prompts recur (a template re-sent,
-    a probe repeated, a retry): on the dev-spread trace 44% of requests repeat a text among the
-    last 4,096 distinct ones. Entries are keyed by a 128-bit BLAKE2b digest of the text, so no
-    raw text is kept; a lock makes it safe for a threaded server."""
+    a probe repeated, a retry): on the dev-spread trace 55% of requests repeat a text among the
+    last 16,384 distinct ones (44% among 4,096; no more with 65,536). A full cache holds about
+    27 MB. Entries are keyed by a 128-bit BLAKE2b digest of the text, so no raw text is kept; a
+    lock makes it safe for a threaded server (two threads missing on one text both compute it
+    and store equal sketches)."""
 
     def __init__(self, size: int = 16384) -> None:
         self.size = size
