@@ -5,7 +5,9 @@ Then the realistic case (issue 13), on ../shared/data/external/dev-spread.jsonl.
 there (one line says it is skipped when not): `moat replay` events/s in one process and with
 `--workers N`, `Scorer.score` p50/p99 on its events, and the per-stage split of one process.
 `--base DIR` measures the same replay and Scorer figures on another source tree (a `git worktree`
-or `git archive` of a base commit) in the same run, alternating runs, and prints new/base ratios.
+or `git archive` of a base commit) in the same run, alternating runs, and prints new/base ratios;
+and the main-thread CPU of both trees' replays run side by side a block at a time (the figure
+least moved by other jobs on a shared machine), with a check that their outputs are identical.
 
 Usage: python benchmarks/bench_scoring.py [--trace PATH] [--replay-runs N] [--dev-only]
        [--workers N ...] [--base DIR]"""
@@ -13,6 +15,7 @@ Usage: python benchmarks/bench_scoring.py [--trace PATH] [--replay-runs N] [--de
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import os
@@ -80,6 +83,14 @@ def score_latency(trace: Path, limit: int) -> tuple[float, float]:
     return per_call_us(sc.score, events)
 
 
+def cold_cache() -> None:
+    """Empty the text-sketch cache (on trees that have one)."""
+    from moat.models import summary
+
+    if hasattr(summary, "SKETCHES"):
+        summary.SKETCHES.clear()
+
+
 def stage_split(trace: Path, limit: int) -> dict[str, float]:
     """Microseconds per event of each stage of one-process replay, run stage by stage."""
     from moat.models.featurizer import Featurizer
@@ -98,8 +109,12 @@ def stage_split(trace: Path, limit: int) -> dict[str, float]:
         return r
 
     events = timed("parse (validate JSON)", lambda: [Event.model_validate_json(x) for x in lines])
+    # Each stage that summarises starts from a cold text-sketch cache, as a replay does, so a
+    # stage does not reuse the sketches of the stage before it.
+    cold_cache()
     timed("summarize", lambda: [summarize(e) for e in events])
     featurizer = Featurizer(MemoryStore())
+    cold_cache()
     timed("featurise (summarize + every scope)", lambda: [featurizer.step(e) for e in events])
     sc = Scorer(ServingSettings(state="memory"))
     stepped = [sc._step(e, CallerClock()) for e in events]
@@ -110,6 +125,57 @@ def stage_split(trace: Path, limit: int) -> dict[str, float]:
     scores = timed("policy + reasons", lambda: [sc._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, flat)])
     timed("write JSON", lambda: [dumps(x.model_dump(exclude_none=True)) for x in scores])
     return out
+
+
+def replay_blocks_child() -> None:
+    """Run by `interleaved_cpu` in each tree's environment: a one-process replay of dev-spread
+    (as `moat replay` scores valid events: the stream, then each score's JSON), advanced one
+    block at a time. Each line on stdin is a block size; the answer is the block's main-thread
+    CPU seconds (the network thread excluded) and a digest of its output lines."""
+    from moat.models.traces import dumps, iter_lines
+
+    sc = Scorer(ServingSettings(state="memory"))
+    stream = sc.score_stream(Event.model_validate_json(x) for x in iter_lines(DEV_SPREAD))
+    print("ready", flush=True)
+    for line in sys.stdin:
+        h = hashlib.sha256()
+        t0 = time.thread_time()
+        for score in itertools.islice(stream, int(line)):
+            h.update(dumps(score.model_dump(exclude_none=True)).encode())
+        print(json.dumps([time.thread_time() - t0, h.hexdigest()]), flush=True)
+
+
+def interleaved_cpu(env: dict[str, str], n: int, block: int = 1000) -> None:
+    """Main-thread CPU per event of this tree and the base tree, replaying dev-spread side by side
+    in two processes that take turns a block at a time (who goes first alternates), so a slow
+    phase of this shared machine hits both alike. Checks the outputs are identical too."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--replay-blocks-child"]
+    procs = {"new": subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)}
+    procs["base"] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=env["PYTHONPATH"], env=env)
+    for p in procs.values():
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    cpu: dict[str, list[float]] = {"new": [], "base": []}
+    same = True
+    for i, a in enumerate(range(0, n, block)):
+        digests = {}
+        for name in ("new", "base") if i % 2 == 0 else ("base", "new"):
+            p = procs[name]
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write(f"{min(block, n - a)}\n")
+            p.stdin.flush()
+            seconds, digests[name] = json.loads(p.stdout.readline())
+            cpu[name].append(seconds)
+        same = same and digests["new"] == digests["base"]
+    for p in procs.values():
+        assert p.stdin is not None
+        p.stdin.close()
+        p.wait()
+    new, base = (1e6 * sum(cpu[k]) / n for k in ("new", "base"))
+    ratios = [x / y for x, y in zip(cpu["new"], cpu["base"])]
+    print(
+        f"  main-thread CPU of a one-process replay (network thread excluded), blocks of {block:,} events taking turns: new {new:.0f} us per event, base {base:.0f} us; "
+        f"new / base {new / base:.2f}x (median block {statistics.median(ratios):.2f}x); output identical to base: {'yes' if same else 'NO'}"
+    )
 
 
 def dev_spread(args: argparse.Namespace, tmp: str) -> None:
@@ -136,6 +202,8 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
         print(f"  moat replay, {name}: median {med[name]:,.0f} events/s (min {min(r):,.0f}, max {max(r):,.0f}; {len(r)} runs, start-up included){extra}")
     if env is not None:
         print(f"  moat replay one process, new / base: {med['one process'] / med['base, one process']:.2f}x")
+    if env is not None:
+        interleaved_cpu(env, n)
     p50, p99 = score_latency(DEV_SPREAD, 5000)
     print(f"  Scorer.score (first 5,000 events, trace time): p50 {p50:.0f} us, p99 {p99:.0f} us")
     if env is not None:
@@ -154,7 +222,11 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="*", default=[2], help="worker counts for the dev-spread replay (default: 2)")
     ap.add_argument("--base", type=Path, help="a source tree of the base commit to compare with (dev-spread case)")
     ap.add_argument("--score-latency-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--replay-blocks-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.replay_blocks_child:  # run by interleaved_cpu, in either tree's environment
+        replay_blocks_child()
+        return
     if args.score_latency_only:  # run by --base in the base tree's environment
         print(json.dumps(score_latency(DEV_SPREAD, 5000)))
         return

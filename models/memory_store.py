@@ -93,6 +93,11 @@ class MemoryStore(StateStore):
         kept by its hold, which then goes to the back so it cannot stall the sweep."""
         if self.ttl_s is None:
             return
+        # The usual case, decided without the loop: the least recently updated scope was
+        # updated within the TTL, so nothing is expired yet.
+        oldest = next(iter(self._scopes.values()), None)
+        if oldest is None or now - oldest.touched <= self.ttl_s:
+            return
         for _ in range(SWEEP_PER_UPDATE):
             oldest = next(iter(self._scopes.items()), None)
             if oldest is None:

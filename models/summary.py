@@ -4,11 +4,15 @@ It holds no raw text, so the state stores keep nothing sensitive at rest."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
+import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,7 +56,8 @@ def gram_hashes(lower: list[str]) -> np.ndarray:
 
 
 def _gram_hashes(words: list[bytes]) -> np.ndarray:
-    grams = words + [a + b" " + b for a, b in zip(words, words[1:])]
+    # The bigrams joined by map (a C-level loop), not a comprehension: the same bytes a + b" " + b.
+    grams = words + list(map(b" ".join, zip(words, words[1:])))
     return np.fromiter(map(zlib.crc32, grams), dtype=np.uint64, count=len(grams))
 
 
@@ -133,6 +138,9 @@ class Summary:
     client_fp: int  # the client fingerprint: user agent, endpoint, model and parameter values
     logprobs: bool
     has_lb: bool
+    # `own` as Python floats: every scope's vector starts with it, and a tolist per scope cost
+    # more than keeping it once.
+    own_values: tuple[float, ...]
 
     def scope_keys(self) -> list[tuple[str, str]]:
         keys = [("account", self.account_id)]
@@ -196,16 +204,85 @@ def _char_shares(head: str) -> tuple[float, float]:
     return len(_DIGIT.findall(head)) / n_chars, len(_NONASCII.findall(head)) / n_chars
 
 
+class TextSketch(NamedTuple):
+    """Everything a summary derives from the newest text alone: the costly half of `summarize`
+    (word scan, gram hashes, SimHash, bloom bits). Its arrays are shared by every summary of the
+    same text, so they are read-only."""
+
+    digit_share: float
+    nonascii_share: float
+    tokens: np.ndarray  # uint16[N_TOKENS]
+    buckets: np.ndarray
+    bloom_mask: np.ndarray
+    simhash: int
+    shape: int
+    prompt_hash: int
+
+
+def text_sketch(text: str) -> TextSketch:
+    """The sketch of `text` (the newest text, already cut to TEXT_LIMIT), computed."""
+    tokens = _words(text)
+    # Lower-casing the space-joined words equals joining the lower-cased words (a space is
+    # neither cased nor case-ignorable, so it isolates each word's case context).
+    lowered_bytes = " ".join(tokens).lower().encode("utf-8", "replace")
+    digit_share, nonascii_share = _char_shares(text[:1024])
+    words = lowered_bytes.split(b" ", GRAM_WORDS)[:GRAM_WORDS] if tokens else []
+    hashes = _gram_hashes(words)
+    buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.intp)
+    # The buckets as one bloom bitmap: bit b of the little-endian words is bucket b.
+    flat = np.zeros(BLOOM_WORDS * 64, dtype=np.uint8)
+    flat[buckets] = 1
+    mask = np.packbits(flat, bitorder="little").view(np.uint64)
+    # Hashed ids of the first N_TOKENS words (the first grams are the unigrams), 0-padded.
+    ids = [1 + h % (TOKEN_VOCAB - 1) for h in hashes[: min(N_TOKENS, len(tokens))].tolist()]
+    tok_ids = np.array(ids + [0] * (N_TOKENS - len(ids)), dtype=np.uint16)
+    for a in (tok_ids, buckets, mask):
+        a.flags.writeable = False
+    return TextSketch(digit_share, nonascii_share, tok_ids, buckets, mask, simhash(hashes), shape_signature(tokens), zlib.crc32(lowered_bytes))
+
+
+class SketchCache:
+    """Recent texts' sketches, least recently used evicted. Prompts recur (a template re-sent,
+    a probe repeated, a retry): on the dev-spread trace 55% of requests repeat a text among the
+    last 16,384 distinct ones (44% among 4,096; no more with 65,536). A full cache holds about
+    27 MB. Entries are keyed by a 128-bit BLAKE2b digest of the text, so no raw text is kept; a
+    lock makes it safe for a threaded server (two threads missing on one text both compute it
+    and store equal sketches)."""
+
+    def __init__(self, size: int = 16384) -> None:
+        self.size = size
+        self._entries: OrderedDict[bytes, TextSketch] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> TextSketch:
+        # surrogatepass: an injective encoding of any str (a prompt may hold lone surrogates).
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                return hit
+        sketch = text_sketch(text)
+        with self._lock:
+            self._entries[key] = sketch
+            if len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return sketch
+
+    def clear(self) -> None:
+        """Forget every sketch (benchmarks time summarising from a cold cache)."""
+        with self._lock:
+            self._entries.clear()
+
+
+SKETCHES = SketchCache()
+
+
 def summarize(event: Event, ts: float | None = None) -> Summary:
     """The request's summary; `ts`, when given, replaces the event's time (a server that
     re-stamps an event passes its time here instead of copying the event)."""
     newest, total_chars, n_msgs, has_system, tool_share = newest_text(event)
-    text = newest[:TEXT_LIMIT]
-    tokens = _words(text)
-    # Lower-casing the space-joined words equals joining the lower-cased words (a space is
-    # neither cased nor case-ignorable, so it isolates each word's case context).
-    lowered = " ".join(tokens).lower()
-    lowered_bytes = lowered.encode("utf-8", "replace")
+    sk = SKETCHES.get(newest[:TEXT_LIMIT])
     p = event.params
     lb = p.logit_bias
     if lb:
@@ -213,7 +290,6 @@ def summarize(event: Event, ts: float | None = None) -> Summary:
         lb_max, lb_spread = float(np.abs(lb_vals).max()), float(lb_vals.std())
     else:
         lb_max = lb_spread = None
-    digit_share, nonascii_share = _char_shares(text[:1024])
     # Raw values in _OWN_NAMES order, encoded below by the spec; None is a field the request did not carry.
     raw = (
         total_chars,
@@ -236,23 +312,13 @@ def summarize(event: Event, ts: float | None = None) -> Summary:
         p.seed is not None,
         p.stop is not None,
         p.stream,
-        digit_share,
-        nonascii_share,
+        sk.digit_share,
+        sk.nonascii_share,
     )
     own = np.array(
         [*[absent if x is None else encode(x) for (absent, encode), x in zip(_ENCODERS, raw)], *_UA_ONE_HOT[ua_group(event.user_agent)]],
         dtype=np.float32,
     )
-    words = lowered_bytes.split(b" ", GRAM_WORDS)[:GRAM_WORDS] if tokens else []
-    hashes = _gram_hashes(words)
-    buckets = (hashes % np.uint64(BLOOM_WORDS * 64)).astype(np.intp)
-    # The buckets as one bloom bitmap: bit b of the little-endian words is bucket b.
-    flat = np.zeros(BLOOM_WORDS * 64, dtype=np.uint8)
-    flat[buckets] = 1
-    mask = np.packbits(flat, bitorder="little").view(np.uint64)
-    # Hashed ids of the first N_TOKENS words (the first grams are the unigrams), 0-padded.
-    ids = [1 + h % (TOKEN_VOCAB - 1) for h in hashes[: min(N_TOKENS, len(tokens))].tolist()]
-    tok_ids = np.array(ids + [0] * (N_TOKENS - len(ids)), dtype=np.uint16)
     params_sig = (p.temperature, p.top_p, p.max_tokens, p.n, p.logprobs, p.top_logprobs, p.stop if isinstance(p.stop, str) else tuple(p.stop or ()), event.endpoint)
     return Summary(
         ts=float(event.ts if ts is None else ts),
@@ -260,15 +326,16 @@ def summarize(event: Event, ts: float | None = None) -> Summary:
         api_key_id=event.api_key_id,
         ip_prefix=ip_prefix(event.client_ip),
         own=own,
-        tokens=tok_ids,
-        buckets=buckets,
-        bloom_mask=mask,
-        simhash=simhash(hashes),
-        shape=shape_signature(tokens),
-        prompt_hash=zlib.crc32(lowered_bytes),
+        tokens=sk.tokens,
+        buckets=sk.buckets,
+        bloom_mask=sk.bloom_mask,
+        simhash=sk.simhash,
+        shape=sk.shape,
+        prompt_hash=sk.prompt_hash,
         lb_hash=_crc(repr(sorted(lb.items()))) if lb else 0,
         param_hash=_crc(repr(params_sig)),
         client_fp=client_fingerprint(event),
         logprobs=bool(p.logprobs),
         has_lb=bool(lb),
+        own_values=tuple(own.tolist()),
     )

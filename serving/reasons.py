@@ -9,6 +9,7 @@ encoded through the feature spec's scale, so a rule cannot drift from how a feat
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -28,13 +29,17 @@ class Cond:
     raw: float
     _index: int = field(init=False, repr=False, compare=False)
     _bound: float = field(init=False, repr=False, compare=False)
+    _test: Callable[[float, float], bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", INDEX[self.feature])
         object.__setattr__(self, "_bound", SPEC[self.feature].scale(self.raw))
+        object.__setattr__(self, "_test", _OPS[self.op])
 
-    def holds(self, vec: np.ndarray) -> bool:
-        return _OPS[self.op](float(vec[self._index]), self._bound)
+    def holds(self, vec: np.ndarray | list[float]) -> bool:
+        """`vec`: the window's newest vector, or that vector's `tolist()` (cheaper to index when
+        many conditions read it)."""
+        return self._test(float(vec[self._index]), self._bound)
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,18 @@ class ReasonRule:
     # action on the account's own scopes is at least this level (1: throttle) while it fires.
     floor: int = 0
 
-    def fires(self, vec: np.ndarray, window_len: int) -> bool:
-        return window_len >= self.min_window and any(all(c.holds(vec) for c in group) for group in self.any_of)
+    def fires(self, vec: np.ndarray | list[float], window_len: int) -> bool:
+        if window_len < self.min_window:
+            return False
+        # any(all(...)) as plain loops: this runs for every scored scope, and the generator
+        # frames cost more than the comparisons.
+        for group in self.any_of:
+            for c in group:
+                if not c.holds(vec):
+                    break
+            else:
+                return True
+        return False
 
 
 RULES: list[ReasonRule] = [
@@ -90,10 +105,17 @@ SIGNATURES = [r for r in RULES if r.floor]
 
 def floor_level(vec: np.ndarray, window_len: int) -> int:
     """The lowest action level the signatures demand of this window (0: none fires)."""
-    return max((r.floor for r in SIGNATURES if r.fires(vec, window_len)), default=0)
+    # A plain loop: this runs for every own scope of every request, and a generator with
+    # max(default=) cost more than the one rule it checks.
+    level = 0
+    for r in SIGNATURES:
+        if r.floor > level and r.fires(vec, window_len):
+            level = r.floor
+    return level
 
 
 def reasons(vec: np.ndarray, window_len: int, scope: str) -> list[str]:
-    out = [r.code for r in RULES if r.fires(vec, window_len)]
+    values = vec.tolist()  # one conversion for the dozen or so conditions read below
+    out = [r.code for r in RULES if r.fires(values, window_len)]
     out.append(f"scope:{scope}")
     return out
