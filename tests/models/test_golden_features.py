@@ -34,10 +34,14 @@ FEATURES = [
     ("golden trace", GOLDEN, 1431, "2c628acd37dfc159c0fe3c861e0a7fd1a044c7d19523a251e640e0f96efa5487"),
     ("contract example", EXAMPLE, 10, "00d22da2781ceb6492a99f712d9bdc2cadf9a0ea1eea6e1cd0905749c4ec7803"),
 ]
-# (case, trace, events, sha256 of the `moat replay` output lines with the shipped model)
+# An operator's calibrated block threshold (`moat calibrate` on calib-spread sets about 0.99):
+# the shipped one sits above every risk of the golden trace, and blocks must stay pinned too.
+OPERATOR_BLOCK = {"block_threshold": 0.99}
+# (case, trace, serving settings, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, 477, "3508697a3933b563228cb6d1ebe7b1a49d3a47b4196651302cac76ba755811f5"),
-    ("contract example", EXAMPLE, 4, "1f2aab7e9b7382c5296960236c7589ea2e27e87aea9544866edcac4db84eae22"),
+    ("golden trace", GOLDEN, {}, 477, "d9a99be24e6d6704ef8696c81a20804e920bd338e2e5eb5aadbbb0d1f3458de3"),
+    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "57c8521ff6d20761709919d34f61013d645f43e347e47110f3381b3e2184108b"),
+    ("contract example", EXAMPLE, {}, 4, "1f2aab7e9b7382c5296960236c7589ea2e27e87aea9544866edcac4db84eae22"),
 ]
 
 
@@ -56,10 +60,11 @@ def feature_digest(trace: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def replay_lines(trace: Path) -> list[str]:
-    """What `moat replay TRACE` writes, line by line, with the shipped model and default settings."""
+def replay_lines(trace: Path, settings: dict | None = None) -> list[str]:
+    """What `moat replay TRACE` writes, line by line, with the shipped model and default settings
+    (or these)."""
     lines: list[str] = []
-    replay(Scorer(ServingSettings(state="memory")), iter_lines(trace), lambda score: lines.append(dumps(score) + "\n"))
+    replay(Scorer(ServingSettings(state="memory", **(settings or {}))), iter_lines(trace), lambda score: lines.append(dumps(score) + "\n"))
     return lines
 
 
@@ -77,9 +82,9 @@ def test_feature_rows_are_pinned(case: str, trace: Path, windows: int, expected:
     assert digest == expected, f"{case}: feature rows changed (sha256 {digest}). If intended, bump FEATURE_SPEC_VERSION and pin this hash."
 
 
-@pytest.mark.parametrize("case, trace, events, expected", SCORES, ids=[c[0] for c in SCORES])
-def test_replay_scores_are_pinned(case: str, trace: Path, events: int, expected: str) -> None:
-    lines = replay_lines(trace)
+@pytest.mark.parametrize("case, trace, settings, events, expected", SCORES, ids=[c[0] for c in SCORES])
+def test_replay_scores_are_pinned(case: str, trace: Path, settings: dict, events: int, expected: str) -> None:
+    lines = replay_lines(trace, settings)
     assert len(lines) == events
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()
     assert digest == expected, f"{case}: `moat replay` output changed (sha256 {digest}). If intended, pin this hash."
@@ -87,8 +92,9 @@ def test_replay_scores_are_pinned(case: str, trace: Path, events: int, expected:
 
 def test_golden_trace_exercises_every_action_and_reason() -> None:
     """The pinned scores only guard what the trace reaches: every action level, and the reason
-    codes of attacks it holds (a regenerated trace must keep them)."""
-    scores = [json.loads(line) for line in replay_lines(GOLDEN)]
+    codes of attacks it holds (a regenerated trace must keep them). Blocks are reached at an
+    operator's calibrated block threshold."""
+    scores = [json.loads(line) for line in replay_lines(GOLDEN, OPERATOR_BLOCK)]
     assert {s["action"] for s in scores} == {"allow", "throttle", "perturb", "block"}
     reasons = {r for s in scores for r in s["reasons"]}
     assert {"logit_bias_probe", "logprob_harvest", "machine_timing", "novelty_sweep", "long_output_harvest"} <= reasons

@@ -29,6 +29,22 @@ def test_thresholds_meet_benign_targets() -> None:
     assert t.throttle <= t.perturb <= t.block < 0.99  # attacks at 0.99 are still blocked
 
 
+@pytest.mark.parametrize("n_benign", [300, 400, 1000])
+def test_few_validation_accounts_still_give_graduated_thresholds(n_benign: int) -> None:
+    # What validation looked like: a bulk, and a few benign accounts bunched near the top. With
+    # the sample's own quantiles, 0.1% of a few hundred accounts is its maximum and all three
+    # actions landed among those few, within 0.002 of each other.
+    rng = np.random.default_rng(n_benign)
+    z = np.r_[rng.normal(-2, 1, n_benign - 5), 3.9 + np.arange(5) * 0.02]
+    benign = 1 / (1 + np.exp(-z))
+    scores = AccountScores([f"a{i}" for i in range(n_benign)], np.zeros(n_benign, np.uint8), ["x"] * n_benign, benign)
+    t = choose_thresholds(scores, CalibrationTargets(corroboration=0.5, target_block_fpr=0.001, target_perturb_fpr=0.005, target_action_fpr=0.01))
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    assert (benign >= t.block).mean() <= 0.001
+    assert logit(t.block) - logit(t.throttle) >= 0.5
+    assert (benign >= t.throttle).mean() <= 0.01
+
+
 def _seqs(scopes: list[str], dependent: list[bool], event_rows: list[list[int]]) -> Sequences:
     rows = len(scopes)  # one row per sequence
     return Sequences(
