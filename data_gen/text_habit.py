@@ -8,8 +8,13 @@ attack alike: language and length are marginals to randomise, not a signal.
 
 A habit rewrites text as a pure function of the text (keyed hashes, no shared random state):
 a multi-turn history re-sent on every request keeps its earlier turns exactly as first written,
-and the same prompt sent twice stays identical, so repetition and near-duplicate structure are
-untouched.
+and the same prompt sent twice stays identical, so exact repetition is untouched.
+
+Known simplifications: whether a prompt gets an opener or a paste is keyed on the whole text,
+so a script's near-duplicate prompts are opened or pasted independently of each other (a real
+script would prefix all of them or none); pastes are drawn from a few template sentences, so
+one writer's pasted prompts resemble each other more than real documents would; translation
+splits on spaces only.
 """
 
 from __future__ import annotations
