@@ -12,7 +12,6 @@ their own level.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,14 +71,18 @@ def _above(sorted_risk: np.ndarray, share: float) -> float:
     return float(min(np.nextafter(q, 2.0) + 1e-6, 1.0001))
 
 
-def choose_thresholds(account_risk: np.ndarray, targets: ActionTargets, quantile: Callable[[np.ndarray, float], float] | None = None) -> Thresholds:
-    """Thresholds so that at most each target share of these accounts ever reaches the action.
-    `quantile(sorted risk, share)` is the sample's own by default (`_above`); operator
-    calibration passes `tail_threshold`."""
+def choose_thresholds(account_risk: np.ndarray, targets: ActionTargets) -> Thresholds:
+    """Thresholds so that at most each target share of these accounts ever reaches the action:
+    training's on validation benign accounts, `moat calibrate`'s on an operator's population.
+
+    Rare quantiles come from the tail fit (`tail_threshold`), never below the sample's own: a
+    few hundred accounts' own 0.1% quantile is their maximum, which put all three thresholds
+    among the top four accounts, within a hair of each other, so an account that crossed the
+    first soon crossed the last."""
     risk = np.sort(np.asarray(account_risk, dtype=np.float64))
     if len(risk) == 0:
         return Thresholds(throttle=0.5, perturb=0.8, block=0.95)
-    q = quantile or _above
+    q = tail_threshold
     throttle = max(q(risk, targets.action), MIN_THROTTLE)
     perturb = max(q(risk, targets.perturb), throttle)
     block = max(q(risk, targets.block), perturb, MIN_BLOCK)
@@ -189,7 +192,7 @@ def operator_thresholds(account_risk: np.ndarray, targets: ActionTargets, fence:
     start = top_cluster_start(risk)
     in_cluster = z >= start if start is not None else np.zeros(len(z), dtype=bool)
     keep = population_mask(risk, fence) & ~in_cluster
-    thr = choose_thresholds(risk[keep], targets, quantile=tail_threshold)
+    thr = choose_thresholds(risk[keep], targets)
     near = {name: int((np.abs(z - _logit(np.array(t))) <= NEAR_LOGITS).sum()) for name, t in thr.model_dump().items()}
     n = max(len(risk), 1)
     return OperatorChoice(

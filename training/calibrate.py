@@ -14,7 +14,7 @@ from moat.models.calibration import calibrated_risk
 from moat.models.feature_spec import WINDOW
 from moat.models.metrics import auroc, tpr_at_fpr
 from moat.models.policy import Policy, combined_risk
-from moat.models.thresholds import ActionTargets, tail_threshold
+from moat.models.thresholds import ActionTargets
 from moat.models.thresholds import choose_thresholds as thresholds_for
 from moat.training.sequences import Sequences, row_windows
 
@@ -112,14 +112,8 @@ def account_scores(seqs: Sequences, ev_risk: np.ndarray) -> AccountScores:
 
 def choose_thresholds(scores: AccountScores, targets: CalibrationTargets) -> Thresholds:
     """Thresholds so that at most the target share of validation benign accounts ever reaches
-    each action (the core rule, on the benign accounts' maxima).
-
-    Validation holds a few hundred benign accounts, so 0.1% of them is less than one: the
-    sample's own quantiles put all three thresholds among its top four accounts, within a
-    hair of each other, and an account that crossed the first soon crossed the last. The
-    exponential tail that operator calibration fits (`tail_threshold`) extrapolates the rare
-    quantiles instead, which spaces the actions by how fast the benign tail thins out."""
-    return thresholds_for(scores.risk[scores.labels == 0], targets.action_targets(), quantile=tail_threshold)
+    each action (the core rule, on the benign accounts' maxima)."""
+    return thresholds_for(scores.risk[scores.labels == 0], targets.action_targets())
 
 
 def summary_metrics(scores: AccountScores, thr: Thresholds) -> dict[str, float]:

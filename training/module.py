@@ -28,16 +28,13 @@ MONITOR = "val_window_auroc"
 class RiskModule(pl.LightningModule):
     def __init__(
         self, net: dict, lr: float, weight_decay: float, val_seq_labels: list[int] | None = None, jitter_p: float = 0.0, jitter_scale: float = 0.0,
-        calibration: dict | None = None, token_drop: float = 0.0, input_range: tuple[list[float], list[float]] | None = None,
+        calibration: dict | None = None, token_drop: float = 0.0,
     ) -> None:
         super().__init__()
         # `calibration` (CalibrationTargets as a dict) is unused in training: it is saved with
         # the other hyperparameters so that a checkpoint says what its run calibrated for.
         self.save_hyperparameters(ignore=["val_seq_labels"])
         self.net = RiskNet(NetConfig(**net))
-        if input_range is not None:
-            # A hyperparameter as well as a buffer: a checkpoint rebuilds the same clipping.
-            self.net.set_input_range(torch.tensor(input_range[0]), torch.tensor(input_range[1]))
         self.token_drop = token_drop
         self.lr, self.weight_decay = lr, weight_decay
         self.jitter_p, self.jitter_scale = jitter_p, jitter_scale

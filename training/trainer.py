@@ -107,11 +107,11 @@ def finalize_bundle(net: RiskNet, out: Path, val: Sequences, targets: Calibratio
     return meta
 
 
-def input_range(seqs: Sequences) -> tuple[list[float], list[float]]:
+def input_range(seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
     """Each feature's smallest and largest value over the training rows: the range the
     network clips its inputs to (models/network.py)."""
-    feats = seqs.feats.astype(np.float32)
-    return feats.min(axis=0).tolist(), feats.max(axis=0).tolist()
+    feats = torch.from_numpy(seqs.feats.astype(np.float32))
+    return feats.amin(dim=0), feats.amax(dim=0)
 
 
 def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, progress: bool = True) -> TrainResult:
@@ -125,8 +125,9 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, p
     module = RiskModule(
         net=cfg.net.as_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, val_seq_labels=dm.val.label.tolist(),
         jitter_p=cfg.jitter_p, jitter_scale=cfg.jitter_scale, calibration=asdict(targets), token_drop=cfg.token_drop,
-        input_range=input_range(dm.train),
     )
+    # A buffer of the net: checkpoints and the ONNX export carry it with the weights.
+    module.net.set_input_range(*input_range(dm.train))
     stats_path = data_dir / "stats.json"
     data_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     logger = MLFlowLogger(experiment_name=cfg.experiment, tracking_uri=uri, artifact_location=artifact_location(uri), log_model=False)
