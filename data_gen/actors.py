@@ -143,6 +143,9 @@ class Actor(ABC):
     # Whether one hand writes every account's prompts (a script behind many accounts) or each
     # account is its own writer (the people of a crowd or an office).
     one_writer: ClassVar[bool] = False
+    # Whether code writes the prompts (the same opener or paste on every one) or a person (some
+    # requests opened or pasted, others not): data_gen/text_habit.py.
+    scripted_text: ClassVar[bool] = False
 
     def __init__(self, actor_id: str, seed: int, ctx: SimContext, shared_prefixes: list[Prefix] | None = None) -> None:
         self.actor_id = actor_id
@@ -168,7 +171,7 @@ class Actor(ABC):
         if habit is None:
             # Its own generator: drawn beside the family's behaviour without shifting the draws
             # that `setup()` and `events()` make from `self.rng`.
-            habit = self._habits[writer] = TextHabit.draw(random.Random(f"{self._habit_seed}:{writer}"))
+            habit = self._habits[writer] = TextHabit.draw(random.Random(f"{self._habit_seed}:{writer}"), script=self.scripted_text)
         return habit
 
     # Helpers shared by all actors.

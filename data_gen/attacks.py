@@ -216,6 +216,7 @@ class AttackActor(Actor):
     label = 1
     kind = "attack"
     one_writer = True
+    scripted_text = True
     strategy_cls: ClassVar[type[Strategy]]
     account: Account  # opened by `start`
 
@@ -380,6 +381,7 @@ class SlowLowMimicry(AttackActor):
     Juuti et al. 2019 ("PRADA") and Pal et al. 2020."""
 
     family = "slow_low_mimicry"
+    scripted_text = False  # it writes as people do, to pass for one
     strategy_cls = DatasetReplay
 
     def setup(self) -> None:
@@ -442,6 +444,7 @@ class HumanTaskWalk(AttackActor):
     distillation over instruction collections (Taori et al. 2023, Stanford Alpaca)."""
 
     family = "human_task_walk"
+    scripted_text = False  # it writes as people do, to pass for one
     strategy_cls = TaskWalk
 
     def setup(self) -> None:

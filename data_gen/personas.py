@@ -171,6 +171,8 @@ class AppBackend(Persona):
 class BatchPipeline(Persona):
     """An enterprise batch job: one template over many documents, at a steady high rate."""
 
+    scripted_text = True
+
     family = "batch_pipeline"
     weight = 1.5
     lead = 0.5
@@ -207,6 +209,8 @@ class EvalRunner(Persona):
     """A benchmark runner: a fixed question set at temperature 0, sometimes with logprobs,
     re-run for each new checkpoint or prompt variant."""
 
+    scripted_text = True
+
     family = "eval_runner"
     weight = 1.5
     lead = 0.6
@@ -241,6 +245,8 @@ class EvalRunner(Persona):
 class AgentLoop(Persona):
     """An agent or tool loop: long conversations of tool calls and tool results."""
 
+    scripted_text = True
+
     family = "agent_loop"
     weight = 1.5
 
@@ -274,6 +280,8 @@ class Labeller(Persona):
     """A classification or labelling pipeline: short prompts, tiny max_tokens, logprobs for
     label confidence, and often a constant logit_bias that restricts output to the labels."""
 
+    scripted_text = True
+
     family = "labeller"
     weight = 1.3
     lead = 0.5
@@ -306,6 +314,8 @@ class Labeller(Persona):
 class LogprobResearcher(Persona):
     """Legitimate logprob or calibration research: a prompt set re-queried a few times with
     logprobs, varying temperature and seed, occasionally a logit_bias to suppress a token."""
+
+    scripted_text = True
 
     family = "logprob_researcher"
     weight = 1.2
@@ -399,6 +409,8 @@ class DocPipeline(Persona):
     over invoices, contracts and tickets; max_tokens=1 with logit_bias on label tokens is a
     common API classification recipe)."""
 
+    scripted_text = True
+
     family = "doc_pipeline"
     weight = 1.2
     lead = 0.4
@@ -487,6 +499,8 @@ class BenchmarkRunner(Persona):
     0, a fixed concurrency, sometimes logprobs, 150 to ~1,300 questions, one pass (sometimes a
     second one for another checkpoint). Stands for lm-evaluation-harness or OpenAI simple-evals
     runs over GSM8K, MMLU or HumanEval."""
+
+    scripted_text = True
 
     family = "benchmark_runner"
     weight = 1.0

@@ -10,11 +10,14 @@ A habit rewrites text as a pure function of the text (keyed hashes, no shared ra
 a multi-turn history re-sent on every request keeps its earlier turns exactly as first written,
 and the same prompt sent twice stays identical, so exact repetition is untouched.
 
-Known simplifications: whether a prompt gets an opener or a paste is keyed on the whole text,
-so a script's near-duplicate prompts are opened or pasted independently of each other (a real
-script would prefix all of them or none); pastes are drawn from a few template sentences, so
-one writer's pasted prompts resemble each other more than real documents would; translation
-splits on spaces only.
+A person opens or pastes some requests and not others (keyed on the whole text); a script
+(`draw(..., script=True)`) does one thing to every prompt, so its near-duplicates stay
+near-duplicates and a campaign's accounts keep one prompt shape. Pasted documents are built from
+sentence frames with slots filled from word lists (about a million distinct sentences), so two
+pastes share words the way documents of one genre do, not whole sentences.
+
+Known simplification: translation splits on spaces only, so a word with punctuation attached
+is a different word from the bare one.
 """
 
 from __future__ import annotations
@@ -39,17 +42,28 @@ WORDS_BY_LANGUAGE: dict[str, list[str]] = {
     "hi": ["कैसे", "लिखें", "फ़ंक्शन", "कृपया", "समझाइए", "डेटा", "उदाहरण", "क्यों", "त्रुटि", "कोड", "पाठ", "सूची", "समय", "प्रश्न", "उत्तर", "सकते", "फ़ाइल", "संख्या", "काम", "हिंदी"],
 }
 LANGUAGES = list(WORDS_BY_LANGUAGE)
-# Filler for pasted documents: report-like sentences with numbers, as real pastes have.
-_PASTE_SENTENCES = [
-    "Revenue for the quarter was {n} thousand, up {p} percent on the previous period.",
-    "Section {n}. The parties agree that the terms above apply from the effective date.",
-    "The meeting covered the roadmap, staffing and the open incidents from last week.",
-    "Error log line {n}: request timed out after {p} seconds while waiting for the upstream.",
-    "Customer feedback mentioned delivery times, packaging and the mobile app's checkout flow.",
-    "Table {p}: region, units sold, returns and net margin for each product line.",
-    "The patient reported mild symptoms for {p} days and no history of related conditions.",
-    "Chapter {p} begins with the narrator returning to the town after {n} years away.",
+# Filler for pasted documents: report-like sentence frames with numbers, as real pastes have,
+# whose slots ({a}, {b}: nouns; {v}: a verb; {n}, {p}: numbers) are filled per sentence.
+_PASTE_FRAMES = [
+    "Revenue for the {a} was {n} thousand, up {p} percent on the previous {b}.",
+    "Section {n}. The parties agree that the {a} above {v} the {b} from the effective date.",
+    "The meeting covered the {a}, the {b} and the open incidents from last week.",
+    "Error log line {n}: the {a} timed out after {p} seconds while waiting for the {b}.",
+    "Customer feedback mentioned the {a}, the {b} and the mobile app's checkout flow.",
+    "Table {p}: region, {a}, returns and net margin for each {b}.",
+    "The patient reported mild symptoms for {p} days and no history of {a} or {b}.",
+    "Chapter {p} begins with the narrator returning to the {a} after {n} years away.",
+    "We {v} the {a} before the {b} and logged {n} entries in total.",
+    "Note {p}: the {a} must {v} every {b} by the end of the month.",
+    "Step {p}. Open the {a}, then {v} the {b} and wait {n} milliseconds.",
+    "Q{p} summary: the {a} team will {v} the {b} in {n} stores.",
 ]
+_PASTE_NOUNS = [
+    "quarter", "contract", "roadmap", "budget", "invoice", "server", "schedule", "warehouse", "policy", "survey",
+    "dataset", "pipeline", "account", "shipment", "report", "module", "license", "ticket", "patient file", "storefront",
+    "migration", "cluster", "audit", "forecast", "supplier", "campaign", "backlog", "release", "cache", "firmware",
+]
+_PASTE_VERBS = ["review", "update", "replace", "approve", "archive", "migrate", "inspect", "renew", "cancel", "verify", "deploy", "measure"]
 
 
 # How people open a request. Independent people phrase the same question differently, one
@@ -77,7 +91,9 @@ class TextHabit:
     opener_p: float = 0.0
 
     @classmethod
-    def draw(cls, rng: random.Random) -> "TextHabit":
+    def draw(cls, rng: random.Random, script: bool = False) -> "TextHabit":
+        """A writer's habit. A script opens every prompt one way or none, and pastes into every
+        prompt or none: code does the same thing each time."""
         language = rng.choice(LANGUAGES) if rng.random() < 0.18 else None
         mix = rng.uniform(0.3, 1.0) if language else 0.0
         paste_p = rng.uniform(0.02, 0.4) if rng.random() < 0.15 else 0.0
@@ -87,6 +103,9 @@ class TextHabit:
         if rng.random() < 0.6:
             openers = tuple(f"{rng.choice(_GREETINGS)} {rng.choice(_ASKS)}".strip() for _ in range(rng.randint(1, 3)))
             opener_p = rng.uniform(0.2, 0.9)
+        if script:
+            openers, opener_p = openers[:1], float(bool(opener_p))
+            paste_p = float(bool(paste_p))
         return cls(language, mix, paste_p, min(max(paste_chars, 400), 40_000), openers, opener_p)
 
     @property
@@ -127,7 +146,8 @@ class TextHabit:
         parts: list[str] = []
         size = 0
         while size < target:
-            s = r.choice(_PASTE_SENTENCES).replace("{n}", str(r.randint(2, 9999))).replace("{p}", str(r.randint(1, 99)))
+            a, b = r.sample(_PASTE_NOUNS, 2)
+            s = r.choice(_PASTE_FRAMES).format(a=a, b=b, v=r.choice(_PASTE_VERBS), n=r.randint(2, 9999), p=r.randint(1, 99))
             parts.append(s)
             size += len(s) + 1
         return " ".join(parts)

@@ -3,6 +3,7 @@ pure function of the text so that repeats and histories keep their shape."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -94,3 +95,30 @@ def test_a_script_writes_all_its_accounts_alike_and_people_write_their_own_way(f
     actor = registry()[family]("t1", 7, SimContext(start=0.0, end=86_400.0, grammar=PromptGrammar()))
     habits = {actor.text_habit(f"acct_{i}") for i in range(40)}
     assert (len(habits) == 1) is one_writer
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_script_opens_and_pastes_every_prompt_or_none(seed: int) -> None:
+    # A script's near-duplicates must stay near-duplicates: code does one thing to every prompt.
+    # Opened or pasted at random per text, a campaign's shared template split into many shapes.
+    habit = dataclasses.replace(TextHabit.draw(random.Random(seed), script=True), language=None, mix=0.0)
+    assert habit.opener_p in (0.0, 1.0) and habit.paste_p in (0.0, 1.0)
+    assert len(habit.openers) <= 1
+    prompts = [habit.rewrite(f"Write test number {i} for the parser.") for i in range(30)]
+    assert len({p.split(" write test")[0] if habit.opener_p else p[:5] for p in prompts}) == 1
+    assert {"\n\n" in p for p in prompts} == {bool(habit.paste_p)}
+
+
+@pytest.mark.parametrize(("family", "scripted"), [("doc_pipeline", True), ("benchmark_runner", True), ("self_instruct", True), ("chat_user", False), ("app_backend", False), ("human_task_walk", False)])
+def test_code_writes_consistently_and_people_and_mimics_do_not(family: str, scripted: bool) -> None:
+    from moat.data_gen.registry import registry
+
+    assert registry()[family].scripted_text is scripted
+
+
+def test_pastes_share_words_not_whole_sentences() -> None:
+    # Pastes built from a handful of fixed sentences made one writer's documents near-copies.
+    habit = TextHabit(None, 0.0, 1.0, 3000)
+    docs = [habit.rewrite(f"Summarise report {i}.").split("\n\n", 1)[1] for i in range(20)]
+    sentences = [s for d in docs for s in d.split(". ")]
+    assert len(set(sentences)) > 0.8 * len(sentences)

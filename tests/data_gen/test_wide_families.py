@@ -94,11 +94,12 @@ def test_paraphrase_probe_clusters_around_a_few_seeds(seed: int) -> None:
     seeds = actor.strategy.seeds  # type: ignore[attr-defined]
     assert 2 <= len(seeds) <= 8
     habit = actor.text_habit(events[0]["account_id"])
-    seed_words = [set(habit.rewrite(s).lower().split()) for s in seeds]
+    # The request before any pasted document: a script that pastes pastes into every probe.
+    seed_words = [set(habit.rewrite(s).split("\n\n")[0].lower().split()) for s in seeds]
     nearest: Counter[int] = Counter()
     probes = []
     for ev in events:
-        words = set(text(ev).lower().split())
+        words = set(text(ev).split("\n\n")[0].lower().split())
         scores = [len(words & s) / len(words | s) for s in seed_words]
         if max(scores) >= 0.4:
             nearest[scores.index(max(scores))] += 1

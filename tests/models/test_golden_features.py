@@ -39,9 +39,9 @@ FEATURES = [
 OPERATOR_BLOCK = {"block_threshold": 0.99}
 # (case, trace, serving settings, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, {}, 477, "d9a99be24e6d6704ef8696c81a20804e920bd338e2e5eb5aadbbb0d1f3458de3"),
-    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "57c8521ff6d20761709919d34f61013d645f43e347e47110f3381b3e2184108b"),
-    ("contract example", EXAMPLE, {}, 4, "1f2aab7e9b7382c5296960236c7589ea2e27e87aea9544866edcac4db84eae22"),
+    ("golden trace", GOLDEN, {}, 477, "cd8aa6cffa3c908b2ecfffcd66fc0f39b551c30f63fa2f1cbf28d8a77eef0be0"),
+    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "5b8492d7efecbaa6f89f9f97eeeae0cff216c0ef5ee9c8b5207d49bb318882ac"),
+    ("contract example", EXAMPLE, {}, 4, "500f0c3d2052764f72fc675bd0a5b49245b3f68507e8a5615b8133c76121e3ad"),
 ]
 
 
