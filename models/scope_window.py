@@ -17,6 +17,7 @@ import numpy as np
 
 from moat.models.feature_spec import BLOOM_ROTATE, BLOOM_WORDS, FEATURES, FIRST_REQUEST_ONES, INDEX, N_FEATURES, N_OWN, N_TOKENS, SCOPE_FLAG_COLUMNS, SCOPE_INDEX, SPEC, WINDOW
 from moat.models.summary import Summary
+from moat.models.window_kernel import ROW_TAIL, relational_kernel
 
 # One stored row per request of a scope's history.
 ROW = np.dtype([
@@ -113,7 +114,22 @@ class Crowd(NamedTuple):
 
 
 def relational(state: ScopeState, s: Summary, crowd: Crowd, scope: str, meta: bytes | None = None) -> np.ndarray:
-    """The full feature vector of request `s` against the scope's history (state unchanged).
+    """The full feature vector of request `s` against the scope's history (state unchanged):
+    compiled (`window_kernel`) where numba is installed, else `relational_reference`, which it
+    equals bit for bit. `meta` is `row_meta(state)` when the caller already holds it."""
+    if relational_kernel is None or state.n == 0:
+        return relational_reference(state, s, crowd, scope, meta)
+    rows = np.frombuffer(row_meta(state) if meta is None else meta, dtype=ROW_TAIL)
+    # Not rotated yet: OR-ing the current bloom with itself reads it alone.
+    prev = state.bloom_cur if state.bloom_prev is None else state.bloom_prev
+    return relational_kernel(
+        rows, s.ts, s.simhash, s.prompt_hash, s.shape, s.param_hash, s.lb_hash, s.has_lb, s.logprobs, s.buckets,
+        state.bloom_cur, prev, state.total, state.ewma_1h, state.ewma_1d, crowd.campaign, crowd.cohort, s.own, _FLAG_TAILS[scope],
+    )  # fmt: skip
+
+
+def relational_reference(state: ScopeState, s: Summary, crowd: Crowd, scope: str, meta: bytes | None = None) -> np.ndarray:
+    """`relational` in Python: the definition the compiled kernel is checked against.
 
     This runs once per scope for every request served, over at most WINDOW rows. At that size
     a numpy call on a strided field costs more than a Python pass over lists, so the stored
@@ -207,6 +223,8 @@ _META_FROM = ROW.fields["tokens"][1]  # byte offset where a row's non-feature fi
 
 if _META.size != ROW.itemsize - _META_FROM:
     raise RuntimeError("scope_window._META must unpack a ROW from its tokens field on")
+if ROW_TAIL.itemsize != ROW.itemsize - _META_FROM or any(ROW_TAIL.fields[f] != (ROW.fields[f][0], ROW.fields[f][1] - _META_FROM) for f in ROW_TAIL.names):
+    raise RuntimeError("window_kernel.ROW_TAIL must lay out a ROW's fields from its tokens field on")
 
 
 # k rows' bytes with each row's fields from `tokens` on as one bytes item: a strided numpy copy

@@ -1,6 +1,7 @@
 """The scoring path's fast paths equal the plain computations they replace, bit for bit, on the
 edge cases where a shortcut could go wrong: a cached text sketch against computing it, a row
-read from contiguous bytes against numpy's strided copy."""
+read from contiguous bytes against numpy's strided copy, the compiled (numba) kernels against
+their Python references."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import numpy as np
 import pytest
 
 from moat.models.events import Event
-from moat.models.feature_spec import TEXT_LIMIT, WINDOW
-from moat.models.scope_window import _META_FROM, ROW, ScopeState, row_meta
+from moat.models.feature_spec import BLOOM_WORDS, N_OWN, N_TOKENS, TEXT_LIMIT, WINDOW
+from moat.models.scope_window import _META_FROM, ROW, Crowd, ScopeState, push, relational, relational_reference, row_meta
 from moat.models.summary import SKETCHES, SketchCache, Summary, newest_text, summarize, text_sketch
+from moat.models.window_kernel import relational_kernel
 
 
 def chat(text: str, rid: str = "r") -> Event:
@@ -87,3 +89,58 @@ def test_row_meta_equals_the_strided_copy(case: str, n: int, capacity: int) -> N
     state = ScopeState(rows=random_rows(capacity, n), n=n)
     strided = state.rows.view(np.uint8).reshape(-1, ROW.itemsize)[:n, _META_FROM:].tobytes()
     assert row_meta(state) == strided
+
+
+def random_summary(rng: np.random.Generator, ts: float, *, pool: int, lb_pool: int, words: int, high_simhash: bool) -> Summary:
+    """A request with fingerprints drawn from small pools, so that rows repeat each other."""
+    own = rng.random(N_OWN, dtype=np.float32)
+    buckets = np.unique(rng.integers(0, BLOOM_WORDS * 64, words)).astype(np.intp)
+    mask = np.zeros(BLOOM_WORDS * 64, dtype=np.uint8)
+    mask[buckets] = 1
+    # Near duplicates: a SimHash from the pool with a few bits flipped, about the 6-bit bar.
+    simhash = (int(rng.integers(1, pool + 1)) * 0x9E3779B97F4A7C15) % (1 << 62)
+    for bit in rng.integers(0, 62, int(rng.integers(0, 9))):
+        simhash ^= 1 << int(bit)
+    top = 1 << 63 if high_simhash else 0
+    lb = int(rng.integers(0, lb_pool + 1))
+    return Summary(
+        ts=ts, account_id="a", api_key_id=None, ip_prefix=None, own=own, tokens=np.zeros(N_TOKENS, dtype=np.uint16), buckets=buckets,
+        bloom_mask=np.packbits(mask, bitorder="little").view(np.uint64), simhash=top | simhash, shape=int(rng.integers(1, pool + 1)),
+        prompt_hash=int(rng.integers(1, pool + 1)), lb_hash=lb, param_hash=int(rng.integers(1, pool + 1)), client_fp=1, logprobs=bool(rng.integers(2)),
+        has_lb=lb != 0, own_values=tuple(own.tolist()),
+    )  # fmt: skip
+
+
+# (case, rows pushed before the request, gaps in seconds, fingerprint pool, logit-bias pool,
+# words, SimHash top bit, campaign and cohort): each exercises one statistic's edge.
+HISTORIES = [
+    ("one row before", 1, [5.0], 4, 0, 20, False, (1, 1)),
+    ("a full window", WINDOW + 3, [1.0, 30.0, 0.5], 6, 0, 40, False, (1, 1)),
+    ("rotated novelty bloom (80 rows)", 80, [2.0, 7.0], 50, 0, 60, False, (1, 1)),
+    ("equal timestamps: no gap", 9, [0.0], 3, 0, 10, False, (1, 1)),
+    ("the request is earlier than the last row", 4, [100.0], 3, 0, 10, False, (1, 1)),
+    ("a day between requests", 6, [86400.0 * 3, 1.0], 3, 0, 10, False, (1, 1)),
+    ("one prompt with many logit biases", 12, [1.0], 1, 5, 10, False, (1, 1)),
+    ("no words: no novelty", 5, [3.0], 3, 0, 0, False, (1, 1)),
+    ("SimHash top bit set", 7, [2.0], 3, 0, 10, True, (1, 1)),
+    ("a crowd: campaign and cohort counts", 3, [60.0, 61.0], 3, 2, 10, False, (250, 7)),
+]
+
+
+@pytest.mark.skipif(relational_kernel is None, reason="numba is not installed: only the reference runs")
+@pytest.mark.parametrize("case, n, gaps, pool, lb_pool, words, high, crowd", HISTORIES, ids=[c[0] for c in HISTORIES])
+def test_compiled_window_statistics_equal_the_reference(case: str, n: int, gaps: list[float], pool: int, lb_pool: int, words: int, high: bool, crowd: tuple[int, int]) -> None:
+    rng = np.random.default_rng(n)
+    state = ScopeState()
+    ts = 1_700_000_000.0
+    for i in range(n):
+        s = random_summary(rng, ts, pool=pool, lb_pool=lb_pool, words=words, high_simhash=high)
+        push(state, s, relational_reference(state, s, Crowd(*crowd), "account"))
+        ts += gaps[i % len(gaps)]
+    if case.startswith("the request is earlier"):
+        ts -= 250.0
+    for scope in ("account", "api_key", "ip_prefix"):
+        s = random_summary(rng, ts, pool=pool, lb_pool=lb_pool, words=words, high_simhash=high)
+        want = relational_reference(state, s, Crowd(*crowd), scope)
+        assert relational(state, s, Crowd(*crowd), scope).tobytes() == want.tobytes()
+        assert relational(state, s, Crowd(*crowd), scope, row_meta(state)).tobytes() == want.tobytes()

@@ -1,0 +1,207 @@
+"""The window statistics of `scope_window.relational`, compiled with numba.
+
+`relational` runs once per scope that does not mirror its account, for every request, over at
+most WINDOW stored rows. In Python its statistics and encoders cost about 25 us a scope; here
+they run as one compiled loop over the rows' bytes. The Python body of `relational` stays the
+reference: `tests/models/test_fast_paths.py` compares the two bit for bit, and it is what runs
+where numba is not installed (a core-only install: numba comes with the serve and train extras).
+
+Every value is the same IEEE operation in the same order as the reference: the gap deviations
+are summed left to right (CPython's `sum` of floats), `math.exp` and `math.log1p` call the C
+library's, as CPython does, and Python's `min`/`max` are spelled out with their tie and NaN
+behaviour. Nothing here uses fast-math.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from moat.models.feature_spec import FEATURES, INDEX, N_OWN, SCOPE_FLAG_COLUMNS
+
+try:
+    import numba
+except ImportError:  # a core-only install: scope_window uses its Python reference
+    numba = None
+
+# The stored row's fields from its tokens on, as `scope_window.row_meta` gives them (one such
+# record per row, packed). scope_window checks at import that this matches its ROW.
+ROW_TAIL = np.dtype(
+    {
+        "names": ["ts", "simhash", "shape", "prompt", "lb", "param", "flags"],
+        "formats": ["<f8", "<u8", "<u4", "<u4", "<u4", "<u4", "u1"],
+        "offsets": [16, 24, 32, 36, 40, 44, 48],
+        "itemsize": 49,
+    }
+)
+
+# The relational features' encoders as data, from first_in_scope to cohort (FEATURES order):
+# kind 0 keeps the raw value (flag, share), 1 is min(x, cap) / divisor (linear; no cap: an
+# infinite one), 2 is log1p(x) / divisor.
+_KINDS = {"flag": 0, "share": 0, "linear": 1, "log1p": 2}
+_RELATIONAL = FEATURES[N_OWN : INDEX["cohort"] + 1]
+if any(f.scale.kind not in _KINDS for f in _RELATIONAL) or INDEX["cohort"] + 1 != min(SCOPE_FLAG_COLUMNS):
+    raise RuntimeError("window_kernel encodes flag, share, linear and log1p relational features, followed by the scope flags")
+ENC_KIND = np.array([_KINDS[f.scale.kind] for f in _RELATIONAL], dtype=np.int64)
+ENC_DIV = np.array([f.scale.divisor for f in _RELATIONAL], dtype=np.float64)
+ENC_CAP = np.array([math.inf if f.scale.cap is None else f.scale.cap for f in _RELATIONAL], dtype=np.float64)
+N_RELATIONAL = len(_RELATIONAL)
+# Positions in the relational block, named as the kernel writes them.
+(R_FIRST, R_DT_PREV, R_DT_MEAN, R_GAP_CV, R_RATE_1M, R_RATE_1H, R_RATE_1D, R_TOTAL, R_SIM_PREV, R_SIM_MAX, R_NEAR_DUP, R_EXACT, R_DISTINCT, R_NOVELTY, R_TEMPLATE,
+ R_PARAM_CHANGE, R_PARAM_SHARE, R_LB_VARIETY, R_LB_SHARE, R_LOGPROB_SHARE, R_CAMPAIGN, R_COHORT) = range(N_RELATIONAL)  # fmt: skip
+if [f.name for f in _RELATIONAL] != [
+    "first_in_scope", "dt_prev", "dt_mean_k", "gap_cv", "rate_1m", "rate_1h", "rate_1d", "total", "sim_prev", "sim_max", "near_dup_share", "exact_repeat_share",
+    "distinct_share", "novelty", "template_share", "param_change", "param_change_share", "lb_variety", "lb_share", "logprob_share", "campaign", "cohort",
+]:  # fmt: skip
+    raise RuntimeError("window_kernel names the relational features in FEATURES order")
+
+
+def _py_max(a: float, b: float) -> float:
+    """Python's max(a, b): a unless b is greater (a NaN first argument is kept)."""
+    return b if b > a else a
+
+
+def _py_min(a: float, b: float) -> float:
+    """Python's min(a, b): a unless b is smaller."""
+    return b if b < a else a
+
+
+def _popcount(x: np.uint64) -> int:
+    # SWAR bit count: int.bit_count of a 64-bit value.
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return int((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+def _encode(raw: np.ndarray, out: np.ndarray, at: int) -> None:
+    for i in range(len(raw)):
+        x = raw[i]
+        kind = ENC_KIND[i]
+        if kind == 1:
+            x = _py_min(x, ENC_CAP[i]) / ENC_DIV[i]
+        elif kind == 2:
+            x = math.log1p(x) / ENC_DIV[i]
+        out[at + i] = x
+
+
+def _relational(
+    rows: np.ndarray, ts: float, simhash: np.uint64, prompt: int, shape: int, param: int, lb: int, has_lb: bool, logprobs: bool, buckets: np.ndarray,
+    bloom_cur: np.ndarray, bloom_prev: np.ndarray, total: int, ewma_1h: float, ewma_1d: float, campaign: int, cohort: int, own: np.ndarray, flags: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """The float32 feature vector of a request against k >= 1 stored rows (`rows`: ROW_TAIL
+    records, oldest first): the request's own features, the relational ones, the scope flags.
+    Pass `bloom_cur` as `bloom_prev` when the scope has not rotated yet."""
+    k = len(rows)
+    last = rows[k - 1]
+    dt = _py_max(ts - last.ts, 0.0)
+    first8 = rows[k - 8].ts if k >= 8 else rows[0].ts
+    gap_cv = 0.0
+    mean_gap = (ts - rows[0].ts) / k
+    if k >= 2 and mean_gap > 0:
+        acc = 0.0
+        for i in range(1, k):
+            d = rows[i].ts - rows[i - 1].ts - mean_gap
+            acc += d * d
+        d = dt - mean_gap
+        acc += d * d
+        gap_cv = math.sqrt(acc / k) / mean_gap
+    cut = ts - 60
+    n_recent = n_near = n_same = n_shape = n_logprobs = n_lb = n_changed = 0
+    d_min = 64
+    n_distinct = 0
+    for i in range(k):
+        r = rows[i]
+        if r.ts > cut:
+            n_recent += 1
+        d = _popcount(r.simhash ^ simhash)
+        d_min = min(d_min, d)
+        if d <= 6:
+            n_near += 1
+        if r.prompt == prompt:
+            n_same += 1
+        if r.shape == shape:
+            n_shape += 1
+        n_logprobs += r.flags & 1
+        n_lb += (r.flags >> 1) & 1
+        n_changed += (r.flags >> 2) & 1
+        seen = False
+        for j in range(i):
+            if rows[j].prompt == r.prompt:
+                seen = True
+                break
+        if not seen:
+            n_distinct += 1
+    d_last = _popcount(last.simhash ^ simhash)
+    novelty = 0.0
+    if len(buckets):
+        hit = 0
+        for b in buckets:
+            word = bloom_cur[b >> 6] | bloom_prev[b >> 6]
+            hit += (word >> np.uint64(b & 63)) & np.uint64(1) != 0
+        novelty = 1.0 - hit / len(buckets)
+    changed = param != last.param
+    lb_variety = 0
+    if has_lb:
+        # Distinct logit_bias fingerprints among this prompt's rows and this request, 0 not counted.
+        for i in range(k + 1):
+            v = rows[i].lb if i < k else lb
+            if v == 0 or (i < k and rows[i].prompt != prompt):
+                continue
+            dup = False
+            for j in range(i):
+                if rows[j].lb == v and rows[j].prompt == prompt:
+                    dup = True
+                    break
+            if not dup:
+                lb_variety += 1
+    raw = np.empty(N_RELATIONAL, dtype=np.float64)
+    raw[R_FIRST] = 0.0
+    raw[R_DT_PREV] = dt
+    raw[R_DT_MEAN] = _py_max(ts - first8, 0.0) / min(k, 8)
+    raw[R_GAP_CV] = gap_cv
+    raw[R_RATE_1M] = 1 + n_recent
+    raw[R_RATE_1H] = ewma_1h * math.exp(-dt / 3600) + 1
+    raw[R_RATE_1D] = ewma_1d * math.exp(-dt / 86400) + 1
+    raw[R_TOTAL] = total + 1
+    raw[R_SIM_PREV] = _py_min(_py_max((0.5 - d_last / 64.0) * 2.0, 0.0), 1.0)
+    raw[R_SIM_MAX] = _py_min(_py_max((0.5 - d_min / 64.0) * 2.0, 0.0), 1.0)
+    raw[R_NEAR_DUP] = n_near / k
+    raw[R_EXACT] = n_same / k
+    raw[R_DISTINCT] = (n_distinct + (n_same == 0)) / (k + 1)
+    raw[R_NOVELTY] = novelty
+    raw[R_TEMPLATE] = n_shape / k
+    raw[R_PARAM_CHANGE] = 1.0 if changed else 0.0
+    raw[R_PARAM_SHARE] = (n_changed + changed) / (k + 1)
+    raw[R_LB_VARIETY] = lb_variety
+    raw[R_LB_SHARE] = (n_lb + has_lb) / (k + 1)
+    raw[R_LOGPROB_SHARE] = (n_logprobs + logprobs) / (k + 1)
+    raw[R_CAMPAIGN] = max(campaign - 1, 0)
+    raw[R_COHORT] = max(cohort - 1, 0)
+    n_own = len(own)
+    vec = np.empty(n_own + N_RELATIONAL + len(flags), dtype=np.float32)
+    vec[:n_own] = own
+    _encode(raw, vec, n_own)
+    vec[n_own + N_RELATIONAL :] = flags
+    return vec
+
+
+relational_kernel = None
+if numba is not None:
+    _nb = numba.types
+
+    def _ro(dtype: object) -> object:
+        # Read-only arrays: the rows come from bytes and the sketches' arrays are frozen; a
+        # writable array is accepted for such a parameter too.
+        return _nb.Array(dtype, 1, "C", readonly=True)
+
+    _SIGNATURE = _nb.float32[::1](
+        _ro(numba.from_dtype(ROW_TAIL)), _nb.float64, _nb.uint64, _nb.int64, _nb.int64, _nb.int64, _nb.int64, _nb.boolean, _nb.boolean, _ro(_nb.intp),
+        _ro(_nb.uint64), _ro(_nb.uint64), _nb.int64, _nb.float64, _nb.float64, _nb.int64, _nb.int64, _ro(_nb.float32), _ro(_nb.float32),
+    )  # fmt: skip
+    _py_max = numba.njit(inline="always", cache=True)(_py_max)
+    _py_min = numba.njit(inline="always", cache=True)(_py_min)
+    _popcount = numba.njit(inline="always", cache=True)(_popcount)
+    _encode = numba.njit(cache=True)(_encode)
+    relational_kernel = numba.njit([_SIGNATURE], cache=True, nogil=True)(_relational)
