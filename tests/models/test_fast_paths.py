@@ -13,7 +13,8 @@ import pytest
 from moat.models.events import Event
 from moat.models.feature_spec import BLOOM_WORDS, N_OWN, N_TOKENS, TEXT_LIMIT, WINDOW
 from moat.models.scope_window import _META_FROM, ROW, Crowd, ScopeState, push, relational, relational_reference, row_meta
-from moat.models.summary import SKETCHES, SketchCache, Summary, newest_text, summarize, text_sketch
+from moat.models.summary import SKETCHES, SketchCache, Summary, TextSketch, newest_text, summarize, text_sketch, text_sketch_reference
+from moat.models.text_kernel import GRAM_WORDS, gram_kernel
 from moat.models.window_kernel import relational_kernel
 
 
@@ -144,3 +145,31 @@ def test_compiled_window_statistics_equal_the_reference(case: str, n: int, gaps:
         want = relational_reference(state, s, Crowd(*crowd), scope)
         assert relational(state, s, Crowd(*crowd), scope).tobytes() == want.tobytes()
         assert relational(state, s, Crowd(*crowd), scope, row_meta(state)).tobytes() == want.tobytes()
+
+
+# (case, text): where a compiled word split, CRC or bit count could part from the reference.
+SKETCH_TEXTS = [
+    ("empty", ""),
+    ("punctuation only: no words", "?! -- ..."),
+    ("one word", "hello"),
+    ("non-ASCII words (multi-byte UTF-8)", "Prix: 12,50 € pour 3 cafés, 東京の天気は? Привет мир"),
+    ("lone surrogate", "a \ud800 b"),
+    ("digits only", "0123456789 42 7"),
+    ("case folding that changes byte length", "İstanbul ẞtraße ǅemal"),
+    ("exactly GRAM_WORDS words", " ".join(f"w{i}" for i in range(GRAM_WORDS))),
+    ("many words: grams stop at GRAM_WORDS, tokens at 256", " ".join(f"word{i % 97}" for i in range(3000))),
+    ("40k characters of one word", "x" * 40_000),
+    ("40k characters, pasted document", ("Lorem ipsum dolor sit amet, 12 consectetur. " * 1000)[:40_000]),
+    ("repeated words collide in the bloom", "the cat the cat the cat the end"),
+]
+
+
+@pytest.mark.skipif(gram_kernel is None, reason="numba is not installed: only the reference runs")
+@pytest.mark.parametrize("case, text", SKETCH_TEXTS, ids=[c[0] for c in SKETCH_TEXTS])
+def test_compiled_text_sketch_equals_the_reference(case: str, text: str) -> None:
+    got, want = text_sketch(text[:TEXT_LIMIT]), text_sketch_reference(text[:TEXT_LIMIT])
+    for name, a, b in zip(TextSketch._fields, got, want):
+        if isinstance(b, np.ndarray):
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes() and not a.flags.writeable, name
+        else:
+            assert type(a) is type(b) and a == b, name
