@@ -19,22 +19,12 @@ import math
 import numpy as np
 
 from moat.models.feature_spec import FEATURES, INDEX, N_OWN, SCOPE_FLAG_COLUMNS
+from moat.models.row import ROW, ROW_TAIL, TAIL_FROM
 
 try:
     import numba
 except ImportError:  # a core-only install: scope_window uses its Python reference
     numba = None
-
-# The stored row's fields from its tokens on, as `scope_window.row_meta` gives them (one such
-# record per row, packed). scope_window checks at import that this matches its ROW.
-ROW_TAIL = np.dtype(
-    {
-        "names": ["ts", "simhash", "shape", "prompt", "lb", "param", "flags"],
-        "formats": ["<f8", "<u8", "<u4", "<u4", "<u4", "<u4", "u1"],
-        "offsets": [16, 24, 32, 36, 40, 44, 48],
-        "itemsize": 49,
-    }
-)
 
 # The relational features' encoders as data, from first_in_scope to cohort (FEATURES order):
 # kind 0 keeps the raw value (flag, share), 1 is min(x, cap) / divisor (linear; no cap: an
@@ -187,7 +177,64 @@ def _relational(
     return vec
 
 
-relational_kernel = None
+# Byte offsets in a stored row (ROW) that `_push` writes.
+ROW_SIZE = ROW.itemsize
+VEC_BYTES = ROW.fields["tokens"][1]  # the float16 vector comes first
+if ROW.fields["vec"][1] != 0 or VEC_BYTES != TAIL_FROM:
+    raise RuntimeError("window_kernel writes a ROW as its vector, then its tokens, then ROW_TAIL's fields")
+TOKEN_BYTES = ROW.fields["tokens"][0].itemsize
+TS_AT, SIMHASH_AT, SHAPE_AT, PROMPT_AT, LB_AT, PARAM_AT, FLAGS_AT = (TAIL_FROM + ROW_TAIL.fields[f][1] for f in ("ts", "simhash", "shape", "prompt", "lb", "param", "flags"))
+
+
+def _put(raw: np.ndarray, at: int, data: np.ndarray) -> None:
+    for i in range(len(data)):
+        raw[at + i] = data[i]
+
+
+def _push(
+    raw: np.ndarray, n: int, vec16: np.ndarray, tokens: np.ndarray, ts: float, simhash: np.uint64, shape: int, prompt: int, lb: int, param: int, flags: int,
+    ewma_1h: float, ewma_1d: float, bloom_cur: np.ndarray, bloom_mask: np.ndarray,
+) -> tuple[float, float, np.ndarray, np.ndarray]:  # fmt: skip
+    """`scope_window.push_reference` on a scope's rows as bytes (`raw`, ROW records, `n` of
+    them held, full when `n` rows fill it): OR the request's bloom bits into `bloom_cur`, write
+    its row (its float16 vector as bytes, `vec16`) after the held rows, shifting the oldest out
+    when full. Returns the new EWMA rates and the window's vectors (bytes of float16) and
+    token ids (bytes of uint16), one row per request, oldest first."""
+    scalar = np.empty(1, dtype=np.float64)  # native bytes of each scalar field, via views
+    if n:
+        at = (n - 1) * ROW_SIZE + TS_AT
+        scalar_bytes = scalar.view(np.uint8)
+        for i in range(8):
+            scalar_bytes[i] = raw[at + i]
+        gap = _py_max(ts - scalar[0], 0.0)
+        ewma_1h = ewma_1h * math.exp(-gap / 3600) + 1
+        ewma_1d = ewma_1d * math.exp(-gap / 86400) + 1
+    else:
+        ewma_1h = ewma_1d = 1.0
+    for i in range(len(bloom_cur)):
+        bloom_cur[i] |= bloom_mask[i]
+    if n * ROW_SIZE == len(raw):
+        for i in range(len(raw) - ROW_SIZE):  # shift the oldest row out, front to back
+            raw[i] = raw[i + ROW_SIZE]
+        n -= 1
+    row = n * ROW_SIZE
+    _put(raw, row, vec16)
+    _put(raw, row + VEC_BYTES, tokens.view(np.uint8))
+    scalar[0] = ts
+    _put(raw, row + TS_AT, scalar.view(np.uint8))
+    _put(raw, row + SIMHASH_AT, np.array([simhash], dtype=np.uint64).view(np.uint8))
+    _put(raw, row + SHAPE_AT, np.array([shape, prompt, lb, param], dtype=np.uint32).view(np.uint8))
+    raw[row + FLAGS_AT] = flags
+    n += 1
+    feats = np.empty((n, VEC_BYTES), dtype=np.uint8)
+    toks = np.empty((n, TOKEN_BYTES), dtype=np.uint8)
+    for r in range(n):
+        feats[r] = raw[r * ROW_SIZE : r * ROW_SIZE + VEC_BYTES]
+        toks[r] = raw[r * ROW_SIZE + VEC_BYTES : r * ROW_SIZE + VEC_BYTES + TOKEN_BYTES]
+    return ewma_1h, ewma_1d, feats, toks
+
+
+relational_kernel = push_kernel = None
 if numba is not None:
     _nb = numba.types
 
@@ -205,3 +252,9 @@ if numba is not None:
     _popcount = numba.njit(inline="always", cache=True)(_popcount)
     _encode = numba.njit(cache=True)(_encode)
     relational_kernel = numba.njit([_SIGNATURE], cache=True, nogil=True)(_relational)
+    _PUSH_SIGNATURE = _nb.Tuple((_nb.float64, _nb.float64, _nb.uint8[:, ::1], _nb.uint8[:, ::1]))(
+        _nb.uint8[::1], _nb.int64, _ro(_nb.uint8), _ro(_nb.uint16), _nb.float64, _nb.uint64, _nb.int64, _nb.int64, _nb.int64, _nb.int64, _nb.int64,
+        _nb.float64, _nb.float64, _nb.uint64[::1], _ro(_nb.uint64),
+    )  # fmt: skip
+    _put = numba.njit(inline="always", cache=True)(_put)
+    push_kernel = numba.njit([_PUSH_SIGNATURE], cache=True, nogil=True)(_push)

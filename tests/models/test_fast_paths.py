@@ -12,10 +12,10 @@ import pytest
 
 from moat.models.events import Event
 from moat.models.feature_spec import BLOOM_WORDS, N_OWN, N_TOKENS, TEXT_LIMIT, WINDOW
-from moat.models.scope_window import _META_FROM, ROW, Crowd, ScopeState, push, relational, relational_reference, row_meta
+from moat.models.scope_window import _META_FROM, ROW, Crowd, ScopeState, push, push_reference, relational, relational_reference, row_meta
 from moat.models.summary import SKETCHES, SketchCache, Summary, TextSketch, newest_text, summarize, text_sketch, text_sketch_reference
 from moat.models.text_kernel import GRAM_WORDS, gram_kernel
-from moat.models.window_kernel import relational_kernel
+from moat.models.window_kernel import push_kernel, relational_kernel
 
 
 def chat(text: str, rid: str = "r") -> Event:
@@ -173,3 +173,28 @@ def test_compiled_text_sketch_equals_the_reference(case: str, text: str) -> None
             assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes() and not a.flags.writeable, name
         else:
             assert type(a) is type(b) and a == b, name
+
+
+def state_bytes(state: ScopeState) -> tuple:
+    prev = state.bloom_prev.tobytes() if state.bloom_prev is not None else None
+    return (state.rows[: state.n].tobytes(), state.n, state.total, state.ewma_1h, state.ewma_1d, state.bloom_cur.tobytes(), prev, state.bloom_count)
+
+
+@pytest.mark.skipif(push_kernel is None, reason="numba is not installed: only the reference runs")
+@pytest.mark.parametrize("case, n, gaps, pool, lb_pool, words, high, crowd", HISTORIES, ids=[c[0] for c in HISTORIES])
+def test_compiled_push_equals_the_reference(case: str, n: int, gaps: list[float], pool: int, lb_pool: int, words: int, high: bool, crowd: tuple[int, int]) -> None:
+    """Every push, through the buffer's growth (1, 2, 4, 8, 16 rows), the shift of a full
+    window and the bloom's rotation, leaves the same state and returns the same window."""
+    rng = np.random.default_rng(n)
+    compiled, reference = ScopeState(), ScopeState()
+    ts = 1_700_000_000.0
+    for i in range(n + 1):
+        if i == n and case.startswith("the request is earlier"):
+            ts -= 250.0  # stored at its own time here; the stores keep the clock monotonic
+        s = random_summary(rng, ts, pool=pool, lb_pool=lb_pool, words=words, high_simhash=high)
+        vec = relational_reference(reference, s, Crowd(*crowd), "account")
+        got, want = push(compiled, s, vec), push_reference(reference, s, vec)
+        for a, b in zip(got, want):
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+        assert state_bytes(compiled) == state_bytes(reference)
+        ts += gaps[i % len(gaps)]
