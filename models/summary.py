@@ -18,7 +18,7 @@ import numpy as np
 
 from moat.models.events import Event
 from moat.models.feature_spec import BLOOM_WORDS, FEATURES, N_OWN, N_TOKENS, TEXT_LIMIT, TOKEN_VOCAB, UA_GROUPS
-from moat.models.text_kernel import GRAM_WORDS, gram_kernel
+from moat.models.text_kernel import GRAM_WORDS, MAX_WORDS, ascii_kernel, gram_kernel
 
 _UA_ONE_HOT = {g: tuple(float(g == h) for h in UA_GROUPS) for g in UA_GROUPS}
 # The request features before the user-agent one-hot, in FEATURES order: `summarize` builds
@@ -35,7 +35,7 @@ _ENCODERS = [(f.absent, f.scale.encode) for f in FEATURES[: N_OWN - len(UA_GROUP
 _WORD = re.compile(r"\w+")
 _DIGIT = re.compile(r"\d")
 _NONASCII = re.compile(r"[^\x00-\x7f]")
-MAX_WORDS = 256  # words of the newest text kept for the prompt hash and the shape
+# MAX_WORDS (text_kernel's): words of the newest text kept for the prompt hash and the shape.
 # GRAM_WORDS (text_kernel's): the first words whose unigrams and bigrams are hashed.
 # Characters searched for words first: when they hold more than MAX_WORDS words, the first
 # MAX_WORDS are complete and the rest of a long text need not be scanned.
@@ -224,8 +224,15 @@ def text_sketch(text: str) -> TextSketch:
     """The sketch of `text` (the newest text, already cut to TEXT_LIMIT), computed: its grams'
     half compiled (`text_kernel`) where numba is installed, else `text_sketch_reference`,
     which it equals bit for bit."""
-    if gram_kernel is None:
+    if gram_kernel is None or ascii_kernel is None:
         return text_sketch_reference(text)
+    if text.isascii():
+        # The whole sketch but the prompt hash in one compiled pass (`text_kernel._ascii_sketch`).
+        digits, _, joined, shape, sim, buckets, mask, tok_ids = ascii_kernel(np.frombuffer(text.encode("ascii"), dtype=np.uint8))
+        for a in (tok_ids, buckets, mask):
+            a.flags.writeable = False
+        n_chars = max(min(len(text), 1024), 1)
+        return TextSketch(digits / n_chars, 0 / n_chars, tok_ids, buckets, mask, sim, shape, zlib.crc32(joined.tobytes()))
     tokens = _words(text)
     lowered_bytes = " ".join(tokens).lower().encode("utf-8", "replace")  # as the reference
     digit_share, nonascii_share = _char_shares(text[:1024])

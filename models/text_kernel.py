@@ -96,9 +96,84 @@ def _gram_sketch(lowered: np.ndarray, n_tokens: int) -> tuple[np.uint64, np.ndar
     return sim, buckets, mask, tokens
 
 
-gram_kernel = None
+MAX_WORDS = 256  # words of the newest text kept (here and in summary's reference)
+SHAPE_WORDS = 6  # words in the shape signature (summary.shape_signature)
+_DIGIT_HEAD = 1024  # characters whose digits are counted (summary._char_shares)
+
+
+def _is_word(c: int) -> bool:
+    # The regular expression \w on an ASCII character: a letter, a digit or the underscore.
+    return (97 <= c <= 122) or (65 <= c <= 90) or (48 <= c <= 57) or c == 95
+
+
+def _crc32(data: np.ndarray, n: int) -> np.uint32:
+    ones = np.uint32(0xFFFFFFFF)
+    return _crc_update(ones, data, 0, n) ^ ones
+
+
+def _ascii_sketch(text: np.ndarray) -> tuple[int, int, np.ndarray, np.uint32, np.uint64, np.ndarray, np.ndarray, np.ndarray]:
+    r"""The whole sketch of an ASCII text (its bytes) but the prompt hash: digits among its first
+    characters, its word count (at most MAX_WORDS), its words lower-cased and space-joined
+    (bytes), the shape signature, and `_gram_sketch` of the joined words, as
+    `summary.text_sketch_reference` computes them with regular expressions. On ASCII, \w is
+    [A-Za-z0-9_], lower-casing maps A-Z only, a word of digits is `isdigit` and one starting
+    with A-Z `isupper`."""
+    digits = 0
+    for i in range(min(len(text), _DIGIT_HEAD)):
+        if 48 <= text[i] <= 57:
+            digits += 1
+    lowered = np.empty(len(text), dtype=np.uint8)  # the joined words never outgrow the text
+    shape = np.empty(len(text) + SHAPE_WORDS, dtype=np.uint8)
+    size = shape_size = n_words = 0
+    i = 0
+    while i < len(text) and n_words < MAX_WORDS:
+        if not _is_word(text[i]):
+            i += 1
+            continue
+        start = i
+        while i < len(text) and _is_word(text[i]):
+            i += 1
+        if n_words:
+            lowered[size] = _SPACE
+            size += 1
+        for j in range(start, i):
+            c = text[j]
+            lowered[size] = c + 32 if 65 <= c <= 90 else c
+            size += 1
+        if n_words < SHAPE_WORDS:
+            # Numbers masked as #, capitalised names as N, other words lower-cased.
+            if n_words:
+                shape[shape_size] = _SPACE
+                shape_size += 1
+            all_digits = True
+            for j in range(start, i):
+                if not 48 <= text[j] <= 57:
+                    all_digits = False
+                    break
+            if all_digits:
+                shape[shape_size] = 35  # '#'
+                shape_size += 1
+            elif 65 <= text[start] <= 90:
+                shape[shape_size] = 78  # 'N'
+                shape_size += 1
+            else:
+                for j in range(start, i):
+                    c = text[j]
+                    shape[shape_size] = c + 32 if 65 <= c <= 90 else c
+                    shape_size += 1
+        n_words += 1
+    joined = lowered[:size]
+    sim, buckets, mask, tokens = gram_kernel(joined, n_words)  # compiled below, as this is
+    return digits, n_words, joined, _crc32(shape, shape_size), sim, buckets, mask, tokens
+
+
+gram_kernel = ascii_kernel = None
 if numba is not None:
     _nb = numba.types
     _SIGNATURE = _nb.Tuple((_nb.uint64, _nb.intp[::1], _nb.uint64[::1], _nb.uint16[::1]))(_nb.Array(_nb.uint8, 1, "C", readonly=True), _nb.int64)
     _crc_update = numba.njit(inline="always", cache=True)(_crc_update)
     gram_kernel = numba.njit([_SIGNATURE], cache=True, nogil=True)(_gram_sketch)
+    _is_word = numba.njit(inline="always", cache=True)(_is_word)
+    _crc32 = numba.njit(cache=True)(_crc32)
+    _ASCII_SIGNATURE = _nb.Tuple((_nb.int64, _nb.int64, _nb.uint8[::1], _nb.uint32, _nb.uint64, _nb.intp[::1], _nb.uint64[::1], _nb.uint16[::1]))(_nb.Array(_nb.uint8, 1, "C", readonly=True))
+    ascii_kernel = numba.njit([_ASCII_SIGNATURE], cache=True, nogil=True)(_ascii_sketch)

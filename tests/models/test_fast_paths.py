@@ -14,7 +14,7 @@ from moat.models.events import Event
 from moat.models.feature_spec import BLOOM_WORDS, N_OWN, N_TOKENS, TEXT_LIMIT, WINDOW
 from moat.models.scope_window import _META_FROM, ROW, Crowd, ScopeState, push, push_reference, relational, relational_reference, row_meta
 from moat.models.summary import SKETCHES, SketchCache, Summary, TextSketch, newest_text, summarize, text_sketch, text_sketch_reference
-from moat.models.text_kernel import GRAM_WORDS, gram_kernel
+from moat.models.text_kernel import GRAM_WORDS, ascii_kernel, gram_kernel
 from moat.models.window_kernel import push_kernel, relational_kernel
 
 
@@ -161,10 +161,14 @@ SKETCH_TEXTS = [
     ("40k characters of one word", "x" * 40_000),
     ("40k characters, pasted document", ("Lorem ipsum dolor sit amet, 12 consectetur. " * 1000)[:40_000]),
     ("repeated words collide in the bloom", "the cat the cat the cat the end"),
+    ("ASCII: underscores, apostrophes, tabs and newlines", "snake_case __init__ don't\tstop\nNOW_1 x_"),
+    ("ASCII: the shape masks numbers and names", "Alice 42 bob 7x Q 2024 tail words"),
+    ("ASCII: control characters only", "\x00\x01\x1f\x7f"),
+    ("ASCII: digits past the counted head", "a" * 1020 + " 123456789 9"),
 ]
 
 
-@pytest.mark.skipif(gram_kernel is None, reason="numba is not installed: only the reference runs")
+@pytest.mark.skipif(gram_kernel is None or ascii_kernel is None, reason="numba is not installed: only the reference runs")
 @pytest.mark.parametrize("case, text", SKETCH_TEXTS, ids=[c[0] for c in SKETCH_TEXTS])
 def test_compiled_text_sketch_equals_the_reference(case: str, text: str) -> None:
     got, want = text_sketch(text[:TEXT_LIMIT]), text_sketch_reference(text[:TEXT_LIMIT])
@@ -198,3 +202,14 @@ def test_compiled_push_equals_the_reference(case: str, n: int, gaps: list[float]
             assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
         assert state_bytes(compiled) == state_bytes(reference)
         ts += gaps[i % len(gaps)]
+
+
+@pytest.mark.skipif(gram_kernel is None or ascii_kernel is None, reason="numba is not installed: only the reference runs")
+def test_compiled_text_sketch_equals_the_reference_on_random_ascii() -> None:
+    """Every ASCII character in every position of a word, the shape's first words included."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        codes = rng.integers(0, 128, int(rng.integers(0, 400)))
+        text = "".join(map(chr, codes.tolist()))
+        got, want = text_sketch(text), text_sketch_reference(text)
+        assert [x.tobytes() if isinstance(x, np.ndarray) else x for x in got] == [x.tobytes() if isinstance(x, np.ndarray) else x for x in want], text
