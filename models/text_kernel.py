@@ -14,12 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moat.models import jit
 from moat.models.feature_spec import BLOOM_WORDS, N_TOKENS, TOKEN_VOCAB
-
-try:
-    import numba
-except ImportError:  # a core-only install: summary uses its Python reference
-    numba = None
 
 GRAM_WORDS = 64  # words whose unigrams and bigrams are hashed (here and in summary's reference)
 _SPACE = 32
@@ -168,12 +164,13 @@ def _ascii_sketch(text: np.ndarray) -> tuple[int, int, np.ndarray, np.uint32, np
 
 
 gram_kernel = ascii_kernel = None
-if numba is not None:
-    _nb = numba.types
+if jit.AVAILABLE:  # else summary runs its Python reference
+    _nb = jit.types
     _SIGNATURE = _nb.Tuple((_nb.uint64, _nb.intp[::1], _nb.uint64[::1], _nb.uint16[::1]))(_nb.Array(_nb.uint8, 1, "C", readonly=True), _nb.int64)
-    _crc_update = numba.njit(inline="always", cache=True)(_crc_update)
-    gram_kernel = numba.njit([_SIGNATURE], cache=True, nogil=True)(_gram_sketch)
-    _is_word = numba.njit(inline="always", cache=True)(_is_word)
-    _crc32 = numba.njit(cache=True)(_crc32)
+    # The helpers are rebound to their compiled forms, which the kernels call.
+    _crc_update = jit.kernel(inline=True)(_crc_update)
+    gram_kernel = jit.kernel([_SIGNATURE])(_gram_sketch)
+    _is_word = jit.kernel(inline=True)(_is_word)
+    _crc32 = jit.kernel()(_crc32)
     _ASCII_SIGNATURE = _nb.Tuple((_nb.int64, _nb.int64, _nb.uint8[::1], _nb.uint32, _nb.uint64, _nb.intp[::1], _nb.uint64[::1], _nb.uint16[::1]))(_nb.Array(_nb.uint8, 1, "C", readonly=True))
-    ascii_kernel = numba.njit([_ASCII_SIGNATURE], cache=True, nogil=True)(_ascii_sketch)
+    ascii_kernel = jit.kernel([_ASCII_SIGNATURE])(_ascii_sketch)

@@ -18,13 +18,9 @@ import math
 
 import numpy as np
 
+from moat.models import jit
 from moat.models.feature_spec import FEATURES, INDEX, N_OWN, SCOPE_FLAG_COLUMNS
 from moat.models.row import ROW, ROW_TAIL, TAIL_FROM
-
-try:
-    import numba
-except ImportError:  # a core-only install: scope_window uses its Python reference
-    numba = None
 
 # The relational features' encoders as data, from first_in_scope to cohort (FEATURES order):
 # kind 0 keeps the raw value (flag, share), 1 is min(x, cap) / divisor (linear; no cap: an
@@ -235,8 +231,8 @@ def _push(
 
 
 relational_kernel = push_kernel = None
-if numba is not None:
-    _nb = numba.types
+if jit.AVAILABLE:  # else scope_window runs its Python references
+    _nb = jit.types
 
     def _ro(dtype: object) -> object:
         # Read-only arrays: the rows come from bytes and the sketches' arrays are frozen; a
@@ -244,17 +240,18 @@ if numba is not None:
         return _nb.Array(dtype, 1, "C", readonly=True)
 
     _SIGNATURE = _nb.float32[::1](
-        _ro(numba.from_dtype(ROW_TAIL)), _nb.float64, _nb.uint64, _nb.int64, _nb.int64, _nb.int64, _nb.int64, _nb.boolean, _nb.boolean, _ro(_nb.intp),
+        _ro(jit.from_dtype(ROW_TAIL)), _nb.float64, _nb.uint64, _nb.int64, _nb.int64, _nb.int64, _nb.int64, _nb.boolean, _nb.boolean, _ro(_nb.intp),
         _ro(_nb.uint64), _ro(_nb.uint64), _nb.int64, _nb.float64, _nb.float64, _nb.int64, _nb.int64, _ro(_nb.float32), _ro(_nb.float32),
     )  # fmt: skip
-    _py_max = numba.njit(inline="always", cache=True)(_py_max)
-    _py_min = numba.njit(inline="always", cache=True)(_py_min)
-    _popcount = numba.njit(inline="always", cache=True)(_popcount)
-    _encode = numba.njit(cache=True)(_encode)
-    relational_kernel = numba.njit([_SIGNATURE], cache=True, nogil=True)(_relational)
+    # The helpers are rebound to their compiled forms, which the kernels call.
+    _py_max = jit.kernel(inline=True)(_py_max)
+    _py_min = jit.kernel(inline=True)(_py_min)
+    _popcount = jit.kernel(inline=True)(_popcount)
+    _encode = jit.kernel()(_encode)
+    relational_kernel = jit.kernel([_SIGNATURE])(_relational)
     _PUSH_SIGNATURE = _nb.Tuple((_nb.float64, _nb.float64, _nb.uint8[:, ::1], _nb.uint8[:, ::1]))(
         _nb.uint8[::1], _nb.int64, _ro(_nb.uint8), _ro(_nb.uint16), _nb.float64, _nb.uint64, _nb.int64, _nb.int64, _nb.int64, _nb.int64, _nb.int64,
         _nb.float64, _nb.float64, _nb.uint64[::1], _ro(_nb.uint64),
     )  # fmt: skip
-    _put = numba.njit(inline="always", cache=True)(_put)
-    push_kernel = numba.njit([_PUSH_SIGNATURE], cache=True, nogil=True)(_push)
+    _put = jit.kernel(inline=True)(_put)
+    push_kernel = jit.kernel([_PUSH_SIGNATURE])(_push)

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # scorer packs with its numpy reference
-    numba = None
+from moat.models import jit
 
 
 def _half_to_float_bits(h: np.uint16) -> np.uint32:
@@ -63,13 +60,13 @@ def _pack(feats16: np.ndarray, tokens16: np.ndarray, lengths: np.ndarray, t: int
 
 
 half_to_float_bits = pack_kernel = None
-if numba is not None:
-    _nb = numba.types
+if jit.AVAILABLE:  # else scorer packs with its numpy reference
+    _nb = jit.types
 
     def _ro(dtype: object, ndim: int) -> object:
         return _nb.Array(dtype, ndim, "C", readonly=True)
 
     # Rebound to its compiled form, which `_pack` calls; exported for the exhaustive test.
-    _half_to_float_bits = half_to_float_bits = numba.njit([_nb.uint32(_nb.uint16)], cache=True)(_half_to_float_bits)
+    _half_to_float_bits = half_to_float_bits = jit.kernel([_nb.uint32(_nb.uint16)])(_half_to_float_bits)
     _PACKED = _nb.Tuple((_nb.float32[:, :, ::1], _nb.int64[:, :, ::1], _nb.float32[:, ::1], _nb.intp[::1]))
-    pack_kernel = numba.njit([_PACKED(_ro(_nb.uint16, 2), _ro(_nb.uint16, 2), _ro(_nb.intp, 1), _nb.int64)], cache=True, nogil=True)(_pack)
+    pack_kernel = jit.kernel([_PACKED(_ro(_nb.uint16, 2), _ro(_nb.uint16, 2), _ro(_nb.intp, 1), _nb.int64)])(_pack)
