@@ -221,9 +221,9 @@ class TextSketch(NamedTuple):
 
 
 def text_sketch(text: str) -> TextSketch:
-    """The sketch of `text` (the newest text, already cut to TEXT_LIMIT), computed: its grams'
-    half compiled (`text_kernel`) where numba is installed, else `text_sketch_reference`,
-    which it equals bit for bit."""
+    """The sketch of `text` (the newest text, already cut to TEXT_LIMIT), computed: compiled
+    (`text_kernel`; all but the prompt hash for an ASCII text, the grams' half for any other)
+    where numba is installed, else `text_sketch_reference`, which it equals bit for bit."""
     if gram_kernel is None or ascii_kernel is None:
         return text_sketch_reference(text)
     if text.isascii():

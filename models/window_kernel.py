@@ -1,10 +1,13 @@
-"""The window statistics of `scope_window.relational`, compiled with numba.
+"""A scope's window statistics (`scope_window.relational`) and row push (`scope_window.push`),
+compiled with numba.
 
 `relational` runs once per scope that does not mirror its account, for every request, over at
-most WINDOW stored rows. In Python its statistics and encoders cost about 25 us a scope; here
-they run as one compiled loop over the rows' bytes. The Python body of `relational` stays the
-reference: `tests/models/test_fast_paths.py` compares the two bit for bit, and it is what runs
-where numba is not installed (a core-only install: numba comes with the serve and train extras).
+most WINDOW stored rows, and `push` once per scope. In Python the statistics and encoders cost
+tens of us a scope; here they run as one compiled loop over the rows' bytes, and the push writes
+those bytes directly. `relational_reference` and `push_reference` stay the definitions:
+`tests/models/test_fast_paths.py` compares each kernel with its reference bit for bit, and they
+are what runs where numba is not installed (a core-only install: numba comes with the serve and
+train extras).
 
 Every value is the same IEEE operation in the same order as the reference: the gap deviations
 are summed left to right (CPython's `sum` of floats), `math.exp` and `math.log1p` call the C
