@@ -212,6 +212,9 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
         print(f"  Scorer.score on base: p50 {b50:.0f} us, p99 {b99:.0f} us; new / base p50 {p50 / b50:.2f}x, p99 {p99 / b99:.2f}x")
     split = stage_split(DEV_SPREAD, 10000)
     print("  one-process stages, first 10,000 events (us per event): " + ", ".join(f"{k} {v:.0f}" for k, v in split.items()))
+    if env is not None:
+        got = subprocess.run([sys.executable, __file__, "--stage-split-only"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout
+        print("  the same stages on base, run next: " + ", ".join(f"{k} {v:.0f}" for k, v in json.loads(got).items()))
 
 
 def main() -> None:
@@ -223,12 +226,16 @@ def main() -> None:
     ap.add_argument("--base", type=Path, help="a source tree of the base commit to compare with (dev-spread case)")
     ap.add_argument("--score-latency-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--replay-blocks-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--stage-split-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.replay_blocks_child:  # run by interleaved_cpu, in either tree's environment
         replay_blocks_child()
         return
     if args.score_latency_only:  # run by --base in the base tree's environment
         print(json.dumps(score_latency(DEV_SPREAD, 5000)))
+        return
+    if args.stage_split_only:  # run by --base in the base tree's environment
+        print(json.dumps(stage_split(DEV_SPREAD, 10000)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         if not args.dev_only:

@@ -16,20 +16,10 @@ from typing import NamedTuple
 import numpy as np
 
 from moat.models.feature_spec import BLOOM_ROTATE, BLOOM_WORDS, FEATURES, FIRST_REQUEST_ONES, INDEX, N_FEATURES, N_OWN, N_TOKENS, SCOPE_FLAG_COLUMNS, SCOPE_INDEX, SPEC, WINDOW
+from moat.models.row import ROW, ROW_TAIL, TAIL_FROM
 from moat.models.summary import Summary
+from moat.models.window_kernel import push_kernel, relational_kernel
 
-# One stored row per request of a scope's history.
-ROW = np.dtype([
-    ("vec", np.float16, (N_FEATURES,)),
-    ("tokens", np.uint16, (N_TOKENS,)),
-    ("ts", np.float64),
-    ("simhash", np.uint64),
-    ("shape", np.uint32),
-    ("prompt", np.uint32),
-    ("lb", np.uint32),
-    ("param", np.uint32),
-    ("flags", np.uint8),  # bit 0: logprobs, bit 1: logit_bias, bit 2: param changed from predecessor
-])
 # Encoders of the relational features, from first_in_scope to cohort (FEATURES order).
 _RELATIONAL = [f.scale.encode for f in FEATURES[INDEX["first_in_scope"] : INDEX["cohort"] + 1]]
 # A vector is [request features][relational features][scope flags], built in that order.
@@ -83,18 +73,21 @@ class ScopeState:
     def history(self) -> np.ndarray:
         return self.rows[: self.n]
 
+    def reserve(self) -> None:
+        """Room for one more row, unless a full window is held (the next row shifts one out)."""
+        if self.n == len(self.rows) < WINDOW:
+            grown = np.zeros(min(2 * len(self.rows), WINDOW), dtype=ROW)
+            grown[: self.n] = self.rows
+            self.rows = grown
+
     def append(self, row: tuple) -> None:
+        self.reserve()
         if self.n == len(self.rows):
-            if self.n < WINDOW:
-                grown = np.zeros(min(2 * len(self.rows), WINDOW), dtype=ROW)
-                grown[: self.n] = self.rows
-                self.rows = grown
-            else:
-                # Shift by one row as raw bytes: a structured-array slice copy with sub-array
-                # fields takes numpy's slow path and cost more than the rest of the request.
-                raw = self.rows.view(np.uint8)
-                raw[: -ROW.itemsize] = raw[ROW.itemsize :]
-                self.n -= 1
+            # Shift by one row as raw bytes: a structured-array slice copy with sub-array
+            # fields takes numpy's slow path and cost more than the rest of the request.
+            raw = self.rows.view(np.uint8)
+            raw[: -ROW.itemsize] = raw[ROW.itemsize :]
+            self.n -= 1
         self.rows[self.n] = row
         self.n += 1
 
@@ -113,7 +106,22 @@ class Crowd(NamedTuple):
 
 
 def relational(state: ScopeState, s: Summary, crowd: Crowd, scope: str, meta: bytes | None = None) -> np.ndarray:
-    """The full feature vector of request `s` against the scope's history (state unchanged).
+    """The full feature vector of request `s` against the scope's history (state unchanged):
+    compiled (`window_kernel`) where numba is installed, else `relational_reference`, which it
+    equals bit for bit. `meta` is `row_meta(state)` when the caller already holds it."""
+    if relational_kernel is None or state.n == 0:
+        return relational_reference(state, s, crowd, scope, meta)
+    rows = np.frombuffer(row_meta(state) if meta is None else meta, dtype=ROW_TAIL)
+    # Not rotated yet: OR-ing the current bloom with itself reads it alone.
+    prev = state.bloom_cur if state.bloom_prev is None else state.bloom_prev
+    return relational_kernel(
+        rows, s.ts, s.simhash, s.prompt_hash, s.shape, s.param_hash, s.lb_hash, s.has_lb, s.logprobs, s.buckets,
+        state.bloom_cur, prev, state.total, state.ewma_1h, state.ewma_1d, crowd.campaign, crowd.cohort, s.own, _FLAG_TAILS[scope],
+    )  # fmt: skip
+
+
+def relational_reference(state: ScopeState, s: Summary, crowd: Crowd, scope: str, meta: bytes | None = None) -> np.ndarray:
+    """`relational` in Python: the definition the compiled kernel is checked against.
 
     This runs once per scope for every request served, over at most WINDOW rows. At that size
     a numpy call on a strided field costs more than a Python pass over lists, so the stored
@@ -202,7 +210,7 @@ def window(state: ScopeState, s: Summary, crowd: Crowd, scope: str) -> tuple[np.
     return push(state, s, relational(state, s, crowd, scope))
 
 
-_META_FROM = ROW.fields["tokens"][1]  # byte offset where a row's non-feature fields start
+_META_FROM = TAIL_FROM  # byte offset where a row's non-feature fields start
 
 
 if _META.size != ROW.itemsize - _META_FROM:
@@ -242,7 +250,28 @@ def rescope(vec: np.ndarray, scope: str) -> np.ndarray:
 
 def push(state: ScopeState, s: Summary, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Append request `s` with its feature vector `vec` (from `relational` on this state) and
-    return the window, as `window` does."""
+    return the window, as `window` does: compiled (`window_kernel`) where numba is installed,
+    else `push_reference`, which it equals bit for bit."""
+    if push_kernel is None:
+        return push_reference(state, s, vec)
+    flags = int(s.logprobs) | (int(s.has_lb) << 1) | (int(bool(vec[_PARAM_CHANGE])) << 2)
+    state.reserve()
+    # numpy converts the vector to float16 as the reference's record store does.
+    state.ewma_1h, state.ewma_1d, feats, tokens = push_kernel(
+        state.rows.view(np.uint8), state.n, vec.astype(np.float16).view(np.uint8), s.tokens, s.ts, s.simhash, s.shape, s.prompt_hash, s.lb_hash, s.param_hash,
+        flags, state.ewma_1h, state.ewma_1d, state.bloom_cur, s.bloom_mask,
+    )  # fmt: skip
+    state.n = len(feats)
+    state.total += 1
+    state.bloom_count += 1
+    if state.bloom_count >= BLOOM_ROTATE:
+        state.bloom_prev, state.bloom_cur = state.bloom_cur, np.zeros(BLOOM_WORDS, dtype=np.uint64)
+        state.bloom_count = 0
+    return feats.view(np.float16), tokens.view(np.uint16)
+
+
+def push_reference(state: ScopeState, s: Summary, vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`push` in Python: the definition the compiled kernel is checked against."""
     changed = bool(vec[_PARAM_CHANGE])  # relational already compared with the predecessor
     last = state.last_ts
     flags = int(s.logprobs) | (int(s.has_lb) << 1) | (int(changed) << 2)

@@ -18,6 +18,7 @@ import numpy as np
 
 from moat.models.events import Event
 from moat.models.feature_spec import BLOOM_WORDS, FEATURES, N_OWN, N_TOKENS, TEXT_LIMIT, TOKEN_VOCAB, UA_GROUPS
+from moat.models.text_kernel import GRAM_WORDS, MAX_WORDS, ascii_kernel, gram_kernel
 
 _UA_ONE_HOT = {g: tuple(float(g == h) for h in UA_GROUPS) for g in UA_GROUPS}
 # The request features before the user-agent one-hot, in FEATURES order: `summarize` builds
@@ -34,8 +35,8 @@ _ENCODERS = [(f.absent, f.scale.encode) for f in FEATURES[: N_OWN - len(UA_GROUP
 _WORD = re.compile(r"\w+")
 _DIGIT = re.compile(r"\d")
 _NONASCII = re.compile(r"[^\x00-\x7f]")
-MAX_WORDS = 256  # words of the newest text kept for the prompt hash and the shape
-GRAM_WORDS = 64  # words whose unigrams and bigrams are hashed
+# MAX_WORDS (text_kernel's): words of the newest text kept for the prompt hash and the shape.
+# GRAM_WORDS (text_kernel's): the first words whose unigrams and bigrams are hashed.
 # Characters searched for words first: when they hold more than MAX_WORDS words, the first
 # MAX_WORDS are complete and the rest of a long text need not be scanned.
 _WORD_SCAN = 2048
@@ -220,7 +221,29 @@ class TextSketch(NamedTuple):
 
 
 def text_sketch(text: str) -> TextSketch:
-    """The sketch of `text` (the newest text, already cut to TEXT_LIMIT), computed."""
+    """The sketch of `text` (the newest text, already cut to TEXT_LIMIT), computed: compiled
+    (`text_kernel`; all but the prompt hash for an ASCII text, the grams' half for any other)
+    where numba is installed, else `text_sketch_reference`, which it equals bit for bit."""
+    if gram_kernel is None or ascii_kernel is None:
+        return text_sketch_reference(text)
+    if text.isascii():
+        # The whole sketch but the prompt hash in one compiled pass (`text_kernel._ascii_sketch`).
+        digits, _, joined, shape, sim, buckets, mask, tok_ids = ascii_kernel(np.frombuffer(text.encode("ascii"), dtype=np.uint8))
+        for a in (tok_ids, buckets, mask):
+            a.flags.writeable = False
+        n_chars = max(min(len(text), 1024), 1)
+        return TextSketch(digits / n_chars, 0 / n_chars, tok_ids, buckets, mask, sim, shape, zlib.crc32(joined.tobytes()))
+    tokens = _words(text)
+    lowered_bytes = " ".join(tokens).lower().encode("utf-8", "replace")  # as the reference
+    digit_share, nonascii_share = _char_shares(text[:1024])
+    sim, buckets, mask, tok_ids = gram_kernel(np.frombuffer(lowered_bytes, dtype=np.uint8), len(tokens))
+    for a in (tok_ids, buckets, mask):
+        a.flags.writeable = False
+    return TextSketch(digit_share, nonascii_share, tok_ids, buckets, mask, sim, shape_signature(tokens), zlib.crc32(lowered_bytes))
+
+
+def text_sketch_reference(text: str) -> TextSketch:
+    """`text_sketch` in Python: the definition the compiled kernel is checked against."""
     tokens = _words(text)
     # Lower-casing the space-joined words equals joining the lower-cased words (a space is
     # neither cased nor case-ignorable, so it isolates each word's case context).

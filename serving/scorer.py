@@ -26,6 +26,7 @@ from moat.models.featurizer import Featurizer, ScopeWindow, Step
 from moat.models.memory_store import MemoryStore
 from moat.models.policy import Policy, ScopeRisk
 from moat.models.state import StateStore, StoreUnavailable
+from moat.serving.pack_kernel import pack_kernel
 from moat.serving.reasons import floor_level, reasons
 from moat.serving.settings import ServingSettings
 from moat.serving.state import open_store
@@ -61,6 +62,20 @@ class Batch:
 
 
 def _pack(windows: list[ScopeWindow]) -> Batch:
+    """The windows padded into network inputs: compiled (`pack_kernel`) where numba is
+    installed, else `_pack_reference`, which it equals bit for bit."""
+    if pack_kernel is None or not windows:
+        return _pack_reference(windows)
+    # One concatenation each instead of a store per window; the kernel pads them.
+    feats = np.concatenate([w.feats for w in windows])
+    tokens = np.concatenate([w.tokens for w in windows])
+    if feats.dtype != np.float16 or tokens.dtype != np.uint16:  # not as stored: the kernel reads bits
+        return _pack_reference(windows)
+    lengths = np.fromiter([len(w.feats) for w in windows], dtype=np.intp, count=len(windows))
+    return Batch(*pack_kernel(feats.view(np.uint16), tokens, lengths, int(lengths.max())))
+
+
+def _pack_reference(windows: list[ScopeWindow]) -> Batch:
     t = max((len(w.feats) for w in windows), default=1)
     feats = np.zeros((len(windows), t, N_FEATURES), dtype=np.float32)
     tokens = np.zeros((len(windows), t, N_TOKENS), dtype=np.int64)
