@@ -149,7 +149,10 @@ def relational_reference(state: ScopeState, s: Summary, crowd: Crowd, scope: str
     if k >= 2 and mean_gap > 0:
         dev = [b - a - mean_gap for a, b in zip(ts, ts[1:])]
         dev.append(dt - mean_gap)
-        gap_cv = math.sqrt(sum([d * d for d in dev]) / k) / mean_gap
+        squares = 0.0
+        for d in dev:  # left to right, as the kernel adds: Python 3.12's sum() compensates, which moves the last bit
+            squares += d * d
+        gap_cv = math.sqrt(squares / k) / mean_gap
     cut = s.ts - 60
     # SimHash Hamming distances; similarity is 1 - d/64, so "similarity >= 0.9" is d <= 6.
     sh = s.simhash

@@ -111,9 +111,17 @@ def test_a_script_opens_and_pastes_every_prompt_or_none(seed: int) -> None:
 
 @pytest.mark.parametrize(("family", "scripted"), [("doc_pipeline", True), ("benchmark_runner", True), ("self_instruct", True), ("chat_user", False), ("app_backend", False), ("human_task_walk", False)])
 def test_code_writes_consistently_and_people_and_mimics_do_not(family: str, scripted: bool) -> None:
+    # The habits an actor actually writes with, over many actors: code opens and pastes every
+    # prompt or none; people (and the attackers passing for them) sometimes.
+    from moat.data_gen.actors import SimContext
     from moat.data_gen.registry import registry
+    from moat.data_gen.text import PromptGrammar
 
-    assert registry()[family].scripted_text is scripted
+    ctx = SimContext(start=0.0, end=86_400.0, grammar=PromptGrammar())
+    habits = [registry()[family](f"t{i}", i, ctx).text_habit(f"acct_{i}") for i in range(200)]
+    partial = [h for h in habits if 0.0 < h.opener_p < 1.0 or 0.0 < h.paste_p < 1.0]
+    assert (not partial) is scripted
+    assert any(h.opener_p for h in habits)
 
 
 def test_pastes_share_words_not_whole_sentences() -> None:

@@ -75,15 +75,34 @@ def default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(f"MOAT_{name.upper()}", raising=False)
 
 
+# Where each compiled kernel is bound; None makes its caller run the Python reference, which is
+# what an install without numba runs, and must give the same bits.
+KERNELS = [
+    ("moat.models.summary", "gram_kernel"),
+    ("moat.models.summary", "ascii_kernel"),
+    ("moat.models.scope_window", "relational_kernel"),
+    ("moat.models.scope_window", "push_kernel"),
+    ("moat.serving.scorer", "pack_kernel"),
+]
+
+
+@pytest.fixture(params=["compiled", "python"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "python":
+        for module, name in KERNELS:
+            monkeypatch.setattr(f"{module}.{name}", None)
+    return request.param
+
+
 @pytest.mark.parametrize("case, trace, windows, expected", FEATURES, ids=[c[0] for c in FEATURES])
-def test_feature_rows_are_pinned(case: str, trace: Path, windows: int, expected: str) -> None:
+def test_feature_rows_are_pinned(case: str, trace: Path, windows: int, expected: str, kernels: str) -> None:
     digest, n = feature_digest(trace)
     assert n == windows, f"{case}: {n} scope windows, expected {windows}"
     assert digest == expected, f"{case}: feature rows changed (sha256 {digest}). If intended, bump FEATURE_SPEC_VERSION and pin this hash."
 
 
 @pytest.mark.parametrize("case, trace, settings, events, expected", SCORES, ids=[c[0] for c in SCORES])
-def test_replay_scores_are_pinned(case: str, trace: Path, settings: dict, events: int, expected: str) -> None:
+def test_replay_scores_are_pinned(case: str, trace: Path, settings: dict, events: int, expected: str, kernels: str) -> None:
     lines = replay_lines(trace, settings)
     assert len(lines) == events
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()

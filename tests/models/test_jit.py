@@ -26,3 +26,18 @@ def test_kernel_compiles_in_process_where_nothing_can_cache_it(monkeypatch: pyte
         compiled = jit.kernel([jit.types.int64(jit.types.int64)])(add_one)
     assert compiled(41) == 42
     assert "cannot cache" in caplog.text
+
+
+@pytest.mark.parametrize("kernel_path", ["moat.models.summary.gram_kernel", "moat.models.scope_window.relational_kernel", "moat.models.scope_window.push_kernel", "moat.serving.scorer.pack_kernel"])
+def test_a_cached_kernel_goes_stale_with_the_spec_and_row_layout_it_froze(kernel_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """numba checks only the kernel's own file; a cache written before an edit of the feature
+    spec or the row layout would run with stale offsets. The stamp must cover both."""
+    import importlib
+
+    module, name = kernel_path.rsplit(".", 1)
+    dispatcher = getattr(importlib.import_module(module), name)
+    locator = dispatcher._cache._impl.locator
+    assert isinstance(locator, (jit.UserProvidedLocator, jit.InTreeLocator, jit.UserWideLocator))
+    before = locator.get_source_stamp()
+    monkeypatch.setattr(jit, "FROZEN_DIGEST", "an edited feature spec")
+    assert locator.get_source_stamp() != before
