@@ -13,8 +13,8 @@ and the same prompt sent twice stays identical, so exact repetition is untouched
 A person opens or pastes some requests and not others (keyed on the whole text); a script
 (`draw(..., script=True)`) does one thing to every prompt, so its near-duplicates stay
 near-duplicates and a campaign's accounts keep one prompt shape. Pasted documents are built from
-sentence frames with slots filled from word lists (about a million distinct sentences), so two
-pastes share words the way documents of one genre do, not whole sentences.
+sentence frames with slots filled from word lists (about 58,000 word patterns before the
+numbers), so two pastes share words the way documents of one genre do, not whole sentences.
 
 Known simplification: translation splits on spaces only, so a word with punctuation attached
 is a different word from the bare one.

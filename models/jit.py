@@ -4,9 +4,9 @@ numba is optional: the serve and train extras install it, a core-only install do
 then `AVAILABLE` is False and every kernel's caller runs its Python reference. Compiled code is
 cached in `NUMBA_CACHE_DIR` when set, else beside the source, else in the user's cache directory:
 compiling every kernel takes about 15 s on a loaded 2-core machine, loading them a fraction of a
-second. Where no
-cache directory is writable (a read-only install without a writable home), numba refuses to
-cache; the kernels are then compiled in each process instead of failing the import.
+second. Where no cache directory is writable (a read-only install without a writable home),
+numba refuses to cache; the kernels are then compiled in each process instead of failing the
+import.
 """
 
 from __future__ import annotations
