@@ -24,6 +24,8 @@ TOKEN_VOCAB = 4096  # hashed token buckets; id 0 is padding
 BLOOM_WORDS = 16  # 16 x 64 bits per novelty generation
 BLOOM_ROTATE = 64  # requests per novelty generation: novelty looks back 64-128 requests
 TEXT_LIMIT = 4096  # characters of a prompt used for sketches: features truncate, never fail
+MAX_WORDS = 256  # words of the newest text kept for the prompt hash and the shape signature
+GRAM_WORDS = 64  # the first words whose unigrams and bigrams are hashed
 SCOPES = ("account", "api_key", "ip_prefix")
 UA_GROUPS = ("sdk", "http_lib", "cli", "browser", "framework", "custom", "none")
 

@@ -213,16 +213,15 @@ def window(state: ScopeState, s: Summary, crowd: Crowd, scope: str) -> tuple[np.
     return push(state, s, relational(state, s, crowd, scope))
 
 
-_META_FROM = TAIL_FROM  # byte offset where a row's non-feature fields start
 
 
-if _META.size != ROW.itemsize - _META_FROM:
+if _META.size != ROW.itemsize - TAIL_FROM:
     raise RuntimeError("scope_window._META must unpack a ROW from its tokens field on")
 
 
 # k rows' bytes with each row's fields from `tokens` on as one bytes item: a strided numpy copy
 # of those columns cost several times the contiguous copy and this unpack.
-_TAILS = [struct.Struct("<" + f"{_META_FROM}x{ROW.itemsize - _META_FROM}s" * k) for k in range(WINDOW + 1)]
+_TAILS = [struct.Struct("<" + f"{TAIL_FROM}x{ROW.itemsize - TAIL_FROM}s" * k) for k in range(WINDOW + 1)]
 
 
 def row_meta(state: ScopeState) -> bytes:

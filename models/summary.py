@@ -17,8 +17,8 @@ from typing import NamedTuple
 import numpy as np
 
 from moat.models.events import Event
-from moat.models.feature_spec import BLOOM_WORDS, FEATURES, N_OWN, N_TOKENS, TEXT_LIMIT, TOKEN_VOCAB, UA_GROUPS
-from moat.models.text_kernel import GRAM_WORDS, MAX_WORDS, ascii_kernel, gram_kernel
+from moat.models.feature_spec import BLOOM_WORDS, FEATURES, GRAM_WORDS, MAX_WORDS, N_OWN, N_TOKENS, TEXT_LIMIT, TOKEN_VOCAB, UA_GROUPS
+from moat.models.text_kernel import ascii_kernel, gram_kernel
 
 _UA_ONE_HOT = {g: tuple(float(g == h) for h in UA_GROUPS) for g in UA_GROUPS}
 # The request features before the user-agent one-hot, in FEATURES order: `summarize` builds
@@ -35,8 +35,6 @@ _ENCODERS = [(f.absent, f.scale.encode) for f in FEATURES[: N_OWN - len(UA_GROUP
 _WORD = re.compile(r"\w+")
 _DIGIT = re.compile(r"\d")
 _NONASCII = re.compile(r"[^\x00-\x7f]")
-# MAX_WORDS (text_kernel's): words of the newest text kept for the prompt hash and the shape.
-# GRAM_WORDS (text_kernel's): the first words whose unigrams and bigrams are hashed.
 # Characters searched for words first: when they hold more than MAX_WORDS words, the first
 # MAX_WORDS are complete and the rest of a long text need not be scanned.
 _WORD_SCAN = 2048

@@ -15,9 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from moat.models import jit
-from moat.models.feature_spec import BLOOM_WORDS, N_TOKENS, TOKEN_VOCAB
+from moat.models.feature_spec import BLOOM_WORDS, GRAM_WORDS, MAX_WORDS, N_TOKENS, TOKEN_VOCAB
 
-GRAM_WORDS = 64  # words whose unigrams and bigrams are hashed (here and in summary's reference)
 _SPACE = 32
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -92,7 +91,6 @@ def _gram_sketch(lowered: np.ndarray, n_tokens: int) -> tuple[np.uint64, np.ndar
     return sim, buckets, mask, tokens
 
 
-MAX_WORDS = 256  # words of the newest text kept (here and in summary's reference)
 SHAPE_WORDS = 6  # words in the shape signature (summary.shape_signature)
 _DIGIT_HEAD = 1024  # characters whose digits are counted (summary._char_shares)
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from moat.models.events import Event
-from moat.models.feature_spec import BLOOM_WORDS, N_OWN, N_TOKENS, TEXT_LIMIT, WINDOW
-from moat.models.scope_window import _META_FROM, ROW, Crowd, ScopeState, push, push_reference, relational, relational_reference, row_meta
+from moat.models.feature_spec import BLOOM_WORDS, GRAM_WORDS, N_OWN, N_TOKENS, TEXT_LIMIT, WINDOW
+from moat.models.row import TAIL_FROM
+from moat.models.scope_window import ROW, Crowd, ScopeState, push, push_reference, relational, relational_reference, row_meta
 from moat.models.summary import SKETCHES, SketchCache, Summary, TextSketch, newest_text, summarize, text_sketch, text_sketch_reference
-from moat.models.text_kernel import GRAM_WORDS, ascii_kernel, gram_kernel
+from moat.models.text_kernel import ascii_kernel, gram_kernel
 from moat.models.window_kernel import push_kernel, relational_kernel
 
 
@@ -88,7 +89,7 @@ SHAPES = [("no rows", 0, 1), ("one row", 1, 1), ("three of four", 3, 4), ("full 
 @pytest.mark.parametrize("case, n, capacity", SHAPES, ids=[c[0] for c in SHAPES])
 def test_row_meta_equals_the_strided_copy(case: str, n: int, capacity: int) -> None:
     state = ScopeState(rows=random_rows(capacity, n), n=n)
-    strided = state.rows.view(np.uint8).reshape(-1, ROW.itemsize)[:n, _META_FROM:].tobytes()
+    strided = state.rows.view(np.uint8).reshape(-1, ROW.itemsize)[:n, TAIL_FROM:].tobytes()
     assert row_meta(state) == strided
 
 
