@@ -5,16 +5,17 @@ read a value (temperature 0.2, a browser user agent) as evidence when nothing ab
 sets it. For a sample of labelled accounts this replays each account's requests alone, as
 recorded and again with one field changed on every request (an `Intervention`), and reports
 how far the account's risk moves and how many accounts cross the throttle threshold. A field
-whose value alone clears attackers or flags benign accounts is a shortcut to remove from the
-simulator (give both sides one marginal) or the features.
+whose value alone clears attackers is an evasion that costs them nothing; one whose value alone
+flags benign accounts is a false positive waiting for a client that sends it.
 
 An account replayed alone has fresh state, so what other accounts add (campaign and cohort
 counts, shared address blocks) is left out: the check measures the account's own traffic, the
 risk that decides whether it is acted on at all (`Scorer.own_risk_stream`).
 
-Run: python -m moat.evals.shortcuts --trace data/eval/test.jsonl --model runs/eval-model
+Run: python -m moat.evals.shortcuts --trace ../shared/data/external/dev-spread.jsonl.gz [--model DIR]
 `--evade "temperature 0" --out T` writes the trace as an attacker who uses the shortcut would
-send it (every attack request changed), for `moat evaluate` to score in full.
+send it (every attack request changed), for `moat evaluate` to score with every cross-account
+feature in place (docs/results.md, "Free evasions").
 """
 
 from __future__ import annotations
