@@ -55,3 +55,37 @@ def drop_token_bags(tokens: torch.Tensor, p: float) -> torch.Tensor:
         return tokens
     keep = torch.rand(tokens.shape[0], 1, 1, device=tokens.device) >= p
     return tokens * keep
+
+
+# Decoding choices that no extraction method needs any particular value of: a distiller can
+# decode greedily or at the API default for free. The simulator's benign scripts decode at low
+# temperatures (as real eval harnesses do), so a model is free to learn "a low temperature is
+# benign", which an attacker satisfies at no cost (python -m moat.evals.shortcuts measured it).
+DECODING_FEATURES = ("temperature", "temperature_set", "top_p_set")
+_DECODING_COLS = [INDEX[name] for name in DECODING_FEATURES]
+
+
+def borrow_benign_decoding(feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    """A copy of feats[B, T, F] where each attack window (its last real request labelled 1),
+    with probability `p`, carries the decoding choices of a benign window drawn from the same
+    batch (that window's last real request) on every request: the attacker who copies a benign
+    client's decoding habit, labelled as the attacker it still is. Only one way: benign windows
+    keep their own habits, which are real."""
+    if p <= 0:
+        return feats
+    b, t = mask.shape
+    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)).float().argmax(1)  # index of the last real position
+    rows = torch.arange(b, device=feats.device)
+    attack = labels[rows, last] > 0.5
+    benign = torch.nonzero(~attack & (mask.sum(1) > 0)).flatten()
+    if len(benign) == 0:
+        return feats
+    picked = attack & (torch.rand(b, device=feats.device) < p)
+    if not picked.any():
+        return feats
+    donors = benign[torch.randint(len(benign), (b,), device=feats.device)]
+    habit = feats[donors, last[donors]][:, _DECODING_COLS]  # [B, len(DECODING_FEATURES)]
+    out = feats.clone()
+    cols = out[:, :, _DECODING_COLS]
+    out[:, :, _DECODING_COLS] = torch.where(picked[:, None, None] & (mask[:, :, None] > 0), habit[:, None, :].expand_as(cols), cols)
+    return out

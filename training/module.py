@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from moat.models.metrics import auroc, tpr_at_fpr
 from moat.models.network import NetConfig, RiskNet
-from moat.training.augment import drop_token_bags, jitter_values
+from moat.training.augment import borrow_benign_decoding, drop_token_bags, jitter_values
 
 # The metric that early stopping and checkpointing follow (see the module's docstring).
 MONITOR = "val_window_auroc"
@@ -28,7 +28,7 @@ MONITOR = "val_window_auroc"
 class RiskModule(pl.LightningModule):
     def __init__(
         self, net: dict, lr: float, weight_decay: float, val_seq_labels: list[int] | None = None, jitter_p: float = 0.0, jitter_scale: float = 0.0,
-        calibration: dict | None = None, token_drop: float = 0.0,
+        calibration: dict | None = None, token_drop: float = 0.0, decoding_borrow_p: float = 0.0,
     ) -> None:
         super().__init__()
         # `calibration` (CalibrationTargets as a dict) is unused in training: it is saved with
@@ -36,6 +36,7 @@ class RiskModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["val_seq_labels"])
         self.net = RiskNet(NetConfig(**net))
         self.token_drop = token_drop
+        self.decoding_borrow_p = decoding_borrow_p
         self.lr, self.weight_decay = lr, weight_decay
         self.jitter_p, self.jitter_scale = jitter_p, jitter_scale
         self.val_seq_labels = val_seq_labels or []
@@ -45,7 +46,9 @@ class RiskModule(pl.LightningModule):
         return self.net(feats, tokens, mask)
 
     def _loss(self, batch: dict[str, torch.Tensor], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = jitter_values(batch["feats"], self.jitter_p, self.jitter_scale) if augment else batch["feats"]
+        feats = batch["feats"]
+        if augment:
+            feats = jitter_values(borrow_benign_decoding(feats, batch["labels"], batch["mask"], self.decoding_borrow_p), self.jitter_p, self.jitter_scale)
         tokens = drop_token_bags(batch["tokens"], self.token_drop) if augment else batch["tokens"]
         logits = self(feats, tokens, batch["mask"])
         per_pos = F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")

@@ -124,7 +124,7 @@ def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, p
     targets = cfg.calibration_targets()
     module = RiskModule(
         net=cfg.net.as_dict(), lr=cfg.lr, weight_decay=cfg.weight_decay, val_seq_labels=dm.val.label.tolist(),
-        jitter_p=cfg.jitter_p, jitter_scale=cfg.jitter_scale, calibration=asdict(targets), token_drop=cfg.token_drop,
+        jitter_p=cfg.jitter_p, jitter_scale=cfg.jitter_scale, calibration=asdict(targets), token_drop=cfg.token_drop, decoding_borrow_p=cfg.decoding_borrow_p,
     )
     # A buffer of the net: checkpoints and the ONNX export carry it with the weights.
     module.net.set_input_range(*input_range(dm.train))

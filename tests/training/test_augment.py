@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moat.models.feature_spec import INDEX, N_FEATURES, SPEC, presence_flag
-from moat.training.augment import PARAM_FEATURES, drop_token_bags, jitter_values
+from moat.training.augment import DECODING_FEATURES, PARAM_FEATURES, borrow_benign_decoding, drop_token_bags, jitter_values
 
 PARAMS = [INDEX[name] for name in PARAM_FEATURES]
 OTHERS = [i for i in range(N_FEATURES) if i not in PARAMS]
@@ -70,3 +70,51 @@ def test_token_bags_drop_whole_windows_at_the_set_rate(p: float, low: float, hig
     # A window keeps all its words or loses all of them: never a partial bag.
     assert bool((dropped | kept).all())
     assert low <= dropped.float().mean().item() <= high
+
+
+DECODING = [INDEX[name] for name in DECODING_FEATURES]
+
+
+def labelled_batch(labels: list[int], t: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Windows whose decoding columns hold a per-window value (its index), every label constant
+    over the window, and the second window padded after its third request."""
+    torch.manual_seed(1)
+    b = len(labels)
+    feats = torch.rand(b, t, N_FEATURES)
+    feats[:, :, DECODING] = torch.arange(b, dtype=torch.float)[:, None, None]
+    mask = torch.ones(b, t)
+    mask[1, 3:] = 0
+    return feats, torch.tensor(labels, dtype=torch.float)[:, None].expand(b, t).clone(), mask
+
+
+@pytest.mark.parametrize(
+    ("labels", "p", "borrowers"),
+    [
+        ([1, 1, 0, 0], 1.0, {0, 1}),  # every attack window takes a benign habit
+        ([1, 1, 0, 0], 0.0, set()),  # off
+        ([0, 0, 0, 0], 1.0, set()),  # benign windows keep their own, real habits
+        ([1, 1, 1, 1], 1.0, set()),  # no benign window to borrow from: nothing changes
+    ],
+)
+def test_attack_windows_borrow_a_benign_windows_decoding_habit(labels: list[int], p: float, borrowers: set[int]) -> None:
+    feats, lab, mask = labelled_batch(labels)
+    out = borrow_benign_decoding(feats, lab, mask, p)
+    others = [i for i in range(N_FEATURES) if i not in DECODING]
+    assert torch.equal(out[:, :, others], feats[:, :, others]), "only the decoding columns may change"
+    benign = {i for i, y in enumerate(labels) if y == 0}
+    for w in range(len(labels)):
+        real = mask[w] > 0
+        habit = out[w, real][:, DECODING]
+        if w in borrowers:
+            # One benign window's habit on every real request of the window (a constant habit).
+            assert int(habit[0, 0].item()) in benign and torch.equal(habit, habit[:1].expand_as(habit))
+            assert torch.equal(out[w, ~real], feats[w, ~real]), "padding was written"
+        else:
+            assert torch.equal(out[w], feats[w])
+
+
+def test_borrowing_happens_at_the_set_rate() -> None:
+    feats, lab, mask = labelled_batch([1] * 1000 + [0] * 10)
+    out = borrow_benign_decoding(feats, lab, mask, 0.3)
+    moved = (out[:1000] != feats[:1000]).flatten(1).any(1).float().mean().item()
+    assert 0.25 <= moved <= 0.35
