@@ -68,16 +68,25 @@ _DECODING_COLS = [INDEX[name] for name in DECODING_FEATURES]
 def borrow_benign_decoding(feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
     """A copy of feats[B, T, F] where each attack window (its last real request labelled 1),
     with probability `p`, carries the decoding choices of a benign window drawn from the same
-    batch (that window's last real request) on every request: the attacker who copies a benign
-    client's decoding habit, labelled as the attacker it still is. Only one way: benign windows
-    keep their own habits, which are real."""
+    batch (that window's last real request) on every real request: the attacker who copies a
+    benign client's decoding habit, labelled as the attacker it still is. Only that direction:
+    a window ending in a benign request keeps its own habits, which are real.
+
+    Limits: the choice is per window, so in a shared scope (a key, an address block) whose rows
+    mix parties, a window ending in an attack request overwrites its benign rows too. And the
+    features computed from the whole parameter dict (`param_change`, `param_change_share`, the
+    cohort fingerprint) are left as featurised: an attacker that varied its temperature keeps
+    showing a change, so this copy is a little easier than the real evasion."""
     if p <= 0:
         return feats
-    b, t = mask.shape
-    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)).float().argmax(1)  # index of the last real position
+    b = mask.shape[0]
+    # cumsum reaches the row count first at the last real row, on either padding side (argmax
+    # takes the first match); a window of padding only is neither an attacker nor a donor.
+    last = (mask.cumsum(1) == mask.sum(1, keepdim=True)).float().argmax(1)
     rows = torch.arange(b, device=feats.device)
-    attack = labels[rows, last] > 0.5
-    benign = torch.nonzero(~attack & (mask.sum(1) > 0)).flatten()
+    real = mask.sum(1) > 0
+    attack = (labels[rows, last] * mask[rows, last] > 0.5) & real
+    benign = torch.nonzero(~attack & real).flatten()
     if len(benign) == 0:
         return feats
     picked = attack & (torch.rand(b, device=feats.device) < p)

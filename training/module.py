@@ -48,7 +48,9 @@ class RiskModule(pl.LightningModule):
     def _loss(self, batch: dict[str, torch.Tensor], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         feats = batch["feats"]
         if augment:
-            feats = jitter_values(borrow_benign_decoding(feats, batch["labels"], batch["mask"], self.decoding_borrow_p), self.jitter_p, self.jitter_scale)
+            # Borrow first: the jitter then shifts a borrowed temperature as it would a sent one.
+            feats = borrow_benign_decoding(feats, batch["labels"], batch["mask"], self.decoding_borrow_p)
+            feats = jitter_values(feats, self.jitter_p, self.jitter_scale)
         tokens = drop_token_bags(batch["tokens"], self.token_drop) if augment else batch["tokens"]
         logits = self(feats, tokens, batch["mask"])
         per_pos = F.binary_cross_entropy_with_logits(logits, batch["labels"], reduction="none")

@@ -76,41 +76,54 @@ DECODING = [INDEX[name] for name in DECODING_FEATURES]
 
 
 def labelled_batch(labels: list[int], t: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Windows whose decoding columns hold a per-window value (its index), every label constant
-    over the window, and the second window padded after its third request."""
+    """Windows whose decoding columns hold 100 * window + 10 * position + column (so a value says
+    where it came from), every label constant over the window's real rows and 0 on padding (as
+    collate writes it). Window 1 is padded after its third request, window 2 before its third,
+    and window 3 is padding only."""
     torch.manual_seed(1)
     b = len(labels)
     feats = torch.rand(b, t, N_FEATURES)
-    feats[:, :, DECODING] = torch.arange(b, dtype=torch.float)[:, None, None]
+    w, pos, col = torch.meshgrid(torch.arange(b), torch.arange(t), torch.arange(len(DECODING)), indexing="ij")
+    feats[:, :, DECODING] = (100 * w + 10 * pos + col).float()
     mask = torch.ones(b, t)
     mask[1, 3:] = 0
-    return feats, torch.tensor(labels, dtype=torch.float)[:, None].expand(b, t).clone(), mask
+    mask[2, :2] = 0
+    mask[3, :] = 0
+    lab = torch.tensor(labels, dtype=torch.float)[:, None].expand(b, t) * mask
+    return feats, lab, mask
+
+
+def last_real(mask_row: torch.Tensor) -> int:
+    return int(torch.nonzero(mask_row).flatten()[-1])
 
 
 @pytest.mark.parametrize(
     ("labels", "p", "borrowers"),
     [
-        ([1, 1, 0, 0], 1.0, {0, 1}),  # every attack window takes a benign habit
-        ([1, 1, 0, 0], 0.0, set()),  # off
-        ([0, 0, 0, 0], 1.0, set()),  # benign windows keep their own, real habits
-        ([1, 1, 1, 1], 1.0, set()),  # no benign window to borrow from: nothing changes
+        ([1, 1, 0, 1, 0, 0], 1.0, {0, 1}),  # every attack window takes a benign habit; padding-only 3 neither borrows nor lends
+        ([1, 1, 1, 0, 0, 0], 1.0, {0, 1, 2}),  # a left-padded attack window borrows on its real rows only
+        ([0, 1, 0, 0, 1, 0], 1.0, {1, 4}),  # donors include left- and right-padded benign windows
+        ([1, 0, 1, 0, 1, 1], 1.0, {0, 2, 4, 5}),  # the only donor is right-padded: its last real row, not its first or the window's end
+        ([1, 1, 0, 0, 0, 0], 0.0, set()),  # off
+        ([0, 0, 0, 0, 0, 0], 1.0, set()),  # benign windows keep their own, real habits
+        ([1, 1, 1, 1, 1, 1], 1.0, set()),  # no benign window to borrow from: nothing changes
     ],
 )
-def test_attack_windows_borrow_a_benign_windows_decoding_habit(labels: list[int], p: float, borrowers: set[int]) -> None:
+def test_attack_windows_borrow_a_benign_windows_last_decoding_habit(labels: list[int], p: float, borrowers: set[int]) -> None:
     feats, lab, mask = labelled_batch(labels)
     out = borrow_benign_decoding(feats, lab, mask, p)
     others = [i for i in range(N_FEATURES) if i not in DECODING]
     assert torch.equal(out[:, :, others], feats[:, :, others]), "only the decoding columns may change"
-    benign = {i for i, y in enumerate(labels) if y == 0}
+    donors = {w: feats[w, last_real(mask[w])][DECODING] for w, y in enumerate(labels) if y == 0 and mask[w].any()}
     for w in range(len(labels)):
         real = mask[w] > 0
-        habit = out[w, real][:, DECODING]
-        if w in borrowers:
-            # One benign window's habit on every real request of the window (a constant habit).
-            assert int(habit[0, 0].item()) in benign and torch.equal(habit, habit[:1].expand_as(habit))
-            assert torch.equal(out[w, ~real], feats[w, ~real]), "padding was written"
-        else:
+        if w not in borrowers:
             assert torch.equal(out[w], feats[w])
+            continue
+        habit = out[w, real][:, DECODING]
+        # Every real row carries all three columns of one benign window's last real request.
+        assert any(torch.equal(habit, d.expand_as(habit)) for d in donors.values()), habit
+        assert torch.equal(out[w, ~real], feats[w, ~real]), "padding was written"
 
 
 def test_borrowing_happens_at_the_set_rate() -> None:
