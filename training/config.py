@@ -49,7 +49,7 @@ class TrainConfig(BaseSettings):
     token_drop: float = 0.3
     # Share of attack windows given a benign window's decoding choices (temperature, top_p) on
     # every request (training/augment.py): a free habit must not clear an attacker.
-    decoding_borrow_p: float = 0.3
+    decoding_borrow_p: float = 0.0
     # Own risk before a dependent scope's risk counts (serving's MOAT_CORROBORATION default).
     corroboration: float = 0.5
     # Action targets on validation benign accounts (ever blocked / ever not allowed).
