@@ -48,7 +48,8 @@ class TrainConfig(BaseSettings):
     # Share of training windows whose hashed words are all dropped (training/augment.py).
     token_drop: float = 0.3
     # Share of attack windows given a benign window's decoding choices (temperature, top_p) on
-    # every request (training/augment.py): a free habit must not clear an attacker.
+    # every request (training/augment.py): a free habit must not clear an attacker. Off until
+    # `moat calibrate` holds with a bundle trained at 0.3 (docs/results.md, limits).
     decoding_borrow_p: float = 0.0
     # Own risk before a dependent scope's risk counts (serving's MOAT_CORROBORATION default).
     corroboration: float = 0.5
