@@ -30,6 +30,7 @@ from pathlib import Path
 from moat.models.events import Event
 from moat.models.featurizer import Featurizer
 from moat.models.memory_store import MemoryStore
+from moat.models.summary import SKETCHES
 
 # Where an allocation is made says what it is. Strings are made when a request is parsed and
 # kept by whatever holds them: scope keys, and the sketch's account entries (one per template).
@@ -72,6 +73,10 @@ def measure(accounts: int, requests: int, templates: int, use_tracemalloc: bool)
     stream = events(accounts, requests, templates, seed=requests)
     first = next(stream)  # import-time and first-call allocations stay out of the figure
     Featurizer(MemoryStore()).step(first)
+    # The text-sketch cache is the process's, up to 27 MB whatever the traffic
+    # (docs/performance.md), not state kept per account: this child process runs without it.
+    SKETCHES.size = 0
+    SKETCHES.clear()
     gc.collect()
     rss0 = _rss()
     if use_tracemalloc:

@@ -40,6 +40,12 @@ SHOULDER_BINS = 4
 # exponential tail (peaks over threshold, in logit space) fitted to the top TAIL_SHARE.
 TAIL_MIN_ABOVE = 10
 TAIL_SHARE = 0.1
+# A fence-trimmed account goes back into the population when the population's own exponential
+# tail (fitted to its top TAIL_SHARE, at least TAIL_MIN_FIT accounts) expects at least this
+# many accounts as high in a sample of its size: the fence alone, on a hundred accounts, cut a
+# benign account that stood 1 logit above the next, and set the thresholds below it.
+OUTLIER_EXPECTED = 0.1
+TAIL_MIN_FIT = 5
 # Accounts within this many logits of a threshold are reported as "near" it: the ones that a
 # small drift in traffic would move across.
 NEAR_LOGITS = 0.5
@@ -164,6 +170,30 @@ class OperatorChoice:
         }
 
 
+def _exp_tail(z_sorted: np.ndarray, tail: int) -> tuple[float, float]:
+    """The exponential tail over the top `tail` logits: its start u and mean excess (scale)."""
+    u = float(z_sorted[-tail - 1])
+    return u, float(np.mean(z_sorted[-tail:] - u))
+
+
+def within_the_tail(z: np.ndarray, keep: np.ndarray, trimmed: np.ndarray) -> np.ndarray:
+    """`keep` with the trimmed accounts that the kept population's own tail accounts for put
+    back, lowest first, refitting after each: one that the tail expects fewer than
+    OUTLIER_EXPECTED accounts to reach stops the walk, and it and everything above stay out."""
+    keep = keep.copy()
+    for i in np.argsort(z[trimmed], kind="stable"):
+        i = np.flatnonzero(trimmed)[i]
+        zk = np.sort(z[keep])
+        tail = max(int(np.floor(TAIL_SHARE * len(zk))), TAIL_MIN_FIT)
+        if len(zk) <= tail:
+            break
+        u, scale = _exp_tail(zk, tail)
+        if tail * math.exp(-(z[i] - u) / max(scale, 1e-6)) < OUTLIER_EXPECTED:
+            break
+        keep[i] = True
+    return keep
+
+
 def tail_threshold(population_risk: np.ndarray, share: float) -> float:
     """The risk that at most `share` of accounts like these would reach: the empirical quantile
     where at least TAIL_MIN_ABOVE accounts lie above it, else the exponential tail fitted to
@@ -177,8 +207,8 @@ def tail_threshold(population_risk: np.ndarray, share: float) -> float:
     empirical = _above(risk, share)
     if k >= TAIL_MIN_ABOVE or tail < TAIL_MIN_ABOVE or share <= 0:
         return empirical
-    u = z[-tail - 1]
-    zq = u + float(np.mean(z[-tail:] - u)) * math.log(TAIL_SHARE / share)
+    u, scale = _exp_tail(z, tail)
+    zq = u + scale * math.log(TAIL_SHARE / share)
     # Never below the sample's own quantile: a tail of tied accounts has no excess, and the fit
     # would put the threshold on them.
     return max(float(1.0 / (1.0 + math.exp(-zq))), empirical)
@@ -186,12 +216,14 @@ def tail_threshold(population_risk: np.ndarray, share: float) -> float:
 
 def operator_thresholds(account_risk: np.ndarray, targets: ActionTargets, fence: float = FENCE) -> OperatorChoice:
     """Thresholds for unlabelled traffic: the target shares taken over the population inside
-    the fence and below a separated top cluster; the trimmed accounts are left to be acted on."""
+    the fence (or beyond it but within its own tail) and below a separated top cluster; the
+    trimmed accounts are left to be acted on."""
     risk = np.asarray(account_risk, dtype=np.float64)
     z = _logit(risk)
     start = top_cluster_start(risk)
     in_cluster = z >= start if start is not None else np.zeros(len(z), dtype=bool)
-    keep = population_mask(risk, fence) & ~in_cluster
+    fenced = population_mask(risk, fence)
+    keep = within_the_tail(z, fenced & ~in_cluster, ~fenced & ~in_cluster)
     thr = choose_thresholds(risk[keep], targets)
     near = {name: int((np.abs(z - _logit(np.array(t))) <= NEAR_LOGITS).sum()) for name, t in thr.model_dump().items()}
     n = max(len(risk), 1)

@@ -48,9 +48,10 @@ class TrainConfig(BaseSettings):
     # Share of training windows whose hashed words are all dropped (training/augment.py).
     token_drop: float = 0.3
     # Share of attack windows given a benign window's decoding choices (temperature, top_p) on
-    # every request (training/augment.py): a free habit must not clear an attacker. Off until
-    # `moat calibrate` holds with a bundle trained at 0.3 (docs/results.md, limits).
-    decoding_borrow_p: float = 0.0
+    # every request (training/augment.py): a free habit must not clear an attacker. Benign
+    # windows keep their own habits, so the simulator's real difference (scripts decode cold)
+    # is still there to learn, only no longer enough on its own.
+    decoding_borrow_p: float = 0.3
     # Own risk before a dependent scope's risk counts (serving's MOAT_CORROBORATION default).
     corroboration: float = 0.5
     # Action targets on validation benign accounts (ever blocked / ever not allowed).

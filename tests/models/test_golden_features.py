@@ -39,9 +39,9 @@ FEATURES = [
 OPERATOR_BLOCK = {"block_threshold": 0.99}
 # (case, trace, serving settings, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, {}, 477, "cd8aa6cffa3c908b2ecfffcd66fc0f39b551c30f63fa2f1cbf28d8a77eef0be0"),
-    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "5b8492d7efecbaa6f89f9f97eeeae0cff216c0ef5ee9c8b5207d49bb318882ac"),
-    ("contract example", EXAMPLE, {}, 4, "500f0c3d2052764f72fc675bd0a5b49245b3f68507e8a5615b8133c76121e3ad"),
+    ("golden trace", GOLDEN, {}, 477, "b5f2552cc7c8932b9433bf67712159d6eddd0455766e830a41e53637623cd6b9"),
+    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "29cd7a8c04b8b3c5877bba2bf0d2240966e01b2629a214cb686da1ec63ab2887"),
+    ("contract example", EXAMPLE, {}, 4, "118015fbed81b21112530bc9a6f8a3672a4ef6462fa7ec0da4ce374ed1c3089a"),
 ]
 
 

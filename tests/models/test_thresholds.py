@@ -59,6 +59,31 @@ def test_the_fence_trims_far_out_accounts_only() -> None:
     assert not keep[-1] and keep[:-1].all()
 
 
+def _exponential_tail(n: int) -> np.ndarray:
+    """A benign population whose logits fall off exponentially above a dense floor (as real
+    accounts' risks do): the tail is heavier than Tukey's fence assumes."""
+    return -3.0 - np.log(1 - (np.arange(n) + 0.5) / n)
+
+
+# (case, logits, fence trims at least, trimmed at most, trimmed at least)
+WITHIN_TAIL = [
+    ("the tail's own top accounts go back", _exponential_tail(94), 1, 0, 0),
+    ("a large sample's top goes back too", _exponential_tail(5000), 1, 0, 0),
+    ("attackers far above the tail stay out", np.concatenate([_exponential_tail(94), np.full(5, 8.0)]), 5, 5, 5),
+    ("a lone attacker stays out", np.concatenate([_exponential_tail(300), [9.0]]), 2, 1, 1),
+]
+
+
+@pytest.mark.parametrize("case, z, fenced, most, least", WITHIN_TAIL, ids=[c[0] for c in WITHIN_TAIL])
+def test_accounts_the_population_tail_accounts_for_are_not_trimmed(case: str, z: np.ndarray, fenced: int, most: int, least: int) -> None:
+    risk = _sig(z)
+    assert (~population_mask(risk)).sum() >= fenced  # the fence alone would cut them
+    choice = operator_thresholds(risk, ActionTargets())
+    assert least <= choice.trimmed <= most
+    if most == 0:  # the thresholds sit above the whole benign population's top: nothing is cut to act on
+        assert choice.ever_acted <= 0.01
+
+
 def test_report_counts_accounts_near_each_threshold() -> None:
     risk = _benign(2000, 5)
     choice = operator_thresholds(risk, ActionTargets())
