@@ -91,6 +91,13 @@ def cold_cache() -> None:
         summary.SKETCHES.clear()
 
 
+WINDOWS = "network windows per event"
+
+
+def _stage(k: str, v: float) -> str:
+    return f"{k} {v:.2f}" if k == WINDOWS else f"{k} {v:.0f}"
+
+
 def stage_split(trace: Path, limit: int) -> dict[str, float]:
     """Microseconds per event of each stage of one-process replay, run stage by stage."""
     from moat.models.featurizer import Featurizer
@@ -120,7 +127,11 @@ def stage_split(trace: Path, limit: int) -> dict[str, float]:
     stepped = [sc._step(e, CallerClock()) for e in events]
     chunks = [stepped[i : i + 128] for i in range(0, n, 128)]
     plans = timed("pack windows", lambda: [sc._plan([st for st, _ in c]) for c in chunks])
+    ran = []
+    network = sc._run  # counted per call: the same in the base tree, whatever it packs
+    sc._run = lambda batch: ran.append(len(batch.last)) or network(batch)
     risks = timed("network (ONNX)", lambda: [sc._unplan(p, sc._infer(p)) for p in plans])
+    out[WINDOWS] = sum(ran) / n
     flat = [r for rs in risks for r in rs]
     scores = timed("policy + reasons", lambda: [sc._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, flat)])
     timed("write JSON", lambda: [dumps(x.model_dump(exclude_none=True)) for x in scores])
@@ -211,10 +222,10 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
         b50, b99 = json.loads(got)
         print(f"  Scorer.score on base: p50 {b50:.0f} us, p99 {b99:.0f} us; new / base p50 {p50 / b50:.2f}x, p99 {p99 / b99:.2f}x")
     split = stage_split(DEV_SPREAD, 10000)
-    print("  one-process stages, first 10,000 events (us per event): " + ", ".join(f"{k} {v:.0f}" for k, v in split.items()))
+    print("  one-process stages, first 10,000 events (us per event): " + ", ".join(_stage(k, v) for k, v in split.items()))
     if env is not None:
         got = subprocess.run([sys.executable, __file__, "--stage-split-only"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout
-        print("  the same stages on base, run next: " + ", ".join(f"{k} {v:.0f}" for k, v in json.loads(got).items()))
+        print("  the same stages on base, run next: " + ", ".join(_stage(k, v) for k, v in json.loads(got).items()))
 
 
 def main() -> None:

@@ -243,6 +243,17 @@ def fingerprint(state: ScopeState) -> tuple:
 _FLAG_TAILS = {sc: np.array(flags, dtype=np.float32) for sc, flags in _SCOPE_FLAGS.items()}
 
 
+def same_history(feats: np.ndarray, tokens: np.ndarray, other_feats: np.ndarray, other_tokens: np.ndarray) -> bool:
+    """Two windows that differ at most in their scope flags: the same requests, seen the same
+    way. Compared as bytes (np.array_equal cost 5 us a call here), tokens first: cheaper, and
+    most often the one that differs."""
+    return (
+        len(feats) == len(other_feats)
+        and tokens.tobytes() == other_tokens.tobytes()
+        and feats[:, :_REL_END].tobytes() == other_feats[:, :_REL_END].tobytes()
+    )
+
+
 def rescope(vec: np.ndarray, scope: str) -> np.ndarray:
     """`vec` as computed for another scope, with this scope's flag instead."""
     out = vec.copy()

@@ -40,11 +40,16 @@ SHOULDER_BINS = 4
 # exponential tail (peaks over threshold, in logit space) fitted to the top TAIL_SHARE.
 TAIL_MIN_ABOVE = 10
 TAIL_SHARE = 0.1
-# A fence-trimmed account goes back into the population when the population's own exponential
-# tail (fitted to its top TAIL_SHARE, at least TAIL_MIN_FIT accounts) expects at least this
-# many accounts as high in a sample of its size: the fence alone, on a hundred accounts, cut a
-# benign account that stood 1 logit above the next, and set the thresholds below it.
-OUTLIER_EXPECTED = 0.1
+# A fence-trimmed account goes back into the population when the population's own tail makes
+# it plausible: an exponential tail in logits fitted to the top TAIL_SHARE (at least
+# TAIL_MIN_FIT accounts) of the accounts inside the fence, corrected for the fence having cut it
+# short. Going up from the lowest trimmed account, the m trimmed accounts at or above it go
+# back as long as the tail gives m or more that high a probability of at least TAIL_PLAUSIBLE
+# divided by the number of trimmed accounts.
+# The fence alone, on a hundred benign accounts, cut the top one (1 logit above the next) and
+# set the thresholds below it; counting every trimmed account above, from one fit, keeps a
+# spread group of attackers out, where testing each alone and refitting put them back one by one.
+TAIL_PLAUSIBLE = 0.05
 TAIL_MIN_FIT = 5
 # Accounts within this many logits of a threshold are reported as "near" it: the ones that a
 # small drift in traffic would move across.
@@ -102,6 +107,11 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
+def _fence_logit(z: np.ndarray, fence: float) -> float:
+    q1, q3 = np.percentile(z, [25, 75])
+    return float(q3 + fence * max(q3 - q1, 1e-3))
+
+
 def population_mask(account_risk: np.ndarray, fence: float = FENCE) -> np.ndarray:
     """True for accounts inside the population's upper fence (Q3 + fence * IQR in logit space).
 
@@ -110,8 +120,7 @@ def population_mask(account_risk: np.ndarray, fence: float = FENCE) -> np.ndarra
     z = _logit(np.asarray(account_risk, dtype=np.float64))
     if len(z) < 4:
         return np.ones(len(z), dtype=bool)
-    q1, q3 = np.percentile(z, [25, 75])
-    return z <= q3 + fence * max(q3 - q1, 1e-3)
+    return z <= _fence_logit(z, fence)
 
 
 def top_cluster_start(account_risk: np.ndarray) -> float | None:
@@ -170,25 +179,71 @@ class OperatorChoice:
         }
 
 
-def _exp_tail(z_sorted: np.ndarray, tail: int) -> tuple[float, float]:
-    """The exponential tail over the top `tail` logits: its start u and mean excess (scale)."""
-    u = float(z_sorted[-tail - 1])
-    return u, float(np.mean(z_sorted[-tail:] - u))
-
-
-def within_the_tail(z: np.ndarray, keep: np.ndarray, trimmed: np.ndarray) -> np.ndarray:
-    """`keep` with the trimmed accounts that the kept population's own tail accounts for put
-    back, lowest first, refitting after each: one that the tail expects fewer than
-    OUTLIER_EXPECTED accounts to reach stops the walk, and it and everything above stay out."""
-    keep = keep.copy()
-    for i in np.argsort(z[trimmed], kind="stable"):
-        i = np.flatnonzero(trimmed)[i]
-        zk = np.sort(z[keep])
-        tail = max(int(np.floor(TAIL_SHARE * len(zk))), TAIL_MIN_FIT)
-        if len(zk) <= tail:
+def _at_least(m: int, expected: float) -> float:
+    """P(N >= m) for a Poisson count N with this expectation, where m lies above it; at or below
+    the expectation 1.0 (the true value is about 0.5 or more, far above any level the walk tests
+    at). Summed upwards from the m-th term in logs: no exp(-expected) to underflow, and about
+    sqrt(expected) terms instead of m."""
+    if m <= expected:
+        return 1.0
+    if expected <= 0:
+        return 0.0
+    term = math.exp(-expected + m * math.log(expected) - math.lgamma(m + 1))
+    total, k = 0.0, m
+    while term > 1e-17 * total or total == 0.0:
+        total += term
+        k += 1
+        term *= expected / k
+        if term == 0.0:
             break
-        u, scale = _exp_tail(zk, tail)
-        if tail * math.exp(-(z[i] - u) / max(scale, 1e-6)) < OUTLIER_EXPECTED:
+    return min(total, 1.0)
+
+
+def truncated_exp_scale(excess: np.ndarray, limit: float) -> float:
+    """Maximum-likelihood scale of an exponential seen only below `limit` (excesses over the
+    tail's start, cut at the fence): their plain mean underestimates it, since the fence took
+    the largest. Solves mean = b - limit / (exp(limit / b) - 1), which rises with b to limit/2."""
+    mean = float(np.mean(excess))
+    if limit <= 0 or mean <= 0:
+        return max(mean, 1e-6)
+    if mean >= 0.999 * limit / 2:
+        # Flat up to the fence: the correction has no finite answer, and on a hundred accounts
+        # (ten in the tail) this happens by chance; a scale of 10 x limit put back nearly every
+        # trimmed account, attackers included. The plain mean is the safer guess.
+        return mean
+    lo, hi = 1e-6, 10.0 * limit
+    for _ in range(60):
+        b = (lo + hi) / 2
+        cut = limit / b
+        f = b - (limit / math.expm1(cut) if cut < 700 else 0.0) - mean
+        lo, hi = (b, hi) if f < 0 else (lo, b)
+    return (lo + hi) / 2
+
+
+def within_the_tail(z: np.ndarray, keep: np.ndarray, trimmed: np.ndarray, fence_z: float) -> np.ndarray:
+    """`keep` with the trimmed accounts (logits `z`, above the fence at `fence_z`) that the kept
+    population's own tail accounts for put back, lowest first; the first that fails stops the
+    walk, and it and everything above stay out."""
+    keep = keep.copy()
+    zk = np.sort(z[keep])
+    tail = max(int(np.floor(TAIL_SHARE * len(zk))), TAIL_MIN_FIT)
+    if len(zk) <= tail or not trimmed.any():
+        return keep
+    u = float(zk[-tail - 1])
+    scale = max(truncated_exp_scale(zk[-tail:] - u, fence_z - u), 1e-6)
+    order = np.flatnonzero(trimmed)
+    order = order[np.argsort(z[order], kind="stable")]
+    # One test per trimmed account: Bonferroni, or a plain benign tail would stop the walk
+    # somewhere in most samples, by chance.
+    level = TAIL_PLAUSIBLE / len(order)
+    # The tail's accounts are the kept ones above u and, were they benign, every trimmed one.
+    above_u = tail + len(order)
+    for j, i in enumerate(order):
+        # m trimmed accounts at or above this one's logit, this one included: a count taken at
+        # a point the data chose, which leans towards trimming; the Bonferroni level and the
+        # trimmed accounts' share of the tail lean back.
+        expected = above_u * math.exp(-(float(z[i]) - u) / scale)
+        if _at_least(len(order) - j, expected) < level:
             break
         keep[i] = True
     return keep
@@ -207,8 +262,8 @@ def tail_threshold(population_risk: np.ndarray, share: float) -> float:
     empirical = _above(risk, share)
     if k >= TAIL_MIN_ABOVE or tail < TAIL_MIN_ABOVE or share <= 0:
         return empirical
-    u, scale = _exp_tail(z, tail)
-    zq = u + scale * math.log(TAIL_SHARE / share)
+    u = z[-tail - 1]
+    zq = u + float(np.mean(z[-tail:] - u)) * math.log(TAIL_SHARE / share)
     # Never below the sample's own quantile: a tail of tied accounts has no excess, and the fit
     # would put the threshold on them.
     return max(float(1.0 / (1.0 + math.exp(-zq))), empirical)
@@ -223,7 +278,10 @@ def operator_thresholds(account_risk: np.ndarray, targets: ActionTargets, fence:
     start = top_cluster_start(risk)
     in_cluster = z >= start if start is not None else np.zeros(len(z), dtype=bool)
     fenced = population_mask(risk, fence)
-    keep = within_the_tail(z, fenced & ~in_cluster, ~fenced & ~in_cluster)
+    if not fenced.all():
+        keep = within_the_tail(z, fenced & ~in_cluster, ~fenced & ~in_cluster, _fence_logit(z, fence))
+    else:
+        keep = ~in_cluster
     thr = choose_thresholds(risk[keep], targets)
     near = {name: int((np.abs(z - _logit(np.array(t))) <= NEAR_LOGITS).sum()) for name, t in thr.model_dump().items()}
     n = max(len(risk), 1)

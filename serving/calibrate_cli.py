@@ -53,6 +53,8 @@ def _check(args: argparse.Namespace) -> ActionTargets:
             raise BundleError(f"--traffic {path}: no such file")
     if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         raise BundleError(f"--out {args.out}: exists and is not an empty directory")
+    if not args.fence > 0:
+        raise BundleError(f"--fence: must be a positive number of interquartile ranges, got {args.fence}")
     try:
         return ActionTargets(block=args.block_share, perturb=args.perturb_share, action=args.action_share)
     except ValueError as exc:
@@ -130,7 +132,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     import numpy as np
 
-    choice = operator_thresholds(np.fromiter(best.values(), dtype=np.float64, count=len(best)), targets, fence=args.fence)
+    risk = np.fromiter(best.values(), dtype=np.float64, count=len(best))
+    finite = np.isfinite(risk)
+    if not finite.all():
+        # A model fault, not traffic: one NaN made every quantile NaN and trimmed everyone.
+        print(f"moat calibrate: warning: {int((~finite).sum())} of {len(risk)} accounts have a non-finite risk (the bundle's network gave NaN or inf); they are left out", file=sys.stderr)
+        risk = risk[finite]
+        if not len(risk):
+            print("moat calibrate: error: no account has a finite risk; check the bundle (--model)", file=sys.stderr)
+            return 2
+    choice = operator_thresholds(risk, targets, fence=args.fence)
     provenance = {
         "base_model_version": meta.model_version,
         "traffic": [{"file": p.name, "sha256": _sha256(p), "events": n} for p, n in zip(args.traffic, counts)],

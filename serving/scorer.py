@@ -97,6 +97,8 @@ class Plan:
     dependent: Batch
     dependent_event: np.ndarray
     steps: list[Step]
+    # Per step, which windows mirror the account's (ScopeWindow.mirrors): packed for nobody.
+    mirrored: list[tuple[bool, ...]]
 
     @property
     def n_events(self) -> int:
@@ -217,17 +219,23 @@ class Scorer:
             return self.local_featurizer.step(event, ts), self.local
 
     def _plan(self, steps: list[Step]) -> Plan:
-        """Pack every step's windows for the network, own and dependent windows apart."""
-        own, dep, own_ev, dep_ev = [], [], [], []
+        """Pack every step's windows for the network, own and dependent windows apart; a window
+        that mirrors its account's is not packed (on dev-spread, four in ten windows)."""
+        own, dep, own_ev, dep_ev, mirrored = [], [], [], [], []
         for i, st in enumerate(steps):
-            for w in st.windows:
+            account = st.windows[0]  # the featurizer puts the account scope first
+            flags = tuple(w.mirrors(account) for w in st.windows)
+            mirrored.append(flags)
+            for w, mirror in zip(st.windows, flags):
+                if mirror:
+                    continue
                 if w.dependent:
                     dep.append(w)
                     dep_ev.append(i)
                 else:
                     own.append(w)
                     own_ev.append(i)
-        return Plan(_pack(own), np.array(own_ev, dtype=np.intp), _pack(dep), np.array(dep_ev, dtype=np.intp), steps)
+        return Plan(_pack(own), np.array(own_ev, dtype=np.intp), _pack(dep), np.array(dep_ev, dtype=np.intp), steps, mirrored)
 
     def _infer(self, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated risk of each own window, then of each dependent window whose request's own
@@ -252,9 +260,23 @@ class Scorer:
         return calibrated_risk(logits, self.temperature)
 
     def _unplan(self, plan: Plan, risks: tuple[np.ndarray, np.ndarray]) -> list[list[float]]:
-        """Per step, the risk of each of its windows in window order (NaN: not computed)."""
+        """Per step, the risk of each of its windows in window order (NaN: not computed). A
+        mirrored window has the account window's risk; a dependent one only where the request's
+        own risk corroborates it, as `_infer` decides for the windows it runs."""
         own, dep = iter(risks[0].tolist()), iter(risks[1].tolist())
-        return [[next(dep) if w.dependent else next(own) for w in st.windows] for st in plan.steps]
+        gate = self.policy.corroboration
+        out = []
+        for st, flags in zip(plan.steps, plan.mirrored):
+            account = next(own)
+            rs = [account] + [math.nan if m else next(dep) if w.dependent else next(own) for w, m in zip(st.windows[1:], flags[1:])]
+            # The account's window is own and never mirrored; a NaN risk opens no gate, as in _infer.
+            mine = [r for w, r, m in zip(st.windows, rs, flags) if not w.dependent and not m]
+            own_max = math.nan if any(math.isnan(r) for r in mine) else max(mine)
+            for j, m in enumerate(flags):
+                if m:
+                    rs[j] = account if not st.windows[j].dependent or own_max >= gate else math.nan
+            out.append(rs)
+        return out
 
     def score(self, event: Event) -> Score:
         return self.score_many([event])[0]

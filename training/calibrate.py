@@ -82,13 +82,16 @@ class AccountScores:
 def event_risk(seqs: Sequences, row_logits: np.ndarray, temperature: float, corroboration: float, thresholds: Thresholds | None = None) -> np.ndarray:
     """A request's risk combined over its scopes exactly as the serving policy combines them
     with these thresholds (a dependent window counts only once the own risk reaches the policy's
-    gate, and never beyond perturb). Without thresholds, the own risk alone: what decides
-    whether an account is ever acted on or blocked, so thresholds are chosen on it."""
+    gate, and never beyond perturb; a window that mirrors the account's has the account's
+    risk). Without thresholds, the own risk alone: what decides whether an account is ever
+    acted on or blocked, so thresholds are chosen on it."""
     p = calibrated_risk(row_logits, temperature)
-    dep = seqs.dependent
+    dep, mirror = seqs.dependent, seqs.mirror
     policy = Policy(thresholds, cooldown_s=0.0, shadow=False, corroboration=corroboration) if thresholds is not None else None
     out = np.empty(len(seqs.event_rows), dtype=np.float64)
     for i, rows in enumerate(seqs.event_rows):
+        if mirror[rows].any():  # the account's row comes first
+            rows = [rows[0], *(r for r in rows[1:] if not mirror[r])]
         own = max((float(p[r]) for r in rows if not dep[r]), default=0.0)
         if policy is None:
             out[i] = own

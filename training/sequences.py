@@ -30,6 +30,7 @@ class Sequences:
     tokens: np.ndarray  # uint16[R, K]
     labels: np.ndarray  # uint8[R]
     dependent: np.ndarray  # bool[R]: the row's window needed corroboration (ScopeWindow.dependent)
+    mirror: np.ndarray  # bool[R]: the row's window mirrors its account's (ScopeWindow.mirrors)
     offsets: np.ndarray  # int64[S + 1]
     scope: list[str]  # per sequence: account / api_key / ip_prefix
     key: list[str]
@@ -66,6 +67,7 @@ def featurize_trace(path: str | Path, progress: bool = True, limit: int | None =
     all_tokens: list[np.ndarray] = []
     labels: list[int] = []
     dependent: list[bool] = []
+    mirror: list[bool] = []
     event_rows_raw: list[list[tuple[tuple[str, str], int]]] = []
     event_account: list[str] = []
     event_label: list[int] = []
@@ -83,6 +85,7 @@ def featurize_trace(path: str | Path, progress: bool = True, limit: int | None =
             all_tokens.append(w.tokens[-1].copy())
             labels.append(int(raw.get("label") or 0))
             dependent.append(w.dependent)
+            mirror.append(w.mirrors(step.windows[0]))
             rows[k].append(r)
             seq_family.setdefault(k, raw.get("family") or "unknown")
             mine.append((k, len(rows[k]) - 1))
@@ -102,7 +105,8 @@ def featurize_trace(path: str | Path, progress: bool = True, limit: int | None =
     event_rows = [[int(offsets[seq_index[k]] + pos) for k, pos in mine] for mine in event_rows_raw]
     seq_label = np.array([int(lab[rows[k]].max()) for k in keys], dtype=np.uint8)
     return Sequences(
-        feats=feats[order], tokens=tokens[order], labels=lab[order], dependent=np.asarray(dependent, dtype=bool)[order], offsets=offsets,
+        feats=feats[order], tokens=tokens[order], labels=lab[order], dependent=np.asarray(dependent, dtype=bool)[order],
+        mirror=np.asarray(mirror, dtype=bool)[order], offsets=offsets,
         scope=[k[0] for k in keys], key=[k[1] for k in keys], family=[seq_family[k] for k in keys], label=seq_label,
         event_rows=event_rows, event_account=event_account, event_label=np.asarray(event_label, dtype=np.uint8), event_family=event_family,
     )

@@ -62,6 +62,22 @@ def test_reused_vectors_equal_computing_each_scope(case: str, events: list[Event
             np.testing.assert_array_equal(w.tokens, tokens)
 
 
+@pytest.mark.parametrize("case, events", CASES, ids=[c[0] for c in CASES])
+def test_a_window_mirrors_the_account_exactly_when_it_holds_the_same_requests(case: str, events: list[Event]) -> None:
+    """What the scorer relies on to score a key or address block as its account: that the
+    windows match says the scope has seen exactly the account's requests."""
+    f = Featurizer(MemoryStore(max_scopes=None, ttl_s=None))
+    seen: dict[tuple[str, str], list[str]] = {}
+    for e in events:
+        windows = f.step(e).windows
+        for w in windows:
+            seen.setdefault((w.scope, w.key), []).append(e.request_id)
+        account = windows[0]
+        assert account.scope == "account" and not account.mirrors(account)
+        for w in windows[1:]:
+            assert w.mirrors(account) == (seen[(w.scope, w.key)] == seen[("account", account.key)]), f"{case}: {w.scope} of {e.request_id}"
+
+
 # (case, events, dependent flags of the last event's windows in scope order)
 DEPENDENT = [
     ("single-key account: the key is its own", [ev(i, "a", "k", "10.0.0.1") for i in range(5)], [False, False, True]),

@@ -39,8 +39,8 @@ FEATURES = [
 OPERATOR_BLOCK = {"block_threshold": 0.99}
 # (case, trace, serving settings, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, {}, 477, "b5f2552cc7c8932b9433bf67712159d6eddd0455766e830a41e53637623cd6b9"),
-    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "29cd7a8c04b8b3c5877bba2bf0d2240966e01b2629a214cb686da1ec63ab2887"),
+    ("golden trace", GOLDEN, {}, 477, "5b788c149963d46b65ffe50e29331f6714693bd40d51be0c7acb837efb85e6d9"),
+    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "7dd841a394494ffa0576567bf2114d31395a5268c51bc48e91560195bdace0a7"),
     ("contract example", EXAMPLE, {}, 4, "118015fbed81b21112530bc9a6f8a3672a4ef6462fa7ec0da4ce374ed1c3089a"),
 ]
 

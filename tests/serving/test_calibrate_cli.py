@@ -95,6 +95,7 @@ def test_registers_the_bundle_when_a_tracking_uri_is_given(populations, tmp_path
     [
         (["--traffic", "/nonexistent.jsonl"], "--traffic /nonexistent.jsonl: no such file"),
         (["--block-share", "0.5"], "--block-share/--perturb-share/--action-share"),
+        (["--fence", "0"], "--fence: must be a positive number of interquartile ranges"),
         (["--model", "/tmp/no-such-bundle"], "--model /tmp/no-such-bundle: no such bundle directory"),
     ],
 )
@@ -112,3 +113,22 @@ def test_refuses_to_overwrite_a_bundle(populations, tmp_path: Path, capsys) -> N
     (tmp_path / "bundle" / "meta.json").write_text("{}")
     rc, _ = _calibrate(tmp_path, populations[0])
     assert rc == 2 and "not an empty directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("bad", "rc", "message"), [(1, 0, "warning: 1 of 60 accounts have a non-finite risk"), (60, 2, "error: no account has a finite risk")])
+def test_non_finite_risks_are_left_out_and_said(populations, tmp_path: Path, capsys, monkeypatch, bad: int, rc: int, message: str) -> None:
+    """One NaN from a faulty network made every quantile NaN, trimmed every account and fell
+    back to default thresholds without a word."""
+    import math
+
+    import moat.serving.calibrate_cli as cli
+
+    risks = {f"a{i}": (math.nan if i < bad else 0.01 * (i % 50)) for i in range(60)}
+    monkeypatch.setattr(cli, "account_own_risk", lambda *a, **k: (risks, [60]))
+    got, out = _calibrate(tmp_path, populations[0])
+    captured = capsys.readouterr()
+    assert got == rc and message in captured.err
+    if rc == 0:
+        report = json.loads(captured.out)
+        assert report["accounts"] == 60 - bad and report["trimmed"] == 0
+        assert all(math.isfinite(t) for t in report["thresholds"].values())

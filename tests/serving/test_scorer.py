@@ -121,6 +121,56 @@ def test_dependent_windows_are_scored_only_when_corroborated(small_traces: Path,
         assert need.all()
 
 
+def _req(i: int, account: str, key: str, ip: str) -> Event:
+    return ev(i, 1000.0 + 5 * i, account, api_key_id=key, client_ip=ip, params={"temperature": 0.2, "max_tokens": 64})
+
+
+# (case, requests as (account, key, address), per request which of its windows (account, key,
+# address block) mirror the account's): a scope stops mirroring once another account uses it.
+MIRRORS = [
+    ("own key and address block", [("a1", "k1", "10.0.0.1")] * 3, [(False, True, True)] * 3),
+    ("a key shared by two accounts", [("a1", "k", "10.0.0.1"), ("a2", "k", "10.0.1.1"), ("a1", "k", "10.0.0.1")], [(False, True, True), (False, False, True), (False, False, True)]),
+    ("two accounts behind one /24", [("a1", "k1", "10.0.0.1"), ("a2", "k2", "10.0.0.2"), ("a1", "k1", "10.0.0.1")], [(False, True, True), (False, True, False), (False, True, False)]),
+]
+
+
+# Gate settings: every dependent window counts, or the shipped bundle's gate, which these
+# plain requests stay below (so a mirrored address block must stay unscored, NaN).
+GATE_OPEN = {"corroboration": 0.0, "throttle_threshold": 0.0, "perturb_threshold": 0.0}
+
+
+@pytest.mark.parametrize("gate", [GATE_OPEN, {}], ids=["gate open", "shipped gate"])
+@pytest.mark.parametrize("case, requests, expected", MIRRORS, ids=[c[0] for c in MIRRORS])
+def test_mirrored_windows_take_the_account_risk_without_the_network(case: str, requests: list, expected: list, gate: dict) -> None:
+    """A key or address block that only this account has used is scored as the account (its
+    window is the account's but for the scope flag); every other window still goes through the
+    network and gets the risk it gets when scored on its own, and a mirrored dependent window
+    counts only behind the same gate as any dependent window."""
+    from moat.serving.scorer import _pack
+
+    sc = Scorer(ServingSettings(time_source="caller", **gate))
+    steps = [sc._step(_req(i, *r))[0] for i, r in enumerate(requests)]
+    plan = sc._plan(steps)
+    assert plan.mirrored == expected
+    assert len(plan.own.last) + len(plan.dependent.last) == sum(not m for flags in expected for m in flags)
+    risks = sc._unplan(plan, sc._infer(plan))
+    alone = iter(sc._run(_pack([w for st in steps for w in st.windows])).tolist())
+    gated = 0
+    for st, flags, rs in zip(steps, expected, risks):
+        account = next(alone)
+        own_max = max([account] + [r for w, r, m in zip(st.windows[1:], rs[1:], flags[1:]) if not w.dependent and not m])
+        for w, mirror, r in zip(st.windows[1:], flags[1:], rs[1:]):
+            by_itself = next(alone)
+            if not mirror:
+                assert np.isnan(r) if w.dependent and own_max < sc.policy.corroboration else r == pytest.approx(by_itself, rel=1e-6), (case, w.scope)
+            elif w.dependent and own_max < sc.policy.corroboration:
+                assert np.isnan(r), (case, w.scope)
+                gated += 1
+            else:
+                assert r == pytest.approx(account, rel=1e-6), (case, w.scope)
+    assert (gated > 0) == (gate != GATE_OPEN and any(f[2] for f in expected))
+
+
 @pytest.mark.parametrize("env, expected", [({}, None), ({"MOAT_CORROBORATION": "0.99"}, 0.99)])
 def test_corroboration_defaults_to_the_bundles(monkeypatch: pytest.MonkeyPatch, env: dict, expected: float | None) -> None:
     for k, v in env.items():

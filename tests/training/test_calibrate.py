@@ -45,10 +45,11 @@ def test_few_validation_accounts_still_give_graduated_thresholds(n_benign: int) 
     assert (benign >= t.throttle).mean() <= 0.01
 
 
-def _seqs(scopes: list[str], dependent: list[bool], event_rows: list[list[int]]) -> Sequences:
+def _seqs(scopes: list[str], dependent: list[bool], event_rows: list[list[int]], mirror: list[bool] | None = None) -> Sequences:
     rows = len(scopes)  # one row per sequence
     return Sequences(
         feats=np.zeros((rows, 1), np.float16), tokens=np.zeros((rows, 1), np.uint16), labels=np.zeros(rows, np.uint8), dependent=np.array(dependent),
+        mirror=np.array(mirror if mirror is not None else [False] * rows),
         offsets=np.arange(rows + 1, dtype=np.int64), scope=scopes, key=[f"k{i}" for i in range(len(scopes))],
         family=["x"] * len(scopes), label=np.zeros(len(scopes), np.uint8), event_rows=event_rows,
         event_account=["a"] * len(event_rows), event_label=np.zeros(len(event_rows), np.uint8), event_family=["x"] * len(event_rows),
@@ -78,6 +79,24 @@ def test_event_risk_combines_scopes_like_the_policy(case, scopes, dependent, ris
     seqs = _seqs(scopes, dependent, event_rows)
     got = event_risk(seqs, np.array([_logit(r) for r in risks]), temperature=1.0, corroboration=0.5, thresholds=T)
     np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+# (case, scopes, dependent rows, mirrored rows, per-row risk, expected event risk): a window that
+# mirrors the account's has the account's risk, as the scorer gives it, whatever the network
+# would have said with its own scope flag.
+MIRROR_CASES = [
+    ("mirrored key: the account's risk", ["account", "api_key"], [False, False], [False, True], [0.2, 0.4], 0.2),
+    ("a key of its own still counts", ["account", "api_key"], [False, False], [False, False], [0.2, 0.4], 0.4),
+    ("mirrored block adds nothing", ["account", "ip_prefix"], [False, True], [False, True], [0.6, 0.97], 0.6),
+    ("only the mirrored window is replaced", ["account", "api_key", "ip_prefix"], [False, False, True], [False, True, False], [0.6, 0.9, 0.97], BELOW_BLOCK),
+]
+
+
+@pytest.mark.parametrize("case, scopes, dependent, mirror, risks, expected", MIRROR_CASES, ids=[c[0] for c in MIRROR_CASES])
+def test_a_mirrored_window_has_the_account_risk(case, scopes, dependent, mirror, risks, expected) -> None:
+    seqs = _seqs(scopes, dependent, [list(range(len(scopes)))], mirror)
+    got = event_risk(seqs, np.array([_logit(r) for r in risks]), temperature=1.0, corroboration=0.5, thresholds=T)
+    np.testing.assert_allclose(got, [expected], rtol=1e-9)
 
 
 @pytest.mark.parametrize("case, scopes, dependent, risks, event_rows, expected", EVENT_CASES, ids=[c[0] for c in EVENT_CASES])
