@@ -37,8 +37,8 @@ class ScopeWindow(NamedTuple):
         """This window is the account's apart from its scope flag (in practice, a key or address
         block that this account alone has used; the stored counts are float16, so a scope whose
         much longer history differs by a few old requests can match too): the same network
-        input, so it carries the account window's risk. The scorer then skips the network for it, and training combines risks the same
-        way; before, the network scored it again and the scope flag alone moved the risk
+        input, so it carries the account window's risk. The scorer skips the network for it and
+        training combines risks the same way. Scored again, the scope flag alone moved its risk
         (by -0.10 to +0.03 at the 1st and 99th percentiles on dev-spread)."""
         return self is not account and same_history(self.feats, self.tokens, account.feats, account.tokens)
 

@@ -33,6 +33,7 @@ class TrainedRun:
     uri: str
     cwd: Path  # the directory `moat train` ran in
     stdout: str
+    env_uri_after: str | None  # MLFLOW_TRACKING_URI in the environment once `moat train` returned
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,9 @@ def trained(tiny_traces: Path, tmp_path_factory) -> TrainedRun:
             assert run(args) == 0
     finally:
         os.chdir(before)
+    env_uri_after = os.environ.get("MLFLOW_TRACKING_URI")
     champion = MlflowClient(tracking_uri=uri).get_model_version_by_alias("moat-risk", "champion")
-    return TrainedRun(tmp / "bundle", champion.run_id, champion.version, uri, cwd, stdout.getvalue())
+    return TrainedRun(tmp / "bundle", champion.run_id, champion.version, uri, cwd, stdout.getvalue(), env_uri_after)
 
 
 def checkpoint(trained: TrainedRun, into: Path) -> Path:
@@ -290,3 +292,27 @@ def test_config_sources(tmp_path, monkeypatch, case, file, env, expected) -> Non
         for part in dotted.split("."):
             obj = getattr(obj, part)
         assert obj == value, dotted
+
+
+def test_training_leaves_the_process_tracking_uri_alone(trained: TrainedRun) -> None:
+    """MLflow's set_tracking_uri, called by Lightning's logger, writes MLFLOW_TRACKING_URI into
+    the environment: after leave-one-family-out trained into a throwaway registry, the
+    evaluation's own logging went to that deleted database."""
+    assert trained.env_uri_after is None  # as the test session left it (tests/conftest.py)
+
+
+@pytest.mark.parametrize("before", [None, "sqlite:////tmp/moat-caller.db"])
+def test_tracking_uri_kept_restores_what_the_caller_had(monkeypatch: pytest.MonkeyPatch, before: str | None) -> None:
+    import os
+
+    import mlflow
+
+    from moat.training.trainer import _tracking_uri_kept
+
+    mlflow.set_tracking_uri(before)
+    try:
+        with _tracking_uri_kept():
+            mlflow.set_tracking_uri("sqlite:////tmp/moat-throwaway.db")  # what Lightning's logger does
+        assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    finally:
+        mlflow.set_tracking_uri(None)
