@@ -33,7 +33,7 @@ class TrainedRun:
     uri: str
     cwd: Path  # the directory `moat train` ran in
     stdout: str
-    env_uri_after: str | None  # MLFLOW_TRACKING_URI in the environment once `moat train` returned
+    env_uri: tuple[str | None, str | None]  # MLFLOW_TRACKING_URI before `moat train` ran and once it returned
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +55,16 @@ def trained(tiny_traces: Path, tmp_path_factory) -> TrainedRun:
     cwd = tmp / "cwd"
     cwd.mkdir()
     before, stdout = Path.cwd(), io.StringIO()
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(stdout):
             assert run(args) == 0
     finally:
         os.chdir(before)
-    env_uri_after = os.environ.get("MLFLOW_TRACKING_URI")
+    env_uri = (env_before, os.environ.get("MLFLOW_TRACKING_URI"))
     champion = MlflowClient(tracking_uri=uri).get_model_version_by_alias("moat-risk", "champion")
-    return TrainedRun(tmp / "bundle", champion.run_id, champion.version, uri, cwd, stdout.getvalue(), env_uri_after)
+    return TrainedRun(tmp / "bundle", champion.run_id, champion.version, uri, cwd, stdout.getvalue(), env_uri)
 
 
 def checkpoint(trained: TrainedRun, into: Path) -> Path:
@@ -298,7 +299,8 @@ def test_training_leaves_the_process_tracking_uri_alone(trained: TrainedRun) -> 
     """MLflow's set_tracking_uri, called by Lightning's logger, writes MLFLOW_TRACKING_URI into
     the environment: after leave-one-family-out trained into a throwaway registry, the
     evaluation's own logging went to that deleted database."""
-    assert trained.env_uri_after is None  # as the test session left it (tests/conftest.py)
+    before, after = trained.env_uri
+    assert after == before and after != trained.uri
 
 
 @pytest.mark.parametrize("before", [None, "sqlite:////tmp/moat-caller.db"])
