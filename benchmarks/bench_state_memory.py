@@ -11,7 +11,7 @@ where they were made) and the growth of resident memory (everything, allocator o
 With --flood N: N distinct accounts, keys and /24s of one request each through a store bounded
 as serving bounds it (--max-scopes, --max-templates), printing resident memory as they arrive:
 it must stop growing once the bounds are reached.
-Usage: python benchmarks/bench_state_memory.py [--accounts N] [--requests 1 16 64]
+Usage: python benchmarks/bench_state_memory.py [--accounts N] [--requests 1 16 64] [--separate]
        python benchmarks/bench_state_memory.py --flood 10000000 --max-scopes 300000
 """
 
@@ -68,7 +68,7 @@ def _part(filename: str) -> str:
     return PARTS.get(Path(filename).name, OTHER)
 
 
-def measure(accounts: int, requests: int, templates: int, use_tracemalloc: bool) -> Result:
+def measure(accounts: int, requests: int, templates: int, use_tracemalloc: bool, share_mirrors: bool = True) -> Result:
     """Runs in a child process, so each measure starts from the same clean heap."""
     stream = events(accounts, requests, templates, seed=requests)
     first = next(stream)  # import-time and first-call allocations stay out of the figure
@@ -81,7 +81,7 @@ def measure(accounts: int, requests: int, templates: int, use_tracemalloc: bool)
     rss0 = _rss()
     if use_tracemalloc:
         tracemalloc.start()
-    store = MemoryStore(max_scopes=None, ttl_s=None)
+    store = MemoryStore(max_scopes=None, ttl_s=None, share_mirrors=share_mirrors)
     featurizer = Featurizer(store)
     featurizer.step(first)
     for e in stream:
@@ -129,23 +129,26 @@ def main() -> None:
     ap.add_argument("--flood", type=int, help="instead: this many distinct accounts through a bounded store, RSS at checkpoints")
     ap.add_argument("--max-scopes", type=int, default=300_000, help="--flood: the store's scope bound (MOAT_MAX_SCOPES)")
     ap.add_argument("--max-templates", type=int, default=20_000, help="--flood: the campaign sketch's template bound")
+    ap.add_argument("--separate", action="store_true", help="also measure with every scope in a state of its own (MemoryStore(share_mirrors=False)), for the ratio in one run")
     args = ap.parse_args()
     if args.flood:
         flood(args.flood, args.max_scopes, args.max_templates, templates=max(args.templates, 4 * args.max_templates))
         return
     ctx = mp.get_context("fork")
     print(f"{args.accounts:,} accounts, each with its own account, API-key and /24 address-block scope; {args.templates:,} prompt templates")
+    layouts = [("mirrors kept once", True)] + ([("separate states", False)] if args.separate else [])
     for requests in args.requests:
-        with ctx.Pool(1, maxtasksperchild=1) as pool:
-            traced = pool.apply(measure, (args.accounts, requests, args.templates, True))
-        with ctx.Pool(1, maxtasksperchild=1) as pool:
-            rss = pool.apply(measure, (args.accounts, requests, args.templates, False))
-        n = traced.accounts
-        total = sum(traced.bytes_by_part.values())
-        parts = ", ".join(f"{part} {size / n:,.0f}" for part, size in sorted(traced.bytes_by_part.items(), key=lambda kv: -kv[1]))
-        print(f"\n{requests} request(s) per account: {traced.scopes:,} scopes; campaign sketch {traced.templates:,} templates, {traced.sketch_entries:,} account entries")
-        print(f"  tracemalloc: {total / n:,.0f} bytes per account with all scopes ({parts})")
-        print(f"  resident:    {rss.rss_bytes / n:,.0f} bytes per account (RSS growth, allocator overhead included)")
+        for layout, share in layouts:
+            with ctx.Pool(1, maxtasksperchild=1) as pool:
+                traced = pool.apply(measure, (args.accounts, requests, args.templates, True, share))
+            with ctx.Pool(1, maxtasksperchild=1) as pool:
+                rss = pool.apply(measure, (args.accounts, requests, args.templates, False, share))
+            n = traced.accounts
+            total = sum(traced.bytes_by_part.values())
+            parts = ", ".join(f"{part} {size / n:,.0f}" for part, size in sorted(traced.bytes_by_part.items(), key=lambda kv: -kv[1]))
+            print(f"\n{requests} request(s) per account, {layout}: {traced.scopes:,} scopes; campaign sketch {traced.templates:,} templates, {traced.sketch_entries:,} account entries")
+            print(f"  tracemalloc: {total / n:,.0f} bytes per account with all scopes ({parts})")
+            print(f"  resident:    {rss.rss_bytes / n:,.0f} bytes per account (RSS growth, allocator overhead included)")
 
 
 if __name__ == "__main__":

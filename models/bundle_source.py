@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,21 @@ def tracking_uri(explicit: str | None = None) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return uri
+
+
+@contextmanager
+def tracking_uri_kept() -> Iterator[None]:
+    """Leave the process's MLflow tracking URI as it was found. mlflow.set_tracking_uri (which
+    Lightning's logger and MLflow's fluent API call) also writes MLFLOW_TRACKING_URI into the
+    process's environment: after a run into a throwaway registry (leave-one-family-out), the
+    caller's own MLflow logging went to that deleted database."""
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(before)  # None unsets the variable too
 
 
 def artifact_location(uri: str) -> str | None:
@@ -87,8 +104,8 @@ def resolve_registry_uri(uri: str, tracking: str | None = None) -> Path:
     import mlflow
 
     mv = registry_version(uri, tracking)
-    mlflow.set_tracking_uri(tracking_uri(tracking))
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source))
+    with tracking_uri_kept():
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, tracking_uri=tracking_uri(tracking)))
 
 
 def register_bundle(bundle_dir: Path, tracking: str | None, tags: dict[str, str], experiment: str = "moat-calibrate") -> str | None:
@@ -102,13 +119,15 @@ def register_bundle(bundle_dir: Path, tracking: str | None, tags: dict[str, str]
     from mlflow import MlflowClient
 
     uri = tracking_uri(uri)
-    mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"calibrate {bundle_dir.name}") as run:
-        mlflow.set_tags(tags)
-        mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+    # The fluent API below logs to the process's tracking URI; the caller's is put back after.
+    with tracking_uri_kept():
+        mlflow.set_tracking_uri(uri)
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
+        mlflow.set_experiment(experiment)
+        with mlflow.start_run(run_name=f"calibrate {bundle_dir.name}") as run:
+            mlflow.set_tags(tags)
+            mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
     client = MlflowClient(tracking_uri=uri)
     if not client.search_registered_models(filter_string=f"name='{REGISTERED_MODEL}'"):
         client.create_registered_model(REGISTERED_MODEL)

@@ -49,6 +49,15 @@ class Step(NamedTuple):
     windows: list[ScopeWindow]
 
 
+class _Account(NamedTuple):
+    """The request's account scope, as the later scopes of the request compare with it."""
+
+    fp: tuple  # its fingerprint before this request
+    vec: np.ndarray  # this request's vector for it
+    state: ScopeState  # after this request
+    window: ScopeWindow
+
+
 class Featurizer:
     def __init__(self, store: StateStore) -> None:
         self.store = store
@@ -59,22 +68,28 @@ class Featurizer:
         # the features compare, so they are unchanged).
         s = self.store.seal(summarize(event, ts))
 
-        def begin(campaign: int, cohort: int) -> Callable[[str, str, ScopeState], ScopeWindow]:
+        def begin(campaign: int, cohort: int) -> Callable[[str, str, ScopeState | None], ScopeWindow]:
             crowd = Crowd(campaign, cohort)
             # The account scope comes first. A key or address block whose history mirrors the
             # account's (used by this account alone, the common case) gets the account's vector
             # with its own scope flag: identical to computing it, at a fraction of the cost.
-            account: tuple[tuple, np.ndarray, int] | None = None
+            account: _Account | None = None
 
-            def apply(scope: str, key: str, state: ScopeState) -> ScopeWindow:
+            def apply(scope: str, key: str, state: ScopeState | None) -> ScopeWindow:
                 nonlocal account
+                if state is None:
+                    # The store keeps this scope as a mirror of the account (see Begin): the
+                    # request is in the shared state already, and the window is the account's.
+                    assert account is not None, "a mirror comes after its account scope"
+                    return ScopeWindow(scope, key, rescope(account.window.feats, scope), account.window.tokens, scope in MIXED_SCOPES)
                 fp = fingerprint(state)
-                vec = rescope(account[1], scope) if account is not None and fp == account[0] else relational(state, s, crowd, scope, fp[4])
+                vec = rescope(account.vec, scope) if account is not None and fp == account.fp else relational(state, s, crowd, scope, fp[4])
                 feats, tokens = push(state, s, vec)
-                if account is None:
-                    account = (fp, vec, state.total)
                 # Fewer requests than the account: the scope carries only part of its traffic.
-                return ScopeWindow(scope, key, feats, tokens, scope in MIXED_SCOPES or state.total < account[2])
+                out = ScopeWindow(scope, key, feats, tokens, scope in MIXED_SCOPES or (account is not None and state.total < account.state.total))
+                if account is None:
+                    account = _Account(fp, vec, state, out)
+                return out
 
             return apply
 

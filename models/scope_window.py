@@ -63,8 +63,6 @@ class ScopeState:
     # most scopes never get there, and this keeps them small.
     bloom_prev: np.ndarray | None = None
     bloom_count: int = 0
-    hold_action: int = 0  # policy hysteresis: the action level held and until when
-    hold_until: float = 0.0
 
     @property
     def last_ts(self) -> float | None:
@@ -90,6 +88,20 @@ class ScopeState:
             self.n -= 1
         self.rows[self.n] = row
         self.n += 1
+
+    def copy(self, scope: str | None = None) -> ScopeState:
+        """A copy a caller may change without touching this state; with `scope`, its stored
+        vectors carry that scope's flag (a key or address block taking its own copy of the
+        account history it shared)."""
+        rows = self.rows.copy()
+        if scope is not None:
+            rows["vec"][: self.n, _REL_END:] = _FLAG_TAILS[scope]
+        prev = self.bloom_prev
+        # Every field by name: dataclasses.replace costs several times this on the request path.
+        return ScopeState(
+            rows=rows, n=self.n, total=self.total, ewma_1h=self.ewma_1h, ewma_1d=self.ewma_1d, bloom_cur=self.bloom_cur.copy(),
+            bloom_prev=None if prev is None else prev.copy(), bloom_count=self.bloom_count,
+        )
 
     def nbytes(self) -> int:
         return self.rows.nbytes + self.bloom_cur.nbytes + (self.bloom_prev.nbytes if self.bloom_prev is not None else 0) + 8 * 8
@@ -255,9 +267,10 @@ def same_history(feats: np.ndarray, tokens: np.ndarray, other_feats: np.ndarray,
 
 
 def rescope(vec: np.ndarray, scope: str) -> np.ndarray:
-    """`vec` as computed for another scope, with this scope's flag instead."""
+    """`vec` (one vector, or a window of them) as computed for another scope, with this scope's
+    flag instead."""
     out = vec.copy()
-    out[_REL_END:] = _FLAG_TAILS[scope]
+    out[..., _REL_END:] = _FLAG_TAILS[scope]
     return out
 
 

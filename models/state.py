@@ -14,7 +14,7 @@ import math
 import sys
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 from moat.models.events import MAX_TS
@@ -79,8 +79,11 @@ class Visit(NamedTuple):
     client_fp: int
 
 
-# begin(campaign, cohort) returns the function applied to each scope's state in order.
-Begin = Callable[[int, int], Callable[[str, str, ScopeState], T]]
+# begin(campaign, cohort) returns the function applied to each scope's state in order. A store
+# that keeps a scope as a mirror of the request's account scope (MemoryStore) passes None for
+# its state, after the account's: the request is in that state already, and the function
+# answers for the scope from the account's result.
+Begin = Callable[[int, int], Callable[[str, str, ScopeState | None], T]]
 
 
 class StateStore(ABC):
@@ -91,8 +94,12 @@ class StateStore(ABC):
         """Apply `fn` to the scope's state (new if unknown or expired) and keep the result."""
 
     @abstractmethod
+    def set_holds(self, holds: Sequence[tuple[str, str, int, float]]) -> None:
+        """Record a request's policy holds (hysteresis), each (scope, key, action level, until),
+        at once: a shared store writes them in one exchange."""
+
     def set_hold(self, scope: str, key: str, action: int, until: float) -> None:
-        """Record a policy hold (hysteresis) for the scope."""
+        self.set_holds([(scope, key, action, until)])
 
     @abstractmethod
     def get_holds(self, scopes: list[tuple[str, str]]) -> list[tuple[int, float]]:

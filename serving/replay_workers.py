@@ -27,7 +27,7 @@ import multiprocessing
 import operator
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -73,8 +73,9 @@ class Holds:
     def get_holds(self, scopes: list[tuple[str, str]]) -> list[tuple[int, float]]:
         return [self._holds.get(k, (0, 0.0)) for k in scopes]
 
-    def set_hold(self, scope: str, key: str, action: int, until: float) -> None:
-        self._holds[(scope, key)] = (action, until)
+    def set_holds(self, holds: Sequence[tuple[str, str, int, float]]) -> None:
+        for scope, key, action, until in holds:
+            self._holds[(scope, key)] = (action, until)
 
 
 # A summary as a plain tuple of its fields, which pickles several times faster than the slotted

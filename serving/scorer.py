@@ -312,7 +312,7 @@ class Scorer:
     def score_stepped(self, chunks: Iterable[tuple[list[Any], list[tuple[Step, Any]]]]) -> Iterator[Score | None]:
         """`score_stream` for chunks featurised elsewhere (`moat replay --workers`): each chunk is
         its items (None for an invalid one; anything with a `request_id` otherwise) and a (Step,
-        holds) pair per valid item, where `holds` answers `get_holds` and `set_hold` as a state
+        holds) pair per valid item, where `holds` answers `get_holds` and `set_holds` as a state
         store does. The network and the policy run as in `score_stream`, chunk by chunk, so
         chunks of the same events give the same scores."""
         return self._stream_stepped(chunks, self._decide)
@@ -355,12 +355,12 @@ class Scorer:
             holds = self.local.get_holds(keys)
         scopes = [ScopeRisk(w.scope, w.key, r, h, u, w.dependent, 0 if w.dependent else floor_level(w.feats[-1], len(w.feats))) for (w, r), (h, u) in zip(scored, holds)]
         d = self.policy.decide(scopes, step.summary.ts)
-        for scope, key, level, until in d.new_holds:
+        if d.new_holds:
             try:
-                store.set_hold(scope, key, level, until)
+                store.set_holds(d.new_holds)
             except StoreUnavailable as exc:
                 self.counters.store_fallbacks += 1
-                log.warning("could not record hold for %s %s: %s", scope, key, exc)
+                log.warning("could not record holds for request %s on %s: %s", event.request_id, [(scope, key) for scope, key, *_ in d.new_holds], exc)
         self.counters.scored += 1
         driver = next(w for w in step.windows if w.scope == d.scope and w.key == d.key)
         why = reasons(driver.feats[-1], len(driver.feats), d.scope) if d.would_be != "allow" else []

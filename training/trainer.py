@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +16,7 @@ from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
 
 from moat.models.bundle import BundleMeta, Calibration, load_bundle, sha256_file, write_meta
-from moat.models.bundle_source import artifact_location, tracking_uri
+from moat.models.bundle_source import artifact_location, tracking_uri, tracking_uri_kept
 from moat.models.feature_spec import FEATURE_SPEC_VERSION, N_FEATURES, N_TOKENS, WINDOW
 from moat.models.network import RiskNet, count_parameters
 from moat.training.calibrate import CalibrationTargets, account_scores, choose_thresholds, event_risk, exact_logits, fit_temperature, summary_metrics
@@ -117,25 +114,10 @@ def input_range(seqs: Sequences) -> tuple[torch.Tensor, torch.Tensor]:
     return feats.amin(dim=0), feats.amax(dim=0)
 
 
-@contextmanager
-def _tracking_uri_kept() -> Iterator[None]:
-    """Lightning's MLflow logger calls mlflow.set_tracking_uri, which also writes
-    MLFLOW_TRACKING_URI into this process's environment. After a run into a throwaway registry
-    (leave-one-family-out), the caller's own MLflow logging went to that deleted database and
-    `moat evaluate --leave-one-family-out` failed at its last step."""
-    import mlflow
-
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)  # None unsets the variable too
-
-
 def train(data_dir: Path, out: Path, cfg: TrainConfig, uri: str | None = None, progress: bool = True) -> TrainResult:
     """One training run into the registry at `uri` (see tracking_uri); the process's own MLflow
     tracking URI is left as it was."""
-    with _tracking_uri_kept():
+    with tracking_uri_kept():
         return _train(data_dir, out, cfg, uri, progress)
 
 

@@ -50,7 +50,7 @@ import random
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -67,7 +67,7 @@ from moat.models.state import CAMPAIGN_BUCKET_S, CAMPAIGN_BUCKETS, TS_MAX, Begin
 from moat.models.summary import Summary
 from moat.serving.state import sealed_scope
 from moat.serving.state.redis_script import CURRENT, PATCH, READ, REPLACE, WRITTEN, Call, Reply, Runner
-from moat.serving.state.sealed_scope import HEAD, LAYOUT, CorruptState, Sealer, copy_state, decode, writes
+from moat.serving.state.sealed_scope import HEAD, LAYOUT, CorruptState, Sealer, decode, writes
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -249,22 +249,34 @@ class RedisStore(StateStore):
     def cohort(self, fingerprint: int, account: str, ts: float) -> int:
         return self._run((), [("k", "cohort", fingerprint, account, ts)], lambda *_: lambda *a: None)[0][0]
 
-    def set_hold(self, scope: str, key: str, action: int, until: float) -> None:
-        """The hold key lives as long as the scope's TTL or the hold, whichever is longer, so a
-        cool-down past the TTL is still held when the scope's history has expired."""
+    def set_holds(self, holds: Sequence[tuple[str, str, int, float]]) -> None:
+        """A request's holds in one exchange (one pipeline; on a cluster, one write and one read
+        per node touched). A hold key lives as long as the scope's TTL or the hold, whichever is
+        longer, so a cool-down past the TTL is still held when the scope's history has expired."""
+        if not holds:
+            return
         self._guard()
         try:
-            state_key, hold_key = self.redis_key("s", scope, key), self.redis_key("h", scope, key)
-            until = min(until, TS_MAX)
-            known = self._known.get(state_key)
-            now = known.state.last_ts if known is not None and known.state.last_ts is not None else time.time()
-            value = _HOLD.format(action=action, until=until).encode()
+            writes = []
+            for scope, key, action, until in holds:
+                state_key, hold_key = self.redis_key("s", scope, key), self.redis_key("h", scope, key)
+                until = min(until, TS_MAX)
+                known = self._known.get(state_key)
+                now = known.state.last_ts if known is not None and known.state.last_ts is not None else time.time()
+                writes.append((hold_key, _HOLD.format(action=action, until=until).encode(), max(self.ttl, math.ceil(until - now))))
             self.runner.round_trips += 1
-            self.client.set(hold_key, value, ex=max(self.ttl, math.ceil(until - now)))
+            if len(writes) == 1:
+                self.client.set(*writes[0][:2], ex=writes[0][2])
+            else:
+                pipe = self.client.pipeline(transaction=False) if not self.cluster else self.client.pipeline()
+                for hold_key, value, ex in writes:
+                    pipe.set(hold_key, value, ex=ex)
+                pipe.execute()
         except REDIS_ERRORS as exc:
             raise self._fail(exc) from exc
-        if hold_key in self._holds:
-            self._holds[hold_key] = value
+        for hold_key, value, _ in writes:
+            if hold_key in self._holds:
+                self._holds[hold_key] = value
 
     def get_holds(self, scopes: list[tuple[str, str]]) -> list[tuple[int, float]]:
         """From the holds the request's own call read (and this process wrote since); a hold
@@ -404,7 +416,7 @@ class RedisStore(StateStore):
         apply = begin(*counts) if counts else begin(1, 1)
         out = []
         for sc in scopes:
-            state = copy_state(sc.base)
+            state = sc.base.copy()
             last = state.last_ts
             out.append(apply(sc.scope, sc.key, state))
             keep_monotonic(state, last)

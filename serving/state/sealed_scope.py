@@ -147,13 +147,3 @@ def writes(sealer: Sealer, key: bytes, before: ScopeState, after: ScopeState, fr
     for offset, data in out:
         value[offset : offset + len(data)] = data
     return True, [(0, bytes(value))]
-
-
-def copy_state(state: ScopeState) -> ScopeState:
-    """A copy a caller may change without touching `state` (the store's cached last write)."""
-    prev = state.bloom_prev
-    # Every field by name: dataclasses.replace costs several times this on the request path.
-    return ScopeState(
-        rows=state.rows.copy(), n=state.n, total=state.total, ewma_1h=state.ewma_1h, ewma_1d=state.ewma_1d, bloom_cur=state.bloom_cur.copy(),
-        bloom_prev=None if prev is None else prev.copy(), bloom_count=state.bloom_count, hold_action=state.hold_action, hold_until=state.hold_until,
-    )

@@ -1,6 +1,6 @@
 """MemoryStore and CampaignSketch bounds: idle scopes are swept without being touched again,
-holds outlive the TTL, a scope's clock never goes backwards, and the sketch is bounded by its
-settings."""
+holds outlive the TTL, a scope's clock never goes backwards, the sketch is bounded by its
+settings, and a mirror kept once with its account gives the windows of a state of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 import pytest
 
 from moat.models.events import Event
+from moat.models.featurizer import Featurizer
 from moat.models.memory_store import MemoryStore
 from moat.models.scope_window import Crowd, ScopeState, window
 from moat.models.state import CAMPAIGN_BUCKET_S, SWEEP_PER_UPDATE, TS_MAX, CampaignSketch
@@ -155,3 +156,62 @@ def test_stores_clamp_to_the_times_an_event_may_carry() -> None:
 
     assert TS_MAX == MAX_TS
 
+
+
+def _request(i: int, account: str, key: str | None, ip: str | None, text: str = "") -> Event:
+    fields = {"request_id": f"r{i}", "ts": 1_764_500_000.0 + 7.0 * i, "account_id": account, "prompt": text or f"question {i % 5} about item {i}"}
+    return Event.model_validate({**fields, **({"api_key_id": key} if key else {}), **({"client_ip": ip} if ip else {})})
+
+
+# (case, requests as (account, key, ip)): each breaks a mirror in its own way.
+MIRROR_BREAKS = [
+    ("one account, one key, one block", [("a", "k", "203.0.113.9")] * 6),
+    ("the account moves to a second key and back", [("a", "k1", "203.0.113.9")] * 3 + [("a", "k2", "203.0.113.9")] * 2 + [("a", "k1", "203.0.113.9")] * 2),
+    ("a second account takes the key", [("a", "k", "203.0.113.9")] * 3 + [("b", "k", "198.51.100.7")] * 2 + [("a", "k", "203.0.113.9")] * 2),
+    ("two accounts behind one block", [("a", "ka", "203.0.113.9"), ("b", "kb", "203.0.113.77")] * 4),
+    ("the account drops its key and address", [("a", "k", "203.0.113.9")] * 3 + [("a", None, None)] * 2 + [("a", "k", "203.0.113.9")]),
+    ("a key that an older account starts using", [("a", None, "203.0.113.9")] * 3 + [("a", "k", "203.0.113.9")] * 3),
+    ("a new account on an old key", [("a", "k", "203.0.113.9")] * 2 + [("b", "k", "203.0.113.9")] * 3),
+]
+
+
+@pytest.mark.parametrize("case, requests", MIRROR_BREAKS, ids=[c[0] for c in MIRROR_BREAKS])
+@pytest.mark.parametrize("max_scopes", [None, 4])
+def test_shared_mirrors_give_the_windows_of_separate_states(case: str, requests: list[tuple[str, str | None, str | None]], max_scopes: int | None) -> None:
+    """A key or address block kept once with its account gives, request by request, the windows
+    (every row's vector, scope flag included) that a state of its own gives; also when the
+    bound evicts an account and keeps its mirror, or the other way round."""
+    events = [_request(i, *r) for i, r in enumerate(requests)]
+    shared, separate = (Featurizer(MemoryStore(max_scopes=max_scopes, share_mirrors=on)) for on in (True, False))
+    for e in events:
+        a, b = shared.step(e).windows, separate.step(e).windows
+        assert [(w.scope, w.key, w.dependent, w.feats.tobytes(), w.tokens.tobytes()) for w in a] == [(w.scope, w.key, w.dependent, w.feats.tobytes(), w.tokens.tobytes()) for w in b], e.request_id
+
+
+def test_a_mirror_expires_on_its_own_hold_not_its_accounts() -> None:
+    """Holds are per scope: a held key outlives the TTL of the account it mirrored."""
+    clocks = [Clock(), Clock()]
+    stores = [MemoryStore(ttl_s=60, clock=clocks[0]), MemoryStore(ttl_s=60, clock=clocks[1], share_mirrors=False)]
+    featurizers = [Featurizer(st) for st in stores]
+    events = [_request(i, "a", "k", "203.0.113.9") for i in range(4)]
+    windows = []
+    for f, st, clock in zip(featurizers, stores, clocks):
+        f.step(events[0])
+        f.step(events[1])
+        st.set_hold("api_key", "k", 3, events[1].ts + 900)
+        assert st.get_holds([("account", "a"), ("api_key", "k")]) == [(0, 0.0), (3, events[1].ts + 900)]
+        clock.t = 120.0  # past the TTL: the account starts over, the held key does not
+        windows.append([(w.scope, w.feats.tobytes()) for w in f.step(events[2]).windows])
+    assert windows[0] == windows[1]
+    assert stores[0].get_holds([("api_key", "k")]) == [(3, events[1].ts + 900)]
+
+
+@pytest.mark.parametrize("accounts", [1, 50])
+def test_an_account_with_its_own_key_and_block_keeps_one_state(accounts: int) -> None:
+    store = MemoryStore(max_scopes=None, ttl_s=None)
+    f = Featurizer(store)
+    for i in range(3 * accounts):
+        n = i % accounts
+        f.step(_request(i, f"acct-{n}", f"key-{n}", f"10.{n // 200}.{n % 200}.1"))
+    states = {id(entry.state) for entry in store._scopes.values()}
+    assert store.size() == 3 * accounts and len(states) == accounts

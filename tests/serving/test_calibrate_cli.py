@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -82,8 +83,10 @@ def test_registers_the_bundle_when_a_tracking_uri_is_given(populations, tmp_path
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     rc, out = _calibrate(tmp_path, populations[0], extra=("--tracking-uri", uri))
     assert rc == 0
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # the caller's MLflow logging stays where it was
     assert "registered as models:/moat-risk/1" in capsys.readouterr().err
     mv = MlflowClient(tracking_uri=uri).get_model_version("moat-risk", "1")
     assert mv.tags["calibrated_from"] == load_bundle(DEFAULT_BUNDLE)[0].model_version

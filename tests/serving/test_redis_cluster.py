@@ -21,7 +21,7 @@ from moat.serving.scorer import Scorer
 from moat.serving.settings import ServingSettings
 from moat.serving.state.redis_store import RedisStore
 from tests.serving.conftest import free_port
-from tests.serving.test_redis_round_trips import GOLDEN, _replay
+from tests.serving.test_redis_round_trips import GOLDEN, _replay, exchanges
 
 
 def _binary(name: str) -> str:
@@ -95,6 +95,20 @@ def test_a_request_on_a_cluster_costs_two_exchanges(fresh: str) -> None:
     _replay([store], events)
     assert store.round_trips == 2 * len(events)
     assert store.runner.calls >= 4 * len(events)  # two sketch items and two or three scopes each, one call per slot
+
+
+def test_a_requests_holds_on_a_cluster_cost_one_exchange(fresh: str) -> None:
+    """Holds on scopes of different slots go out together, and another replica reads them."""
+    a, b = (RedisStore(fresh, cluster=True, secret=b"s" * 32) for _ in range(2))
+    e = Event.model_validate({"request_id": "r0", "ts": 1_764_500_000.0, "account_id": "acct", "api_key_id": "key", "client_ip": "203.0.113.9", "prompt": "hello"})
+    _replay([a], [e])
+    keys = [("account", "acct"), ("api_key", "key")]
+    assert key_slot(a.redis_key("h", *keys[0]).encode()) != key_slot(a.redis_key("h", *keys[1]).encode())
+    n, sent = a.round_trips, exchanges(a)
+    a.set_holds([(*keys[0], 3, e.ts + 900), (*keys[1], 2, e.ts + 600)])
+    assert a.round_trips == n + 1 and sent == ["pipeline"]
+    _replay([b], [e.model_copy(update={"request_id": "r1", "ts": e.ts + 1})])
+    assert b.get_holds(keys) == [(3, e.ts + 900), (2, e.ts + 600)]
 
 
 def test_two_scorers_taking_turns_on_a_cluster_decide_as_one_on_memory(fresh: str) -> None:

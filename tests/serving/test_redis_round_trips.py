@@ -13,12 +13,11 @@ import pytest
 
 from moat.models.events import Event
 from moat.models.memory_store import MemoryStore
-from moat.models.scope_window import ROW, Crowd, ScopeState, window
+from moat.models.scope_window import ROW, Crowd, ScopeState, rescope, window
 from moat.models.state import StateStore, Visit
 from moat.models.summary import Summary, summarize
 from moat.models.traces import iter_raw
 from moat.serving.state.redis_store import RedisStore
-from moat.serving.state.sealed_scope import copy_state
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_trace.jsonl"
 
@@ -26,9 +25,15 @@ GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden_trace.jsonl"
 def visit(store: StateStore, s: Summary) -> tuple[int, int, list[bytes]]:
     """The request through `store.visit`, each scope's window as bytes."""
 
-    def begin(campaign: int, cohort: int) -> Callable[[str, str, ScopeState], bytes]:
-        def apply(scope: str, key: str, state: ScopeState) -> bytes:
-            feats, tokens = window(state, s, Crowd(campaign, cohort), scope)
+    def begin(campaign: int, cohort: int) -> Callable[[str, str, ScopeState | None], bytes]:
+        account: list[np.ndarray] = []
+
+        def apply(scope: str, key: str, state: ScopeState | None) -> bytes:
+            if state is None:  # the memory store keeps this scope as the account's mirror
+                feats, tokens = rescope(account[0], scope), account[1]
+            else:
+                feats, tokens = window(state, s, Crowd(campaign, cohort), scope)
+                account[:] = account or [feats, tokens]
             return feats.tobytes() + tokens.tobytes()
 
         return apply
@@ -84,6 +89,57 @@ def test_a_hold_read_costs_no_round_trip_and_sees_this_replicas_own_writes(redis
     assert a.get_holds(keys)[0] == (2, s.ts + 5000)
 
 
+def exchanges(store: RedisStore) -> list[str]:
+    """Records each exchange the store's client makes from now on: a command on its own, or a
+    pipeline sent whole."""
+    sent: list[str] = []
+    client, single, pipeline = store.client, store.client.execute_command, store.client.pipeline
+
+    def execute_command(*args, **kwargs):
+        sent.append(str(args[0]))
+        return single(*args, **kwargs)
+
+    def piped(*args, **kwargs):
+        pipe = pipeline(*args, **kwargs)
+        run = pipe.execute
+
+        def execute(*a, **k):
+            sent.append("pipeline")
+            return run(*a, **k)
+
+        pipe.execute = execute
+        return pipe
+
+    client.execute_command, client.pipeline = execute_command, piped
+    return sent
+
+
+HOLDS = [
+    # (case, the request's new holds by scope index: action level, seconds held)
+    ("one scope", [(0, 3, 900.0)]),
+    ("account and key", [(0, 2, 600.0), (1, 3, 1200.0)]),
+    ("every scope, past the state TTL", [(0, 3, 90_000.0), (1, 2, 900.0), (2, 1, 300.0)]),
+]
+
+
+@pytest.mark.parametrize("case, holds", HOLDS, ids=[c[0] for c in HOLDS])
+def test_a_requests_holds_cost_one_exchange_and_another_replica_reads_them_all(redis_url: str, case: str, holds: list[tuple[int, int, float]]) -> None:
+    a, b = RedisStore(redis_url, secret=b"s" * 32, ttl_s=3600), RedisStore(redis_url, secret=b"s" * 32, ttl_s=3600)
+    s = request(0)
+    visit(a, s)
+    keys = s.scope_keys()
+    n, sent = a.round_trips, exchanges(a)
+    a.set_holds([(*keys[i], level, s.ts + held) for i, level, held in holds])
+    assert a.round_trips == n + 1 and len(sent) == 1
+    visit(b, request(1))
+    expected = [(0, 0.0)] * len(keys)
+    for i, level, held in holds:
+        expected[i] = (level, s.ts + held)
+        # A hold key lives for the scope's TTL, or the hold when that is longer.
+        assert max(3600, held) - 5 <= b.client.ttl(b.redis_key("h", *keys[i])) <= max(3600, held)
+    assert b.get_holds(keys) == expected
+
+
 def _replay(stores: list[StateStore], events: list[Event]) -> list[tuple[int, int, list[bytes]]]:
     """Each request to the next store in turn, as a load balancer would."""
     return [visit(stores[i % len(stores)], summarize(e)) for i, e in enumerate(events)]
@@ -113,8 +169,8 @@ def test_visits_give_what_the_memory_store_gives(redis_url: str, case: str, repl
 
 def test_a_copy_of_a_scope_shares_nothing_and_misses_no_field() -> None:
     """The store hands the caller's function a copy of the state it cached."""
-    state = ScopeState(rows=np.ones(2, dtype=ROW), n=2, total=70, ewma_1h=1.5, ewma_1d=2.5, bloom_cur=np.full(16, 3, np.uint64), bloom_prev=np.full(16, 4, np.uint64), bloom_count=6, hold_action=2, hold_until=9.0)
-    copy = copy_state(state)
+    state = ScopeState(rows=np.ones(2, dtype=ROW), n=2, total=70, ewma_1h=1.5, ewma_1d=2.5, bloom_cur=np.full(16, 3, np.uint64), bloom_prev=np.full(16, 4, np.uint64), bloom_count=6)
+    copy = state.copy()
     for f in dataclasses.fields(ScopeState):
         mine, theirs = getattr(state, f.name), getattr(copy, f.name)
         if isinstance(mine, np.ndarray):

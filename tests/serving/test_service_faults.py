@@ -62,7 +62,7 @@ Sabotage = Callable[[FakeService, pytest.MonkeyPatch], None]
 FAULTS: list[tuple[str, Sabotage, bool]] = [
     # (where the fault is, how to cause it, whether the call fails open)
     ("no fault", lambda s, mp: None, False),
-    ("state read", lambda s, mp: mp.setattr(s.scorer.store, "update", _raise), True),
+    ("state read", lambda s, mp: mp.setattr(s.scorer.store, "visit", _raise), True),
     ("campaign sketch", lambda s, mp: mp.setattr(s.scorer.store, "campaign", _raise), True),
     ("holds, after state changed", lambda s, mp: mp.setattr(s.scorer.store, "get_holds", _raise), True),
     ("network", lambda s, mp: mp.setattr(s.scorer, "session", None), True),

@@ -163,12 +163,15 @@ def test_scores_ignore_ground_truth_fields(trained: TrainedRun, tiny_traces) -> 
 
 
 @pytest.mark.parametrize("source", ["registry", "checkpoint"])
-def test_export_keeps_the_runs_calibration(trained: TrainedRun, tiny_traces, tmp_path, source) -> None:
+def test_export_keeps_the_runs_calibration(trained: TrainedRun, tiny_traces, tmp_path, source, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'caller.db'}")  # the caller's own, not the registry's
     if source == "registry":
         argv = ["--registry", f"models:/moat-risk/{trained.version}", "--tracking-uri", trained.uri]
     else:
         argv = ["--checkpoint", str(checkpoint(trained, tmp_path)), "--data", str(tiny_traces)]
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     assert export([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before  # the download left the process's URI alone
     meta, _ = load_bundle(tmp_path / "b")
     original, _ = load_bundle(trained.bundle)
     # The registry copies the run's calibration; the checkpoint is recalibrated on the same
@@ -212,6 +215,16 @@ def test_serving_loads_the_champion_from_the_registry(trained: TrainedRun, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.uri)
     sc = Scorer(ServingSettings(time_source="caller", model="models:/moat-risk@champion"))
     assert sc.model_version == load_bundle(trained.bundle)[0].model_version
+
+
+def test_resolving_a_registry_bundle_leaves_the_callers_tracking_uri(trained: TrainedRun, tmp_path, monkeypatch) -> None:
+    from moat.models.bundle_source import resolve_registry_uri
+
+    caller = f"sqlite:///{tmp_path / 'caller.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", caller)
+    bundle = resolve_registry_uri(f"models:/moat-risk/{trained.version}", trained.uri)
+    assert load_bundle(bundle)[0].model_version == load_bundle(trained.bundle)[0].model_version
+    assert os.environ["MLFLOW_TRACKING_URI"] == caller
 
 
 # Runs one command's run() in a fresh interpreter, to see what it imported before failing.
@@ -301,20 +314,3 @@ def test_training_leaves_the_process_tracking_uri_alone(trained: TrainedRun) -> 
     evaluation's own logging went to that deleted database."""
     before, after = trained.env_uri
     assert after == before and after != trained.uri
-
-
-@pytest.mark.parametrize("before", [None, "sqlite:////tmp/moat-caller.db"])
-def test_tracking_uri_kept_restores_what_the_caller_had(monkeypatch: pytest.MonkeyPatch, before: str | None) -> None:
-    import os
-
-    import mlflow
-
-    from moat.training.trainer import _tracking_uri_kept
-
-    mlflow.set_tracking_uri(before)
-    try:
-        with _tracking_uri_kept():
-            mlflow.set_tracking_uri("sqlite:////tmp/moat-throwaway.db")  # what Lightning's logger does
-        assert os.environ.get("MLFLOW_TRACKING_URI") == before
-    finally:
-        mlflow.set_tracking_uri(None)
