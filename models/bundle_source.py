@@ -115,20 +115,21 @@ def register_bundle(bundle_dir: Path, tracking: str | None, tags: dict[str, str]
     uri = tracking or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return None
-    import mlflow
     from mlflow import MlflowClient
 
     uri = tracking_uri(uri)
-    # The fluent API below logs to the process's tracking URI; the caller's is put back after.
-    with tracking_uri_kept():
-        mlflow.set_tracking_uri(uri)
-        if mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(experiment, artifact_location=artifact_location(uri))
-        mlflow.set_experiment(experiment)
-        with mlflow.start_run(run_name=f"calibrate {bundle_dir.name}") as run:
-            mlflow.set_tags(tags)
-            mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+    # The client alone, not MLflow's fluent API: that would set the process's tracking URI and
+    # active experiment (environment variables included) under the caller.
     client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment, artifact_location=artifact_location(uri))
+    run = client.create_run(experiment_id, tags={**tags, "mlflow.runName": f"calibrate {bundle_dir.name}"})
+    try:
+        client.log_artifacts(run.info.run_id, str(bundle_dir), artifact_path="bundle")
+    except Exception:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id)
     if not client.search_registered_models(filter_string=f"name='{REGISTERED_MODEL}'"):
         client.create_registered_model(REGISTERED_MODEL)
     mv = client.create_model_version(REGISTERED_MODEL, source=f"{run.info.artifact_uri}/bundle", run_id=run.info.run_id, tags=tags)

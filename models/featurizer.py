@@ -81,7 +81,7 @@ class Featurizer:
                     # The store keeps this scope as a mirror of the account (see Begin): the
                     # request is in the shared state already, and the window is the account's.
                     assert account is not None, "a mirror comes after its account scope"
-                    return ScopeWindow(scope, key, rescope(account.window.feats, scope), account.window.tokens, scope in MIXED_SCOPES)
+                    return ScopeWindow(scope, key, rescope(account.window.feats, scope), account.window.tokens.copy(), scope in MIXED_SCOPES)
                 fp = fingerprint(state)
                 vec = rescope(account.vec, scope) if account is not None and fp == account.fp else relational(state, s, crowd, scope, fp[4])
                 feats, tokens = push(state, s, vec)

@@ -45,7 +45,9 @@ class MemoryStore(StateStore):
     per request). The first request that breaks the mirror (another account on the scope, or the
     account without it) gives the scope its own copy of the history so far, with its own scope
     flag: every window is what separate states would give. Each scope is still an entry of its
-    own for the bounds, the TTL and its hold."""
+    own for the bounds, the TTL and its hold. The store's clock is read once per request (with
+    separate states, once per scope): a scope at the exact edge of its TTL expires with its
+    request's other scopes."""
 
     name = "memory"
 

@@ -257,24 +257,24 @@ class RedisStore(StateStore):
             return
         self._guard()
         try:
-            writes = []
+            pending = []
             for scope, key, action, until in holds:
                 state_key, hold_key = self.redis_key("s", scope, key), self.redis_key("h", scope, key)
                 until = min(until, TS_MAX)
                 known = self._known.get(state_key)
                 now = known.state.last_ts if known is not None and known.state.last_ts is not None else time.time()
-                writes.append((hold_key, _HOLD.format(action=action, until=until).encode(), max(self.ttl, math.ceil(until - now))))
+                pending.append((hold_key, _HOLD.format(action=action, until=until).encode(), max(self.ttl, math.ceil(until - now))))
             self.runner.round_trips += 1
-            if len(writes) == 1:
-                self.client.set(*writes[0][:2], ex=writes[0][2])
+            if len(pending) == 1:
+                self.client.set(*pending[0][:2], ex=pending[0][2])
             else:
                 pipe = self.client.pipeline(transaction=False) if not self.cluster else self.client.pipeline()
-                for hold_key, value, ex in writes:
+                for hold_key, value, ex in pending:
                     pipe.set(hold_key, value, ex=ex)
                 pipe.execute()
         except REDIS_ERRORS as exc:
             raise self._fail(exc) from exc
-        for hold_key, value, _ in writes:
+        for hold_key, value, _ in pending:
             if hold_key in self._holds:
                 self._holds[hold_key] = value
 

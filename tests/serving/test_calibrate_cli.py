@@ -11,6 +11,7 @@ import pytest
 
 from moat.cli import main
 from moat.models.bundle import DEFAULT_BUNDLE, load_bundle, sha256_file
+from moat.models.bundle_source import resolve_registry_uri
 from moat.models.traces import iter_raw
 
 # With 5% of the accounts replaced by attackers, the action threshold moves by at most this
@@ -83,10 +84,12 @@ def test_registers_the_bundle_when_a_tracking_uri_is_given(populations, tmp_path
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    caller = [os.environ.get(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")]
     rc, out = _calibrate(tmp_path, populations[0], extra=("--tracking-uri", uri))
     assert rc == 0
-    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # the caller's MLflow logging stays where it was
+    # The caller's own MLflow logging stays where it was: no tracking URI or experiment set under it.
+    assert [os.environ.get(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")] == caller
+    assert load_bundle(resolve_registry_uri("models:/moat-risk/1", uri))[0].thresholds == load_bundle(out)[0].thresholds
     assert "registered as models:/moat-risk/1" in capsys.readouterr().err
     mv = MlflowClient(tracking_uri=uri).get_model_version("moat-risk", "1")
     assert mv.tags["calibrated_from"] == load_bundle(DEFAULT_BUNDLE)[0].model_version
