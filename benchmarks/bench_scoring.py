@@ -138,6 +138,42 @@ def stage_split(trace: Path, limit: int) -> dict[str, float]:
     return out
 
 
+def mirror_layouts(trace: Path, limit: int, block: int = 500) -> None:
+    """The memory store with mirrors kept once against every scope in a state of its own
+    (`MemoryStore(share_mirrors=...)`), in one process taking turns: featurisation a block at a
+    time (process CPU), then `Scorer.score` request by request. The two see one text-sketch
+    cache, so each block and request alternates which goes first."""
+    from moat.models.featurizer import Featurizer
+    from moat.models.memory_store import MemoryStore
+    from moat.models.traces import iter_lines
+
+    events = [Event.model_validate_json(x) for x in itertools.islice(iter_lines(trace), limit)]
+    layouts = (True, False)
+    featurizers = {on: Featurizer(MemoryStore(share_mirrors=on)) for on in layouts}
+    cpu = {on: 0 for on in layouts}
+    ratios = []
+    for k, a in enumerate(range(0, len(events), block)):
+        spent = {}
+        for on in layouts if k % 2 else layouts[::-1]:
+            t0 = time.process_time_ns()
+            for e in events[a : a + block]:
+                featurizers[on].step(e)
+            spent[on] = time.process_time_ns() - t0
+            cpu[on] += spent[on]
+        ratios.append(spent[True] / spent[False])
+    n = len(events)
+    print(f"  featurise, mirrors kept once against separate states, blocks of {block} taking turns: {cpu[True] / n / 1e3:.0f} against {cpu[False] / n / 1e3:.0f} us per event ({cpu[True] / cpu[False]:.2f}x, median block {statistics.median(ratios):.2f}x)")
+    scorers = {on: Scorer(ServingSettings(time_source="caller"), store=MemoryStore(share_mirrors=on)) for on in layouts}
+    lat: dict[bool, list[float]] = {on: [] for on in layouts}
+    for i, e in enumerate(events[:5000]):
+        for on in layouts if i % 2 else layouts[::-1]:
+            t0 = time.perf_counter_ns()
+            scorers[on].score(e)
+            lat[on].append((time.perf_counter_ns() - t0) / 1e3)
+    (s50, s99), (p50, p99) = ((statistics.median(lat[on][200:]), float(np.percentile(lat[on][200:], 99))) for on in layouts)
+    print(f"  Scorer.score, the same two layouts request by request in turn (first 5,000 events): p50 {s50:.0f} against {p50:.0f} us ({s50 / p50:.2f}x), p99 {s99:.0f} against {p99:.0f} us")
+
+
 def replay_blocks_child() -> None:
     """Run by `interleaved_cpu` in each tree's environment: a one-process replay of dev-spread
     (as `moat replay` scores valid events: the stream, then each score's JSON), advanced one
@@ -226,6 +262,7 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
     if env is not None:
         got = subprocess.run([sys.executable, __file__, "--stage-split-only"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout
         print("  the same stages on base, run next: " + ", ".join(_stage(k, v) for k, v in json.loads(got).items()))
+    mirror_layouts(DEV_SPREAD, 20000)
 
 
 def main() -> None:
