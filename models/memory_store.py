@@ -41,10 +41,11 @@ class MemoryStore(StateStore):
     Mirrors are kept once (`visit`): a key or address block first seen in the same request as a
     new account holds exactly the account's requests for as long as only that account uses it
     and the account uses only it, so it shares the account's state instead of a copy (on
-    dev-spread most address blocks and many keys; a third of the memory and of the featurising
-    per request). The first request that breaks the mirror (another account on the scope, or the
-    account without it) gives the scope its own copy of the history so far, with its own scope
-    flag: every window is what separate states would give. Each scope is still an entry of its
+    dev-spread most address blocks and many keys: a third to a half less memory per account, a
+    tenth less featurising). The first request that breaks the mirror (another account on the
+    scope, the account without it, or an eviction or expiry that parts them) gives the scope its
+    own copy of the history so far, with its own scope flag: every window is what separate
+    states would give. Each scope is still an entry of its
     own for the bounds, the TTL and its hold. The store's clock is read once per request (with
     separate states, once per scope): a scope at the exact edge of its TTL expires with its
     request's other scopes."""

@@ -98,9 +98,6 @@ class StateStore(ABC):
         """Record a request's policy holds (hysteresis), each (scope, key, action level, until),
         at once: a shared store writes them in one exchange."""
 
-    def set_hold(self, scope: str, key: str, action: int, until: float) -> None:
-        self.set_holds([(scope, key, action, until)])
-
     @abstractmethod
     def get_holds(self, scopes: list[tuple[str, str]]) -> list[tuple[int, float]]:
         """The held action level and its expiry for each (scope, key); (0, 0.0) when none."""

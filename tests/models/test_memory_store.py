@@ -67,7 +67,7 @@ def test_a_scope_expires_a_ttl_after_its_last_request_or_its_hold(case: str, idl
     store = MemoryStore(ttl_s=60, clock=clock)
     _touch(store, "acct")
     if hold_s:
-        store.set_hold("account", "acct", 3, 1000.0 + hold_s)
+        store.set_holds([("account", "acct", 3, 1000.0 + hold_s)])
     clock.t = idle_s
     assert (_state(store, "acct").total == 0) is fresh
 
@@ -198,7 +198,7 @@ def test_a_mirror_expires_on_its_own_hold_not_its_accounts() -> None:
     for f, st, clock in zip(featurizers, stores, clocks):
         f.step(events[0])
         f.step(events[1])
-        st.set_hold("api_key", "k", 3, events[1].ts + 900)
+        st.set_holds([("api_key", "k", 3, events[1].ts + 900)])
         assert st.get_holds([("account", "a"), ("api_key", "k")]) == [(0, 0.0), (3, events[1].ts + 900)]
         clock.t = 120.0  # past the TTL: the account starts over, the held key does not
         windows.append([(w.scope, w.feats.tobytes()) for w in f.step(events[2]).windows])

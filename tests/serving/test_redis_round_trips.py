@@ -80,10 +80,10 @@ def test_a_hold_read_costs_no_round_trip_and_sees_this_replicas_own_writes(redis
     keys = s.scope_keys()
     n = a.round_trips
     assert a.get_holds(keys) == [(0, 0.0)] * len(keys)
-    a.set_hold("account", "acct", 3, s.ts + 900)
+    a.set_holds([("account", "acct", 3, s.ts + 900)])
     assert a.get_holds(keys)[0] == (3, s.ts + 900)
     assert a.round_trips == n + 1  # the hold write; both reads came with the visit
-    b.set_hold("account", "acct", 2, s.ts + 5000)  # another replica's hold, seen on the next visit
+    b.set_holds([("account", "acct", 2, s.ts + 5000)])  # another replica's hold, seen on the next visit
     visit(a, request(1))
     assert a.get_holds(keys)[0] == (2, s.ts + 5000)
 

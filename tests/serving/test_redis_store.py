@@ -285,7 +285,7 @@ def test_a_value_that_does_not_authenticate_or_decode_is_a_fresh_scope_with_a_wa
 @pytest.mark.parametrize("value", [b"garbage", b"2:", b":5.0", b"\xff\xfe:1", b"3:inf", b"3:nan"])
 def test_a_malformed_hold_reads_as_no_hold(redis_url: str, value: bytes, caplog) -> None:
     store = RedisStore(redis_url)
-    store.set_hold("account", "good", 3, 2000.0)
+    store.set_holds([("account", "good", 3, 2000.0)])
     store.client.set(store.redis_key("h", "account", "bad"), value)
     with caplog.at_level(logging.WARNING, logger=redis_store.__name__):
         assert store.get_holds([("account", "bad"), ("account", "good")]) == [(0, 0.0), (3, 2000.0)]
@@ -321,7 +321,7 @@ def test_a_hold_key_lives_as_long_as_the_scope_ttl_or_the_hold(redis_url: str, c
     cool-down ended early. It now expires at whichever is later."""
     store = RedisStore(redis_url, ttl_s=ttl)
     _push(store, 0)  # the scope's last request is at ts 1000
-    store.set_hold("account", "acct", 3, 1000.0 + left)
+    store.set_holds([("account", "acct", 3, 1000.0 + left)])
     assert least <= store.client.ttl(store.redis_key("h", "account", "acct")) <= most
     assert RedisStore(redis_url).get_holds([("account", "acct")]) == [(3, 1000.0 + left)]
 
@@ -329,7 +329,7 @@ def test_a_hold_key_lives_as_long_as_the_scope_ttl_or_the_hold(redis_url: str, c
 def test_a_hold_outlives_the_history_it_was_set_on(redis_url: str) -> None:
     store = RedisStore(redis_url, ttl_s=1)
     _push(store, 0)
-    store.set_hold("account", "acct", 3, 1000.0 + 30)
+    store.set_holds([("account", "acct", 3, 1000.0 + 30)])
     time.sleep(1.5)  # the scope's TTL passes
     assert store.client.exists(store.redis_key("s", "account", "acct")) == 0
     assert RedisStore(redis_url).get_holds([("account", "acct")]) == [(3, 1030.0)]
