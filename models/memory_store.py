@@ -130,11 +130,11 @@ class MemoryStore(StateStore):
         """As `StateStore.visit`, keeping mirrors once (see the class) unless `share_mirrors` is
         off: the caller's function gets None for a scope that shares the account's state (see
         `Begin`)."""
+        if not self.share_mirrors:
+            return super().visit(v, begin)
         campaign = self.campaign(v.template, v.account, v.ts)
         cohort = self.cohort(v.client_fp, v.account, v.ts)
         apply = begin(campaign, cohort)
-        if not self.share_mirrors:
-            return campaign, cohort, [self.update(scope, key, v.ts, lambda state, scope=scope, key=key: apply(scope, key, state)) for scope, key in v.scopes]
         first, rest = v.scopes[0], v.scopes[1:]
         now = self.clock()
         result, account, fresh = self._update(first, v.ts, lambda state: apply(*first, state), now, staying=rest)

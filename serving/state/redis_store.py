@@ -265,13 +265,10 @@ class RedisStore(StateStore):
                 now = known.state.last_ts if known is not None and known.state.last_ts is not None else time.time()
                 pending.append((hold_key, _HOLD.format(action=action, until=until).encode(), max(self.ttl, math.ceil(until - now))))
             self.runner.round_trips += 1
-            if len(pending) == 1:
-                self.client.set(*pending[0][:2], ex=pending[0][2])
-            else:
-                pipe = self.client.pipeline(transaction=False) if not self.cluster else self.client.pipeline()
-                for hold_key, value, ex in pending:
-                    pipe.set(hold_key, value, ex=ex)
-                pipe.execute()
+            pipe = self.client.pipeline(transaction=False) if not self.cluster else self.client.pipeline()
+            for hold_key, value, ex in pending:
+                pipe.set(hold_key, value, ex=ex)
+            pipe.execute()
         except REDIS_ERRORS as exc:
             raise self._fail(exc) from exc
         for hold_key, value, _ in pending:
