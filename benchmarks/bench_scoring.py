@@ -174,6 +174,42 @@ def mirror_layouts(trace: Path, limit: int, block: int = 500) -> None:
     print(f"  Scorer.score, the same two layouts request by request in turn (first 5,000 events): p50 {s50:.0f} against {p50:.0f} us ({s50 / p50:.2f}x), p99 {s99:.0f} against {p99:.0f} us")
 
 
+def gate_hints(trace: Path, limit: int) -> None:
+    """`Scorer.score` with the live path's gate hints against without (serving/gate_hints.py), in
+    one process, request by request in turn: latency, network calls per request, how the guesses
+    went, and whether any answer differs."""
+    from moat.models.traces import iter_lines
+
+    events = [Event.model_validate_json(x) for x in itertools.islice(iter_lines(trace), limit)]
+    scorers = {on: Scorer(ServingSettings(time_source="caller")) for on in (True, False)}
+    scorers[False].gate_hints = None
+    calls = dict.fromkeys(scorers, 0)
+    for on, sc in scorers.items():
+        run = sc._run
+
+        def counted(batch, run=run, on=on):  # noqa: ANN001, ANN202
+            calls[on] += 1
+            return run(batch)
+
+        sc._run = counted
+    lat: dict[bool, list[float]] = {on: [] for on in scorers}
+    differ = 0
+    for i, e in enumerate(events):
+        got = {}
+        for on in (True, False) if i % 2 else (False, True):
+            t0 = time.perf_counter_ns()
+            got[on] = scorers[on].score(e)
+            lat[on].append((time.perf_counter_ns() - t0) / 1e3)
+        differ += got[True] != got[False]
+    hints = scorers[True].gate_hints
+    assert hints is not None
+    dependent = hints.hits + hints.missed
+    q = {on: [float(np.percentile(lat[on][500:], p)) for p in (50, 90, 99)] for on in scorers}
+    print(f"  gate hints, Scorer.score with against without, request by request in turn (first {len(events):,} events): network calls per request {calls[True] / len(events):.2f} against {calls[False] / len(events):.2f}; "
+          f"p50 {q[True][0]:.0f} against {q[False][0]:.0f} us ({q[True][0] / q[False][0]:.2f}x), p90 {q[True][1]:.0f} against {q[False][1]:.0f} ({q[True][1] / q[False][1]:.2f}x), p99 {q[True][2]:.0f} against {q[False][2]:.0f} ({q[True][2] / q[False][2]:.2f}x); "
+          f"needed dependent windows guessed {hints.hits / max(dependent, 1):.1%}, windows sent for nothing {hints.wasted} of {hints.hits + hints.wasted}; answers that differ: {differ}")
+
+
 def replay_blocks_child() -> None:
     """Run by `interleaved_cpu` in each tree's environment: a one-process replay of dev-spread
     (as `moat replay` scores valid events: the stream, then each score's JSON), advanced one
@@ -263,6 +299,7 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
         got = subprocess.run([sys.executable, __file__, "--stage-split-only"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout
         print("  the same stages on base, run next: " + ", ".join(_stage(k, v) for k, v in json.loads(got).items()))
     mirror_layouts(DEV_SPREAD, 20000)
+    gate_hints(DEV_SPREAD, 8000)
 
 
 def main() -> None:

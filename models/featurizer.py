@@ -20,6 +20,14 @@ from moat.models.summary import Summary, summarize
 MIXED_SCOPES = frozenset({"ip_prefix"})
 
 
+def is_dependent(scope: str, total: int, account_total: int | None) -> bool:
+    """Whether a scope's window is evidence about a cohort rather than about the account: an
+    address block always; a key with fewer requests than the account carries only part of its
+    traffic, one with more carries other accounts' too. `account_total` None: the account
+    scope itself, which never is."""
+    return scope in MIXED_SCOPES or (account_total is not None and total != account_total)
+
+
 # ScopeWindow and Step are named tuples: three windows and a step per request, where a frozen
 # dataclass's __init__ cost about 2 us each.
 class ScopeWindow(NamedTuple):
@@ -85,8 +93,7 @@ class Featurizer:
                 fp = fingerprint(state)
                 vec = rescope(account.vec, scope) if account is not None and fp == account.fp else relational(state, s, crowd, scope, fp[4])
                 feats, tokens = push(state, s, vec)
-                # Fewer requests than the account: the scope carries only part of its traffic.
-                out = ScopeWindow(scope, key, feats, tokens, scope in MIXED_SCOPES or (account is not None and state.total < account.state.total))
+                out = ScopeWindow(scope, key, feats, tokens, is_dependent(scope, state.total, None if account is None else account.state.total))
                 if account is None:
                     account = _Account(fp, vec, state, out)
                 return out

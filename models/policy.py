@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
 from moat.models.bundle import Thresholds
 
 ACTIONS = ("allow", "throttle", "perturb", "block")
@@ -14,6 +12,7 @@ HOLD_FROM = 2  # perturb and block are held for the cool-down; throttle is not
 # parties: it is evidence about a place or a cohort, not about the person, so on its own it may
 # slow or degrade an account that already looks wrong, and never cut it off.
 DEPENDENT_MAX_LEVEL = 2
+RISK_DECIMALS = 6  # the precision of a reported risk (Score.risk)
 
 
 def combined_risk(own: float, dependent: float, corroboration: float, ceiling: float = 1.0) -> float:
@@ -70,8 +69,9 @@ class Policy:
         self.cooldown_s = cooldown_s
         self.shadow = shadow
         self.corroboration = max(corroboration, thresholds.throttle)
-        # The highest risk a dependent scope can report: just below the block threshold.
-        self.dependent_ceiling = float(np.nextafter(thresholds.block, 0.0))
+        # The highest risk a dependent scope can report: below the block threshold by one unit
+        # of a reported risk, so that rounding cannot report a perturb as the block threshold.
+        self.dependent_ceiling = max(thresholds.block - 10.0**-RISK_DECIMALS, 0.0)
 
     def level(self, risk: float) -> int:
         t = self.t
@@ -87,11 +87,15 @@ class Policy:
             cap = DEPENDENT_MAX_LEVEL if s.dependent else len(ACTIONS) - 1
             lvl = max(min(self.level(s.risk), cap), 0 if s.dependent else s.floor)
             held = min(s.hold_action, cap) if s.hold_until > ts else 0
-            if lvl >= HOLD_FROM:
-                # (Re)start the hold: a scope at perturb or block stays there for the cool-down,
-                # so a few benign-looking requests cannot flip it back to allow.
-                if lvl > held or ts + self.cooldown_s > s.hold_until:
-                    holds.append((s.scope, s.key, max(lvl, held), ts + self.cooldown_s))
+            if lvl >= HOLD_FROM and lvl >= held:
+                # (Re)start the hold: a scope at perturb or block stays at least there for the
+                # cool-down, so a few benign-looking requests cannot flip it back to allow. A
+                # request below a running hold's level leaves that hold to run out: re-arming it
+                # kept a scope blocked for as long as its traffic merely perturbed. A hold never
+                # ends earlier than one already running (a request stamped a little earlier).
+                until = max(ts + self.cooldown_s, s.hold_until)
+                if lvl > held or until > s.hold_until:
+                    holds.append((s.scope, s.key, lvl, until))
             lvl = max(lvl, held)
             cand = (lvl, s.risk, s)
             if best is None or cand[:2] > best[:2]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -75,7 +76,10 @@ def account_own_risk(bundle: Path, traffic: list[Path], progress: bool) -> tuple
         n = 0
         with tqdm(desc=f"scoring {path.name}", unit="ev", disable=not progress) as bar:
             for event, risk in scorer.own_risk_stream(iter_events(path)):
-                best[event.account_id] = max(best.get(event.account_id, 0.0), risk)
+                # max() keeps whichever side it met first when one is NaN; a faulty network's
+                # NaN must stay, so that `run` sees and says it.
+                prev = best.get(event.account_id, 0.0)
+                best[event.account_id] = math.nan if math.isnan(risk) or math.isnan(prev) else max(prev, risk)
                 n += 1
                 bar.update()
         counts.append(n)
@@ -158,6 +162,12 @@ def run(args: argparse.Namespace) -> int:
         # own (a tenant's many accounts) that only a person can tell apart.
         print(f"moat calibrate: warning: these thresholds would act on {choice.ever_acted:.1%} of the accounts ({choice.cluster} in a separated top cluster, "
               f"{choice.trimmed - choice.cluster} outside the fence), above the {targets.action:.1%} target: review them in shadow mode before enforcing", file=sys.stderr)
+    blocked = round(choice.ever_blocked * choice.accounts)
+    if choice.ever_blocked > 2 * targets.block and blocked > 1:
+        # The trimmed tail is left above the block threshold: a few attackers, or a heavy tail
+        # of benign accounts, and blocking is the action a false positive costs most.
+        print(f"moat calibrate: warning: these thresholds would block {choice.ever_blocked:.2%} of the accounts ({blocked}), above the {targets.block:.2%} target: "
+              "review them in shadow mode before enforcing", file=sys.stderr)
     registered = register_bundle(args.out, args.tracking_uri, tags={"calibrated_from": meta.model_version})
     if registered:
         print(f"moat calibrate: registered as {registered}", file=sys.stderr)

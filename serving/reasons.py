@@ -33,7 +33,10 @@ class Cond:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", INDEX[self.feature])
-        object.__setattr__(self, "_bound", SPEC[self.feature].scale(self.raw))
+        # The rules read the stored vector (float16, from float32), so the bound is rounded the
+        # same way: a raw value exactly at the bound (4 logprob requests of 5: 0.8) then holds.
+        # In float64, six bounds sat just above their own stored value and missed it.
+        object.__setattr__(self, "_bound", float(np.float16(np.float32(SPEC[self.feature].scale(self.raw)))))
         object.__setattr__(self, "_test", _OPS[self.op])
 
     def holds(self, vec: np.ndarray | list[float]) -> bool:

@@ -104,7 +104,7 @@ def replay(scorer: "Scorer", raws: Iterable[str | dict], emit: Callable[[dict], 
 def run(args: argparse.Namespace) -> int:
     from moat.models.bundle import BundleError
     from moat.serving.replay_workers import MAX_WORKER_CHUNK
-    from moat.serving.scorer import Scorer
+    from moat.serving.scorer import ModelFault, Scorer
 
     logging.basicConfig(level=logging.WARNING)
     overrides = {"state": "memory", **({"model": args.model} if args.model else {}), **({"mode": "shadow"} if args.shadow else {})}
@@ -121,8 +121,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"moat replay: error: --workers needs MOAT_REPLAY_CHUNK <= {MAX_WORKER_CHUNK} (got {scorer.settings.replay_chunk}); use one process for larger network batches", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    with TraceWriter(args.output) as out:
-        n, bad = replay(scorer, iter_lines(args.trace), out.write, progress=not args.no_progress, workers=args.workers)
+    try:
+        with TraceWriter(args.output) as out:
+            n, bad = replay(scorer, iter_lines(args.trace), out.write, progress=not args.no_progress, workers=args.workers)
+    except ModelFault as exc:
+        print(f"moat replay: error: {exc}", file=sys.stderr)
+        return 2
     dt = time.perf_counter() - t0
     print(f"scored {n} events ({bad} invalid) in {dt:.1f} s: {n / max(dt, 1e-9):.0f} events/s -> {args.output}", file=sys.stderr)
     return 0

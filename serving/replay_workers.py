@@ -36,7 +36,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from moat.models.events import Event
-from moat.models.featurizer import MIXED_SCOPES, ScopeWindow, Step
+from moat.models.featurizer import ScopeWindow, Step, is_dependent
 from moat.models.memory_store import MemoryStore
 from moat.models.scope_window import Crowd, push, relational
 from moat.models.summary import Summary, summarize
@@ -271,12 +271,12 @@ class _Featurise:
         stepped = []
         for s, crowd, route in zip(summaries, crowds, routes):
             windows = []
-            account_total = 0
+            account_total: int | None = None
             for scope, key, w, t in route:
                 feats, tokens, total = results[w][t]
-                if not windows:
+                windows.append(ScopeWindow(scope, key, feats, tokens, is_dependent(scope, total, account_total)))
+                if account_total is None:
                     account_total = total  # the account scope comes first
-                windows.append(ScopeWindow(scope, key, feats, tokens, scope in MIXED_SCOPES or total < account_total))
             stepped.append((Step(s, crowd, windows), self.holds))
         return items, stepped
 

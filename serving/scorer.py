@@ -24,8 +24,9 @@ from moat.models.events import Event
 from moat.models.feature_spec import N_FEATURES, N_TOKENS
 from moat.models.featurizer import Featurizer, ScopeWindow, Step
 from moat.models.memory_store import MemoryStore
-from moat.models.policy import Policy, ScopeRisk
+from moat.models.policy import RISK_DECIMALS, Policy, ScopeRisk
 from moat.models.state import StateStore, StoreUnavailable
+from moat.serving.gate_hints import GateHints
 from moat.serving.pack_kernel import pack_kernel
 from moat.serving.reasons import floor_level, reasons
 from moat.serving.settings import ServingSettings
@@ -34,6 +35,11 @@ from moat.serving.state import open_store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ONNX_CHUNK = 256  # scope windows per network call in batched scoring
+
+
+class ModelFault(RuntimeError):
+    """The bundle's network gave a non-finite risk for a window that always counts: a broken
+    model, not a property of the request."""
 
 
 class Score(BaseModel):
@@ -59,6 +65,18 @@ class Batch:
 
     def take(self, rows: np.ndarray) -> "Batch":
         return Batch(self.feats[rows], self.tokens[rows], self.mask[rows], self.last[rows])
+
+    def join(self, other: "Batch") -> "Batch":
+        """Both batches in one, padded at the end to the longer length, as `_pack` pads."""
+        t = max(self.mask.shape[1], other.mask.shape[1])
+
+        def stack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(a) + len(b), t, *a.shape[2:]), dtype=a.dtype)  # np.pad costs 50x this
+            out[: len(a), : a.shape[1]] = a
+            out[len(a) :, : b.shape[1]] = b
+            return out
+
+        return Batch(stack(self.feats, other.feats), stack(self.tokens, other.tokens), stack(self.mask, other.mask), np.concatenate([self.last, other.last]))
 
 
 def _pack(windows: list[ScopeWindow]) -> Batch:
@@ -187,6 +205,9 @@ class Scorer:
         self.local_featurizer = Featurizer(self.local)
         self.temperature = self.meta.calibration.temperature
         self.counters = Counters()
+        # Live calls only (score, score_many): a stream's chunk already shares each network call
+        # among hundreds of windows. None turns the guess off (benchmarks compare both).
+        self.gate_hints: GateHints | None = GateHints()
 
     def _store_options(self) -> dict[str, Any]:
         s = self.settings
@@ -237,18 +258,33 @@ class Scorer:
                     own_ev.append(i)
         return Plan(_pack(own), np.array(own_ev, dtype=np.intp), _pack(dep), np.array(dep_ev, dtype=np.intp), steps, mirrored)
 
-    def _infer(self, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, plan: Plan, hints: GateHints | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated risk of each own window, then of each dependent window whose request's own
         risk corroborates it; the others stay NaN, since the policy would ignore them anyway.
+        With `hints` (the live path), the dependent windows of accounts whose gate opened last
+        time ride in the own windows' call; which windows get a risk does not depend on them.
         Pure numpy around the network calls, so it can run beside featurisation in a thread
         (onnxruntime releases the GIL)."""
-        own = self._run(plan.own)
+        n_dep = len(plan.dependent_event)
+        early = np.zeros(n_dep, dtype=bool)
+        if hints is not None and n_dep:
+            early = np.fromiter((hints.expects_open(plan.steps[i].windows[0].key) for i in plan.dependent_event), dtype=bool, count=n_dep)
+        if early.any():
+            joint = self._run(plan.own.join(plan.dependent.take(early)))
+            own, guessed = joint[: len(plan.own_event)], joint[len(plan.own_event) :]
+        else:
+            own, guessed = self._run(plan.own), np.empty(0)
         own_max = np.zeros(plan.n_events)
         np.maximum.at(own_max, plan.own_event, own)
-        dep = np.full(len(plan.dependent_event), np.nan)
+        dep = np.full(n_dep, np.nan)
         need = own_max[plan.dependent_event] >= self.policy.corroboration
-        if need.any():
-            dep[need] = self._run(plan.dependent.take(need))
+        dep[early & need] = guessed[need[early]]
+        late = need & ~early
+        if late.any():
+            dep[late] = self._run(plan.dependent.take(late))
+        if hints is not None:
+            hints.count(early, need)
+            hints.learn([st.windows[0].key for st in plan.steps], (own_max >= self.policy.corroboration).tolist())
         return own, dep
 
     def _run(self, batch: Batch) -> np.ndarray:
@@ -286,7 +322,7 @@ class Scorer:
         policy event by event (holds are read at policy time, so this equals one at a time)."""
         stepped = [self._step(e) for e in events]
         plan = self._plan([st for st, _ in stepped])
-        risks = self._unplan(plan, self._infer(plan))
+        risks = self._unplan(plan, self._infer(plan, self.gate_hints))
         return [self._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, risks)]
 
     def score_stream(self, events: Iterable[Event | None], chunk: int | None = None, clock: TimeSource | None = None) -> Iterator[Score | None]:
@@ -345,6 +381,10 @@ class Scorer:
                 yield finish(e, st, store, next(risks))
 
     def _decide(self, event: Event, step: Step, store: StateStore, risks: list[float]) -> Score:
+        # Own windows always run (only dependent ones may be skipped, as NaN): a NaN there would
+        # otherwise drop the account's own evidence without a word.
+        if any(math.isnan(r) for w, r in zip(step.windows, risks) if not w.dependent):
+            raise ModelFault(f"request {event.request_id}: the network gave a non-finite risk for an own scope window; check the bundle ({self.model_version})")
         scored = [(w, r) for w, r in zip(step.windows, risks) if not math.isnan(r)]  # NaN: skipped, uncorroborated
         keys = [(w.scope, w.key) for w, _ in scored]
         try:
@@ -367,7 +407,7 @@ class Scorer:
         # Every field is built here from validated values: skip re-validation on the hot path.
         return Score.model_construct(
             request_id=event.request_id,
-            risk=round(min(max(d.risk, 0.0), 1.0), 6),
+            risk=round(min(max(d.risk, 0.0), 1.0), RISK_DECIMALS),
             action=d.action,
             reasons=why,
             model_version=self.model_version,

@@ -82,7 +82,8 @@ def test_a_window_mirrors_the_account_exactly_when_it_holds_the_same_requests(ca
 DEPENDENT = [
     ("single-key account: the key is its own", [ev(i, "a", "k", "10.0.0.1") for i in range(5)], [False, False, True]),
     ("two-key account: each key carries part of it", [ev(i, "a", f"k{i % 2}", "10.0.0.1") for i in range(6)], [False, True, True]),
-    ("a key shared by two accounts carries more than either", [ev(i, f"a{i % 2}", "k", f"10.0.{i % 2}.1") for i in range(6)], [False, False, True]),
+    ("a key shared by two accounts carries more than either", [ev(i, f"a{i % 2}", "k", f"10.0.{i % 2}.1") for i in range(6)], [False, True, True]),
+    ("a newcomer on a key another account used a lot", [ev(i, "a", "k", "10.0.0.1") for i in range(5)] + [ev(5, "b", "k", "10.0.9.1")], [False, True, True]),
     ("no key", [ev(i, "a", None, "10.0.0.1") for i in range(3)], [False, True]),
 ]
 

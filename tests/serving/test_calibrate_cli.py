@@ -138,3 +138,33 @@ def test_non_finite_risks_are_left_out_and_said(populations, tmp_path: Path, cap
         report = json.loads(captured.out)
         assert report["accounts"] == 60 - bad and report["trimmed"] == 0
         assert all(math.isfinite(t) for t in report["thresholds"].values())
+
+
+def test_a_network_that_gives_only_nan_is_refused(populations, tmp_path: Path, capsys, monkeypatch) -> None:
+    """Through the real replay, not a patched account_own_risk: max() with a NaN on one side kept
+    the other, so a NaN never reached the check and the bundle was written."""
+    import numpy as np
+
+    import moat.serving.scorer as scorer
+
+    monkeypatch.setattr(scorer, "calibrated_risk", lambda logits, t: np.full(len(logits), np.nan))
+    rc, out = _calibrate(tmp_path, populations[0])
+    assert rc == 2 and "error: no account has a finite risk" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# (case, extra accounts far above a uniform benign population of 1,000, whether the blocked share
+# is warned about): the fence trims them, so the thresholds leave them above block.
+TAILS = [("no tail", 0, False), ("one account: within the target's rounding", 1, False), ("eight accounts: 0.8% blocked", 8, True)]
+
+
+@pytest.mark.parametrize("case, tail, warned", TAILS, ids=[c[0] for c in TAILS])
+def test_a_blocked_share_above_its_target_is_said(populations, tmp_path: Path, capsys, monkeypatch, case: str, tail: int, warned: bool) -> None:
+    import moat.serving.calibrate_cli as cli
+
+    risks = {f"b{i}": 0.0005 * i for i in range(1000)} | {f"t{i}": 0.999 for i in range(tail)}
+    monkeypatch.setattr(cli, "account_own_risk", lambda *a, **k: (risks, [len(risks)]))
+    rc, _ = _calibrate(tmp_path, populations[0])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert ("warning: these thresholds would block" in err) == warned, err

@@ -270,3 +270,46 @@ PROBES = [
 def test_shipped_model_acts_on_hand_written_logit_probes(case: str, kwargs: dict) -> None:
     first = _probe(**kwargs)
     assert first is not None and first < 50, f"{case}: first acted on at request {first}"
+
+
+# (case, the newcomer's key): an attacker blocked on one key, then a newcomer's first plain
+# request, through that key or a key of its own, from another address block.
+NEWCOMER_KEYS = [("through the abused key", "key_shared"), ("through its own key", "key_new")]
+
+
+@pytest.mark.parametrize("case, key", NEWCOMER_KEYS, ids=[c[0] for c in NEWCOMER_KEYS])
+def test_a_key_another_account_abused_never_blocks_a_newcomer(case: str, key: str) -> None:
+    """A key shared by several accounts is evidence about a cohort: it may escalate an account
+    whose own traffic corroborates it, never act on a plain first request by itself. (Block
+    lowered so that the shipped model blocks the probe: its risk settles near 0.98.)"""
+    sc = Scorer(ServingSettings(time_source="caller", perturb_threshold=0.95, block_threshold=0.97))
+    t = 1764500042.0
+    attacker = []
+    for i in range(120):
+        t += 1.0
+        attacker.append(sc.score(Event.model_validate({
+            "request_id": f"p{i}", "ts": t, "account_id": "acct_probe", "api_key_id": "key_shared", "client_ip": "203.0.113.9",
+            "prompt": "Translate to French: the invoice is overdue", "params": {"max_tokens": 1, "logprobs": True, "temperature": 0, "logit_bias": {str(1000 + i): 100}},
+        })))
+    assert attacker[-1].action == "block", "the setup must block the attacker"
+    s = sc.score(Event.model_validate({
+        "request_id": "n1", "ts": t + 5.0, "account_id": "acct_new", "api_key_id": key, "client_ip": "198.51.100.7",
+        "messages": [{"role": "user", "content": "What's a good recipe for banana bread?"}], "params": {"temperature": 0.7},
+    }))
+    assert (s.action, s.scope) == ("allow", "account"), case
+
+
+@pytest.mark.parametrize("entry", ["Scorer.score", "moat replay"])
+def test_a_network_that_gives_nan_is_a_model_fault(entry: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A clear error naming the request (the service fails open on it; replay stops), not an
+    assertion deep in the policy."""
+    import moat.serving.scorer as scorer
+    from moat.cli import main
+
+    monkeypatch.setattr(scorer, "calibrated_risk", lambda logits, t: np.full(len(logits), np.nan))
+    if entry == "Scorer.score":
+        with pytest.raises(scorer.ModelFault, match="request r1: the network gave a non-finite risk"):
+            Scorer(ServingSettings(time_source="caller")).score(ev(1, 10.0))
+    else:
+        assert main(["replay", str(CONTRACT / "example_trace.jsonl"), "-o", str(tmp_path / "s.jsonl"), "--no-progress"]) == 2
+        assert "moat replay: error: request r1: the network gave a non-finite risk" in capsys.readouterr().err

@@ -61,10 +61,10 @@ def _logit(p: float) -> float:
 
 
 # (case, scopes, dependent rows, per-row risk, event rows, expected event risks): the risk the
-# serving policy acts on with thresholds T (gate 0.5, ceiling just below 0.95), so an
+# serving policy acts on with thresholds T (gate 0.5, ceiling one reported unit below 0.95), so an
 # uncorroborated dependent window must not count and a corroborated one stays below block.
 T = Thresholds(throttle=0.5, perturb=0.8, block=0.95)
-BELOW_BLOCK = float(np.nextafter(0.95, 0.0))
+BELOW_BLOCK = 0.95 - 1e-6
 EVENT_CASES = [
     ("own scopes: plain max", ["account", "api_key"], [False, False], [0.2, 0.4], [[0, 1]], [0.4]),
     ("uncorroborated address block left out", ["account", "ip_prefix"], [False, True], [0.2, 0.95], [[0, 1]], [0.2]),
