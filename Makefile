@@ -51,7 +51,8 @@ eval-external: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_generate.py
 	$(BIN)/python benchmarks/bench_scoring.py
-	$(BIN)/python benchmarks/bench_state_memory.py
+	$(BIN)/python benchmarks/bench_state_memory.py --separate
+	$(BIN)/python benchmarks/bench_redis.py
 	$(BIN)/python benchmarks/bench_http.py
 
 # Build the service's bento into the BentoML store ($BENTOML_HOME, default ~/bentoml): the project
