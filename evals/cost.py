@@ -10,7 +10,10 @@ attacker. The parameters are settings (MOAT_COST_* environment variables).
 - `allow` gives a clean answer. `throttle` gives a clean answer late: it costs
   `throttle_penalty` extra queries' worth (retries under 429s, idle workers). `perturb` gives a
   degraded answer worth nothing to a copier. `block` gives nothing.
-- An account that reaches `block` is burned: continuing needs a new one at `account_cost`.
+- Each account the trace uses costs `account_cost`, with Moat or without. An open-loop attacker
+  keeps sending on an account Moat blocks (the trace goes on as recorded), so a block costs it
+  the answers, not a new account: charging for a replacement account that never sends a
+  request would count the same block twice.
 - Without Moat the provider's own fixed limit still applies: requests beyond
   `rate_limit_per_min` per account-minute are refused (they count as sent, not as answers).
 """
@@ -39,7 +42,6 @@ class AttackOutcome:
     perturbed: int = 0
     blocked: int = 0
     accounts: int = 0
-    burned_accounts: int = 0
     rate_limited: int = 0  # refused by the fixed limit in the no-Moat world
 
     def add(self, other: "AttackOutcome") -> None:
@@ -54,7 +56,7 @@ def cost_without_moat(o: AttackOutcome, m: CostModel) -> tuple[float, float]:
 
 
 def cost_with_moat(o: AttackOutcome, m: CostModel) -> tuple[float, float]:
-    cost = o.sent * m.price_per_query + (o.accounts + o.burned_accounts) * m.account_cost + o.throttled * m.throttle_penalty * m.price_per_query
+    cost = o.sent * m.price_per_query + o.accounts * m.account_cost + o.throttled * m.throttle_penalty * m.price_per_query
     return cost, float(o.allowed + o.throttled)
 
 

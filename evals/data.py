@@ -46,14 +46,19 @@ class EvalData:
     def from_trace(cls, path: str | Path, progress: bool = False, limit: int | None = None) -> "EvalData":
         seqs = featurize_trace(path, progress=progress, limit=limit)
         sims, chars, ts = [], [], []
+        unlabelled = 0
         for i, raw in enumerate(iter_raw(path)):
             if limit is not None and i >= limit:
                 break
+            unlabelled += "label" not in raw
             ev = Event.model_validate(raw)
             s = summarize(ev)
             sims.append(s.simhash)
             ts.append(s.ts)
             chars.append(char_trigrams(newest_text(ev)[0][:TEXT_LIMIT]))
+        if unlabelled:
+            # Read as benign, an unlabelled trace evaluated to "no attack accounts" without a word.
+            raise ValueError(f"{path}: {unlabelled} of {len(ts)} events have no `label`; evaluation needs a labelled trace (an operator's unlabelled traffic goes to `moat calibrate`)")
         account_rows = np.array([rows[0] for rows in seqs.event_rows], dtype=np.int64)  # scope 0 is the account
         session = seqs.feats[account_rows].astype(np.float32)
         return cls(

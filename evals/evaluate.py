@@ -4,6 +4,7 @@ then measure all of them at the level of the account."""
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from moat.evals.baselines import BASELINES, Baseline
 from moat.evals.cost import AttackOutcome, CostModel, cost_multiplier
 from moat.evals.data import EvalData
 from moat.models.events import Event
-from moat.models.metrics import auroc, percentile, pr_auc, roc_curve, tpr_at_fpr
+from moat.models.metrics import auroc, pr_auc, roc_curve, tpr_at_fpr
 from moat.models.policy import ACTIONS
 from moat.models.traces import iter_raw
 from moat.serving.settings import ServingSettings
@@ -63,10 +64,17 @@ class Accounts:
         return out
 
 
+# The learned baselines fit on the training trace's first events only: on `make eval`'s train
+# split, its first 10.5 of 48 hours, every family present. Featurising all of it (980,000
+# events) for them would take longer than the evaluation itself.
+BASELINE_TRAIN_EVENTS = 150_000
+
+
 def moat_run(trace: Path, bundle: Path | None, progress: bool) -> MethodRun:
     from moat.serving.scorer import Scorer
 
-    settings = ServingSettings(state="memory", **({"model": str(bundle)} if bundle else {}))
+    # Enforce mode whatever MOAT_MODE says: in shadow mode every action reads allow.
+    settings = ServingSettings(state="memory", mode="enforce", **({"model": str(bundle)} if bundle else {}))
     scorer = Scorer(settings)
     events = (Event.model_validate(r) for r in iter_raw(trace))
     risks, levels = [], []
@@ -128,8 +136,9 @@ def method_metrics(run: MethodRun, acc: Accounts, data: EvalData, cost: CostMode
             ev = acc.order[a]
             lv_a = run.levels[ev]
             first = np.flatnonzero(lv_a >= 1)
-            if len(first):
-                fam_delays.append(float(first[0]))
+            # An account never acted on counts as never detected: leaving it out let a method
+            # that catches one account in a hundred, at once, report a median of 0.
+            fam_delays.append(float(first[0]) if len(first) else math.inf)
             outcome.add(_outcome(lv_a, data.ts[ev], cost))
         delays.extend(fam_delays)
         fam_outcomes[f] = outcome
@@ -140,7 +149,7 @@ def method_metrics(run: MethodRun, acc: Accounts, data: EvalData, cost: CostMode
             "acted_on": float((lv >= 1).mean()),
             "auroc": auroc(fam_y, fam_s),
             "tpr_at_1pct_fpr": tpr_at_fpr(fam_y, fam_s, 0.01),
-            "median_queries_to_detection": percentile(fam_delays, 50),
+            "median_queries_to_detection": delay_percentile(fam_delays, 50),
             "clean_yield": outcome.allowed / max(outcome.sent, 1),
             "cost_multiplier": cost_multiplier(outcome, cost),
         }
@@ -150,11 +159,18 @@ def method_metrics(run: MethodRun, acc: Accounts, data: EvalData, cost: CostMode
     m.update(
         per_persona=per_persona,
         per_family=per_family,
-        queries_to_detection={"median": percentile(delays, 50), "p90": percentile(delays, 90), "detected_accounts": len(delays), "attack_accounts": int(attack.sum())},
+        queries_to_detection={"median": delay_percentile(delays, 50), "p90": delay_percentile(delays, 90), "detected_accounts": sum(math.isfinite(d) for d in delays), "attack_accounts": int(attack.sum())},
         clean_yield=total.allowed / max(total.sent, 1),
         cost_multiplier=cost_multiplier(total, cost),
     )
     return m
+
+
+def delay_percentile(delays: list[float], q: float) -> float:
+    """A percentile of queries to detection over every attack account, inf for one never acted
+    on; the empirical quantile (an observed value: no interpolation towards inf). NaN without
+    accounts."""
+    return float(np.percentile(delays, q, method="inverted_cdf")) if delays else math.nan
 
 
 def _outcome(levels: np.ndarray, ts: np.ndarray, cost: CostModel) -> AttackOutcome:
@@ -162,7 +178,6 @@ def _outcome(levels: np.ndarray, ts: np.ndarray, cost: CostModel) -> AttackOutco
     o = AttackOutcome(sent=len(levels), accounts=1)
     counts = np.bincount(levels.astype(np.int64), minlength=4)
     o.allowed, o.throttled, o.perturbed, o.blocked = (int(c) for c in counts[:4])
-    o.burned_accounts = int(counts[3] > 0)
     minutes = np.floor(ts / 60.0).astype(np.int64)
     per_min = np.unique(minutes, return_counts=True)[1]
     o.rate_limited = int(np.clip(per_min - cost.rate_limit_per_min, 0, None).sum())
@@ -175,8 +190,8 @@ def roc_points(run: MethodRun, acc: Accounts) -> tuple[np.ndarray, np.ndarray]:
 
 
 def evaluate(trace: Path, bundle: Path | None, baselines: list[str], train_trace: Path | None, cost: CostModel, progress: bool = True) -> tuple[dict[str, Any], list[MethodRun], Accounts, EvalData]:
+    data = EvalData.from_trace(trace, progress=progress)  # first: it refuses an unlabelled trace
     runs = [moat_run(trace, bundle, progress)]
-    data = EvalData.from_trace(trace, progress=progress)
     acc = Accounts.build(data)
     train = None
     for name in tqdm(baselines, desc="baselines", disable=not progress):
@@ -185,7 +200,7 @@ def evaluate(trace: Path, bundle: Path | None, baselines: list[str], train_trace
             if train is None:
                 if train_trace is None:
                     raise ValueError(f"baseline {name} needs a training trace: pass --train-traces")
-                train = EvalData.from_trace(train_trace, progress=progress, limit=150_000)
+                train = EvalData.from_trace(train_trace, progress=progress, limit=BASELINE_TRAIN_EVENTS)
             b.fit(train)
         runs.append(baseline_run(b, data, acc))
     metrics = {

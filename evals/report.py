@@ -14,14 +14,17 @@ def _f(x: float, pct: bool = False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
     if isinstance(x, float) and math.isinf(x):
-        return "∞"
+        return "∞"  # a cost multiplier with no clean answer left; queries to detection: never
     return f"{100 * x:.1f}%" if pct else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
 def targets(metrics: dict[str, Any]) -> list[tuple[str, bool, str]]:
     m = metrics["methods"][MOAT]
     others = {k: v for k, v in metrics["methods"].items() if k != MOAT}
-    hard = {p: v["throttled"] for p, v in m["per_persona"].items() if p in HARD_NEGATIVES}
+    listed = {p: v["throttled"] for p, v in m["per_persona"].items() if p in HARD_NEGATIVES}
+    # A trace from another generator names its personas otherwise (`dev-iteration`): there every
+    # benign persona is held to the bar, rather than none of them.
+    hard = listed or {p: v["throttled"] for p, v in m["per_persona"].items()}
     worst_hard = max(hard.items(), key=lambda kv: kv[1]) if hard else ("none", 0.0)
     beats = all(m["auroc"] > o["auroc"] and m["tpr_at_1pct_fpr"] >= o["tpr_at_1pct_fpr"] for o in others.values())
     q = m["queries_to_detection"]["median"]
@@ -29,7 +32,7 @@ def targets(metrics: dict[str, Any]) -> list[tuple[str, bool, str]]:
         ("account AUROC >= 0.98", m["auroc"] >= 0.98, _f(m["auroc"])),
         ("TPR at 1% account FPR >= 0.90", m["tpr_at_1pct_fpr"] >= 0.90, _f(m["tpr_at_1pct_fpr"])),
         ("benign accounts ever blocked <= 0.1%", m["benign_ever_blocked"] <= 0.001, _f(m["benign_ever_blocked"], True)),
-        ("every hard-negative persona ever non-allowed <= 2%", worst_hard[1] <= 0.02, f"worst: {worst_hard[0]} {_f(worst_hard[1], True)}"),
+        (f"every {'hard-negative' if listed else 'benign'} persona ever non-allowed <= 2%", worst_hard[1] <= 0.02, f"worst: {worst_hard[0]} {_f(worst_hard[1], True)}"),
         ("median queries to first non-allow <= 50", not math.isnan(q) and q <= 50, _f(q)),
         ("Moat beats every baseline on AUROC and TPR@1%FPR", beats, ", ".join(f"{k} {_f(v['auroc'])}/{_f(v['tpr_at_1pct_fpr'])}" for k, v in others.items())),
     ]
@@ -56,7 +59,7 @@ def render(metrics: dict[str, Any], lofo: dict[str, Any] | None = None) -> str:
     lines += ["", "Operating points: " + "; ".join(f"{k}: {v['operating_point']}" for k, v in methods.items()), "", "## Targets", "", "| target | met | measured |", "|---|---|---|"]
     for name, ok, value in targets(metrics):
         lines.append(f"| {name} | {'yes' if ok else '**no**'} | {value} |")
-    lines += ["", "## Benign personas (Moat): share of accounts ever acted on", "", "| persona | accounts | throttled | perturbed | blocked |", "|---|---|---|---|---|"]
+    lines += ["", "## Benign personas (Moat): share of accounts ever acted on", "", "| persona | accounts | acted on (throttle or more) | perturbed or blocked | blocked |", "|---|---|---|---|---|"]
     for p, v in m["per_persona"].items():
         lines.append(f"| {p} | {v['accounts']} | {_f(v['throttled'], True)} | {_f(v['perturbed'], True)} | {_f(v['blocked'], True)} |")
     lines += ["", "## Attack families: Moat and baselines", "", "| family | accounts | " + " | ".join(f"{k} AUROC / TPR@1% / acted on" for k in methods) + " |", "|---|---|" + "---|" * len(methods)]

@@ -41,7 +41,11 @@ def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
-    """Highest TPR over thresholds whose FPR does not exceed max_fpr."""
+    """Highest TPR over thresholds whose FPR does not exceed max_fpr; NaN with one class only
+    (without negatives every threshold has FPR 0, which read as a perfect TPR)."""
+    labels = np.asarray(labels)
+    if labels.min(initial=1) == labels.max(initial=0):
+        return float("nan")
     fpr, tpr, _ = roc_curve(labels, scores)
     ok = fpr <= max_fpr + 1e-12
     return float(tpr[ok].max()) if ok.any() else 0.0

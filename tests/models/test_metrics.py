@@ -44,6 +44,12 @@ def test_tpr_at_fpr(max_fpr, expected) -> None:
     assert tpr_at_fpr(y, s, max_fpr) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("labels", [[1, 1], [0, 0]], ids=["no benign accounts", "no attack accounts"])
+def test_tpr_at_fpr_with_one_class_is_undefined(labels: list[int]) -> None:
+    """Without negatives every threshold has FPR 0: a constant score read as a perfect TPR."""
+    assert math.isnan(tpr_at_fpr(np.array(labels), np.array([0.2, 0.3]), 0.01))
+
+
 @pytest.mark.parametrize("flags, expected", [([False, False, True, True], 2), ([True], 0), ([False, False], None), ([], None)])
 def test_queries_to_detection(flags, expected) -> None:
     assert queries_to_detection(flags) == expected
@@ -51,15 +57,17 @@ def test_queries_to_detection(flags, expected) -> None:
 
 def test_cost_model_by_hand() -> None:
     m = CostModel(price_per_query=0.01, account_cost=10.0, throttle_penalty=1.0, rate_limit_per_min=1000)
-    o = AttackOutcome(sent=100, allowed=40, throttled=10, perturbed=20, blocked=30, accounts=1, burned_accounts=1)
+    # The account is blocked after 70 requests and sends its last 30 into the block (open loop):
+    # they cost their price and give nothing; no second account is bought.
+    o = AttackOutcome(sent=100, allowed=40, throttled=10, perturbed=20, blocked=30, accounts=1)
     assert cost_without_moat(o, m) == (100 * 0.01 + 10.0, 100.0)
-    assert cost_with_moat(o, m) == pytest.approx((100 * 0.01 + 2 * 10.0 + 10 * 0.01, 50.0))
-    assert cost_multiplier(o, m) == pytest.approx((21.1 / 50) / (11.0 / 100))
+    assert cost_with_moat(o, m) == pytest.approx((100 * 0.01 + 10.0 + 10 * 0.01, 50.0))
+    assert cost_multiplier(o, m) == pytest.approx((11.1 / 50) / (11.0 / 100))
 
 
 def test_clean_yield_and_no_answers() -> None:
     m = CostModel()
-    none_answered = AttackOutcome(sent=10, blocked=10, accounts=1, burned_accounts=1)
+    none_answered = AttackOutcome(sent=10, blocked=10, accounts=1)
     assert math.isinf(cost_multiplier(none_answered, m))
     untouched = AttackOutcome(sent=10, allowed=10, accounts=1)
     assert cost_multiplier(untouched, m) == pytest.approx(1.0)
