@@ -14,6 +14,10 @@ from moat.models.state import SWEEP_PER_UPDATE, Begin, CampaignSketch, Keyer, St
 from moat.models.summary import Summary
 
 T = TypeVar("T")
+# Holds of scopes pushed out by the `max_scopes` bound, kept until the scope returns. Without
+# them an attacker who makes that many fresh scopes within a cool-down would shed its block with
+# its history. Bounded too (least recently evicted first out): a few MB at most.
+EVICTED_HOLDS = 65_536
 
 
 @dataclass(slots=True)
@@ -71,6 +75,7 @@ class MemoryStore(StateStore):
         self.clock = clock
         self.share_mirrors = share_mirrors
         self.evictions = 0  # scopes dropped by the max_scopes bound
+        self._evicted_holds: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
         self.expired = 0  # scopes freed by the TTL sweep
 
     def _expired(self, entry: _Entry, now: float) -> bool:
@@ -94,7 +99,7 @@ class MemoryStore(StateStore):
             # A fresh scope, and the most recently used: an expired key must not keep its old,
             # first-to-evict position in the LRU order. Its old mirrors keep the old state, unchanged.
             self._scopes.pop(k, None)
-            entry, last = _Entry(clamp_ts(ts), now, ScopeState()), None
+            entry, last = self._revive(k, _Entry(clamp_ts(ts), now, ScopeState())), None
         else:
             self._scopes.move_to_end(k)
             last = entry.last
@@ -116,9 +121,21 @@ class MemoryStore(StateStore):
         entry.touched = now
         self._scopes[k] = entry
         if self.max_scopes is not None and len(self._scopes) > self.max_scopes:
-            self._scopes.popitem(last=False)
+            gone, old = self._scopes.popitem(last=False)
             self.evictions += 1
+            if old.hold_until > old.last:  # held at its last request: maybe still running
+                self._evicted_holds[gone] = (old.hold_action, old.hold_until)
+                if len(self._evicted_holds) > EVICTED_HOLDS:
+                    self._evicted_holds.popitem(last=False)
         self._sweep(now)
+
+    def _revive(self, k: tuple[str, str], entry: _Entry) -> _Entry:
+        """A scope starting fresh gets back the hold it had when the bound evicted it, if any (the
+        policy reads it against the request's time, so one that ran out does nothing)."""
+        held = self._evicted_holds.pop(k, None)
+        if held is not None:
+            entry.hold_action, entry.hold_until = held
+        return entry
 
     @staticmethod
     def _own(k: tuple[str, str], entry: _Entry) -> None:
@@ -147,7 +164,8 @@ class MemoryStore(StateStore):
             elif fresh and not live:
                 # A new scope in a new account's first request: its mirror from the start.
                 self._scopes.pop(k, None)
-                k, entry = (k[0], sys.intern(k[1])), _Entry(account.last, now, account.state, shared=True)
+                k = (k[0], sys.intern(k[1]))
+                entry = self._revive(k, _Entry(account.last, now, account.state, shared=True))
             else:
                 out.append(self._update(k, v.ts, lambda state, k=k: apply(*k, state), now)[0])
                 continue

@@ -215,3 +215,47 @@ def test_an_account_with_its_own_key_and_block_keeps_one_state(accounts: int) ->
         f.step(_request(i, f"acct-{n}", f"key-{n}", f"10.{n // 200}.{n % 200}.1"))
     states = {id(entry.state) for entry in store._scopes.values()}
     assert store.size() == 3 * accounts and len(states) == accounts
+
+
+# (case, hold set on the scope before it is pushed out (level, until; its last request is at
+# 1000), holds the evicted-hold list may keep, the hold it has when it comes back)
+EVICTED = [
+    ("a held scope pushed out by the bound gets its hold back", (3, 2000.0), 8, (3, 2000.0)),
+    ("a scope without a hold comes back without one", None, 8, (0, 0.0)),
+    ("a hold over at the scope's last request is not kept", (3, 900.0), 8, (0, 0.0)),
+    ("past the list's own bound, the oldest evicted hold goes", (3, 2000.0), 1, (0, 0.0)),
+]
+
+
+@pytest.mark.parametrize("case, hold, kept, back", EVICTED, ids=[c[0] for c in EVICTED])
+def test_the_scope_bound_keeps_holds(monkeypatch: pytest.MonkeyPatch, case: str, hold: tuple | None, kept: int, back: tuple) -> None:
+    """A flood of fresh scopes must not shed an attacker's block with its history."""
+    import moat.models.memory_store as memory_store
+
+    monkeypatch.setattr(memory_store, "EVICTED_HOLDS", kept)
+    store = MemoryStore(max_scopes=4, ttl_s=None)
+    _touch(store, "attacker")
+    _touch(store, "other-held")
+    if hold is not None:
+        store.set_holds([("account", "attacker", *hold), ("account", "other-held", 3, 2000.0)])
+    for i in range(10):  # the flood: the attacker, then the other held scope, are pushed out
+        _touch(store, f"flood-{i}")
+    assert store.get_holds([("account", "attacker")]) == [(0, 0.0)], "pushed out"
+    _touch(store, "attacker", ts=1100.0)
+    assert store.get_holds([("account", "attacker")]) == [back]
+
+
+def test_a_mirror_pushed_out_gets_its_hold_back_as_a_mirror_again() -> None:
+    """The other way a scope starts fresh: a new account's first request re-creates the key as
+    that account's mirror."""
+    store = MemoryStore(max_scopes=6, ttl_s=None)
+    f = Featurizer(store)
+    f.step(_request(0, "a", "k", "203.0.113.9"))
+    until = _request(0, "a", "k", None).ts + 900.0
+    store.set_holds([("api_key", "k", 3, until)])
+    for i in range(10):
+        f.step(_request(i + 1, f"flood-{i}", f"fk-{i}", f"10.0.{i}.1"))
+    assert store.get_holds([("api_key", "k")]) == [(0, 0.0)], "pushed out"
+    windows = f.step(_request(20, "b", "k", "198.51.100.7")).windows
+    assert windows[1].mirrors(windows[0]), "back as the new account's mirror"
+    assert store.get_holds([("api_key", "k")]) == [(3, until)]
