@@ -22,6 +22,7 @@ never the raw key) and asks Moat (AsyncMoatClient, 50 ms, fail open by default):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import time
@@ -45,9 +46,22 @@ STATE_KEY = "moat"  # under data["metadata"]: the decision, for the post-call ho
 def _identity(resolver: IdentityResolver, user_api_key_dict: Any, data: dict[str, Any]) -> Identity:
     token = getattr(user_api_key_dict, "token", None)  # LiteLLM's hash of the key, never the key
     key_id = resolver.key_id(token) if token else None
-    account = next((v for v in (getattr(user_api_key_dict, name, None) for name in ("user_id", "team_id", "end_user_id")) if isinstance(v, str) and v), None)
-    ip = (data.get("metadata") or {}).get("requester_ip_address") or None
-    return Identity((account or key_id or f"anon:{ip or 'unknown'}")[:256], key_id, ip if isinstance(ip, str) else None)
+    # Not end_user_id: LiteLLM fills it from the request body's `user` field, which a client may
+    # change on every request to be scored as a new account each time.
+    account = next((v for v in (getattr(user_api_key_dict, name, None) for name in ("user_id", "team_id")) if isinstance(v, str) and v), None)
+    raw_ip = (data.get("metadata") or {}).get("requester_ip_address")
+    # With use_x_forwarded_for LiteLLM passes the raw header: its first entry, if an address.
+    ip = _first_address(raw_ip)
+    return Identity((account or key_id or f"anon:{ip or 'unknown'}")[:256], key_id, ip)
+
+
+def _first_address(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        return str(ipaddress.ip_address(raw.split(",")[0].strip()))
+    except ValueError:
+        return None
 
 
 def _user_agent(data: dict[str, Any]) -> str | None:

@@ -152,7 +152,8 @@ class LiteLLMGuardrailAPI:
         key_hash = meta.get("user_api_key_hash")
         # LiteLLM's key hash is already not the key; Moat keys it again so ids match its own.
         key_id = self.identity.key_id(key_hash) if isinstance(key_hash, str) and key_hash else None
-        account = next((meta[k] for k in ("user_api_key_user_id", "user_api_key_team_id", "user_api_key_end_user_id") if isinstance(meta.get(k), str) and meta[k]), None)
+        # Not the end-user id: LiteLLM takes it from the request body's `user`, a client's to change.
+        account = next((meta[k] for k in ("user_api_key_user_id", "user_api_key_team_id") if isinstance(meta.get(k), str) and meta[k]), None)
         headers = {k.lower(): v for k, v in (req.request_headers or {}).items()}
         ip = client_address(headers.get("x-forwarded-for"), None, max(self.identity.depth, 1))
         who = Identity((account or key_id or f"anon:{ip or 'unknown'}")[:256], key_id, ip)

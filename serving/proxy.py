@@ -58,6 +58,10 @@ class ProxySettings(BaseSettings):
     forwarded_depth: int = Field(default=0, ge=0, description="trusted proxies in front of Moat: the client address is the X-Forwarded-For entry this many from the right; 0: the peer")
     max_body_bytes: int = Field(default=32 << 20, ge=1024, description="largest request body read; larger ones get 413")
     upstream_timeout_s: float = Field(default=600.0, gt=0, description="read timeout towards the upstream; generations can be slow")
+    decisions_beside_upstream: bool = Field(
+        default=False,
+        description="with an upstream, also serve the decision endpoints on this port; they trust X-Forwarded-For and the account a caller names, so only where clients cannot reach them",
+    )
 
 
 # ---------------------------------------------------------------- identity
@@ -126,11 +130,21 @@ def _text(content: Any) -> str:
     return content[:MAX_TEXT_CHARS] if isinstance(content, str) else ""
 
 
+def _role(value: Any) -> str:
+    # Any other value (a list, a number) reads as a user turn: the request is still scored.
+    role = _ROLE_ALIASES.get(value, value) if isinstance(value, str) else None
+    return role if role in _ROLES else "user"
+
+
 def _clip(value: Any, lo: float | None, hi: float | None, kind: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
+    if kind is float and isinstance(value, int):
+        # JSON allows a 400-digit integer, which float() cannot hold: it is out of every range
+        # here, so it saturates and is clipped like any other out-of-range value.
+        value = max(min(value, 10**308), -(10**308))
     v = kind(value)
     if lo is not None:
         v = max(v, kind(lo))
@@ -156,8 +170,8 @@ def _params(body: Mapping[str, Any]) -> dict[str, Any]:
         out["stream"] = body["stream"]
     bias = body.get("logit_bias")
     if isinstance(bias, dict):
-        numeric = [(str(k), float(v)) for k, v in bias.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
-        out["logit_bias"] = {k: min(max(v, -100.0), 100.0) for k, v in numeric[:MAX_LOGIT_BIAS]}
+        numeric = [(str(k), c) for k, v in bias.items() if (c := _clip(v, -100.0, 100.0, float)) is not None]
+        out["logit_bias"] = dict(numeric[:MAX_LOGIT_BIAS])
     stop = body.get("stop")
     if isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         out["stop"] = stop if isinstance(stop, str) else stop[:16]
@@ -172,7 +186,7 @@ def openai_event(body: Any, endpoint: str, who: Identity, user_agent: str | None
     messages = prompt = None
     if isinstance(body.get("messages"), list):
         messages = [
-            {"role": r if (r := _ROLE_ALIASES.get(m.get("role"), m.get("role"))) in _ROLES else "user", "content": _text(m.get("content"))}
+            {"role": _role(m.get("role")), "content": _text(m.get("content"))}
             for m in body["messages"][:1024]
             if isinstance(m, dict)
         ]
@@ -484,7 +498,13 @@ class Perturb:
                 await send({"type": "http.response.start", "status": up.status, "headers": _answer_headers(up, keep_length=False)})
                 await relay_stream(receive, send, _perturbed_sse(up, SSETransformer(perturber)))
                 return
-            out = _perturbed_json(await up.read(), perturber)
+            try:
+                raw = await up.read()
+            except UpstreamError as exc:
+                # Nothing is sent yet: the documented 502, not the server's bare 500.
+                log.warning("upstream answer to %s cut short: %s", call.path, exc)
+                return await send_error(send, 502, "upstream answer cut short", "upstream_error")
+            out = _perturbed_json(raw, perturber)
         finally:
             up.release()
         await _send(send, up.status, _answer_headers(up, keep_length=False) + [(b"content-length", str(len(out)).encode())], out)
@@ -540,7 +560,13 @@ class Proxy:
                 call.parsed = json.loads(call.body)
             if call.method != "POST":
                 return
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in call.headers if k in self._read}
+            headers: dict[str, str] = {}
+            for k, v in call.headers:
+                if k in self._read:
+                    # The first of a repeated header, as the upstream reads it (Starlette, Go's
+                    # Header.Get): the last let a client add its own `Authorization` and be
+                    # scored under a fresh account while billed to its real key.
+                    headers.setdefault(k.decode("latin-1"), v.decode("latin-1"))
             who = self.identity.resolve(headers, call.peer)
             event = openai_event(call.parsed, call.path, who, headers.get("user-agent"), request_id(headers), time.time())
         except (ValueError, ValidationError) as exc:  # not JSON, or a body the contract cannot hold
@@ -557,13 +583,18 @@ class ProxyApp:
     """The ASGI app of `moat proxy`: the decision endpoints (and lifespan) through Starlette,
     every other HTTP request straight to the proxy."""
 
-    def __init__(self, decisions: Starlette, proxy: Proxy | None, envoy_prefix: str, guardrail_path: str) -> None:
+    def __init__(self, decisions: Starlette, proxy: Proxy | None, envoy_prefix: str, guardrail_path: str, decisions_beside_proxy: bool = False) -> None:
         self.decisions = decisions
         self.proxy = proxy
         self.envoy_prefix = envoy_prefix
         self.guardrail_path = guardrail_path
+        self.decisions_beside_proxy = decisions_beside_proxy
 
     def _decision(self, path: str) -> bool:
+        # Beside a proxy the port faces clients, who must not reach an endpoint that scores any
+        # account they name (and answers with the risk): there every path is proxied.
+        if self.proxy is not None and not self.decisions_beside_proxy:
+            return False
         return path.startswith(self.envoy_prefix) or path == self.guardrail_path
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -591,4 +622,4 @@ def build_proxy_app(settings: ProxySettings, scorer: Scorer, actions: ActionSett
 
     decisions = Starlette(routes=build_decision_routes(decider, identity, actions), lifespan=lifespan)
     proxy = Proxy(settings, actions, decider, identity, upstream) if upstream is not None else None
-    return ProxyApp(decisions, proxy, envoy_prefix=PREFIX + "/", guardrail_path=GUARDRAIL_PATH)
+    return ProxyApp(decisions, proxy, envoy_prefix=PREFIX + "/", guardrail_path=GUARDRAIL_PATH, decisions_beside_proxy=settings.decisions_beside_upstream)

@@ -244,8 +244,14 @@ async def _read_raw(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _safe(text: str) -> str:
+    """Text for a JSON answer: a lone surrogate from the input (a JSON key may hold one) cannot
+    be encoded as UTF-8, and raising there turned a 400 into a fail-open answer."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _error(status: int, field: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+    return JSONResponse({"error": _safe(message), "field": _safe(field)}, status_code=status, headers=headers)
 
 
 def _validation_error(exc: ValidationError, prefix: str = "") -> JSONResponse:

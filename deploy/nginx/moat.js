@@ -25,7 +25,9 @@ async function guard(r) {
     const body = r.requestText || '';
     let reply;
     try {
-        reply = await ngx.fetch(r.variables.moat_url + '/ext_authz' + r.uri, {method: r.method, headers: headers, body: body});
+        // request_uri as the client sent it (still percent-encoded): the decoded r.uri can carry
+        // CR LF into the request line, and with it headers of the client's choosing.
+        reply = await ngx.fetch(r.variables.moat_url + '/ext_authz' + r.variables.request_uri, {method: r.method, headers: headers, body: body});
     } catch (e) {
         r.warn('moat unreachable, failing open: ' + e.message);
         return proceed(r, 'allow', '', 'moat_unavailable');

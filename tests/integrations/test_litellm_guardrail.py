@@ -177,3 +177,26 @@ async def test_guardrail_not_requested_is_skipped(moats) -> None:
     g = MoatGuardrail(guardrail_name="moat", default_on=False, event_hook=MODE, client=AsyncMoatClient(url=moats["block"][0], timeout_s=5.0), actions=ACTIONS)
     data = request()
     assert await g.async_pre_call_hook(KEY, DualCache(), data, "acompletion") is data  # not in data["guardrails"]
+
+
+# (case, the caller's LiteLLM key, requester_ip_address, the account and address Moat scores)
+IDENTITIES = [
+    ("a user's key", UserAPIKeyAuth(token="t1", user_id="user-7", end_user_id="chosen-by-client"), "203.0.113.7", "user-7", "203.0.113.7"),
+    # end_user_id comes from the body's `user`: a new one per request would be a new account each time.
+    ("a key without user or team: the key, not the client's end-user id", UserAPIKeyAuth(token="t1", end_user_id="chosen-by-client"), "203.0.113.7", "key", "203.0.113.7"),
+    # With use_x_forwarded_for LiteLLM passes the raw header; over 64 characters it made the event
+    # invalid and the request went unscored.
+    ("a raw X-Forwarded-For: its first address", UserAPIKeyAuth(token="t1", user_id="user-7"), "198.51.100.7, " + "10.0.0.1, " * 6, "user-7", "198.51.100.7"),
+    ("not an address: left out", UserAPIKeyAuth(token="t1", user_id="user-7"), "unknown", "user-7", None),
+]
+
+
+@pytest.mark.parametrize("case, key, ip, account, client_ip", IDENTITIES, ids=[c[0] for c in IDENTITIES])
+async def test_the_account_is_never_the_clients_to_choose(moats, case: str, key: UserAPIKeyAuth, ip: str, account: str, client_ip: str | None) -> None:
+    url, scorer = moats["allow"]
+    data = request()
+    data["metadata"] = {"requester_ip_address": ip}
+    data["user"] = "chosen-by-client"
+    await guard(url).async_pre_call_hook(key, DualCache(), data, "acompletion")
+    e = scorer.events[-1]
+    assert (e.account_id if account != "key" else "key" if e.account_id == e.api_key_id else e.account_id, e.client_ip) == (account, client_ip)

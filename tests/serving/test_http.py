@@ -92,6 +92,9 @@ def test_invalid_events_name_the_field(service_url: str, case: str, body, status
         ("NaN", b'{"request_id": "x", "ts": NaN, "account_id": "a", "prompt": "p"}', 400),
         ("integer over 4,300 digits", b'{"request_id": "x", "ts": ' + b"9" * 5000 + b', "account_id": "a", "prompt": "p"}', 400),
         ("duplicate key", b'{"request_id": "x", "ts": 1, "account_id": "a", "account_id": "b", "prompt": "p"}', 400),
+        # The key, named in the 400, cannot be encoded as UTF-8: the answer crashed into a fail-open allow.
+        ("duplicate lone-surrogate key", b'{"a": 1, "\\ud800": 1, "\\ud800": 2}', 400),
+        ("the same in a batch", b'[{"a": 1, "\\ud800": 1, "\\ud800": 2}]', 400),
         ("Infinity late in a batch", b'[{"request_id": "x", "ts": 1, "account_id": "a", "prompt": "p"}, {"request_id": "y", "ts": Infinity, "account_id": "a", "prompt": "p"}]', 400),
     ],
 )

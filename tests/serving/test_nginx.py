@@ -11,12 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from pydantic import SecretStr
 
 from moat.serving.actions.settings import ActionSettings, ThrottleSettings
-from moat.serving.proxy import ProxySettings, build_proxy_app
+from moat.serving.proxy import IdentityResolver, ProxySettings, build_proxy_app
 from tests.conftest import ROOT
 from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, forced_scorer, free_port, serve_app
 
@@ -151,3 +152,34 @@ def test_denials_come_back_through_nginx(nginx_for, upstream: tuple[str, Seen], 
 def test_moat_unreachable_fails_open(nginx_for) -> None:
     r = sdk(nginx_for(None, moat="http://127.0.0.1:9")).chat.completions.create(**CHAT)
     assert r.choices[0].message.content == "".join(TOKENS)
+
+
+def test_an_encoded_line_break_in_the_path_cannot_name_the_account(nginx_for, upstream: tuple[str, Seen]) -> None:
+    """njs sent the decoded path to Moat: `%0d%0a` became a line break in the request line, and
+    the headers after it (an `Authorization` of the client's choosing) came before the real
+    ones. The block Moat must score the real key and answer 403, whatever the path says."""
+    from moat.models.events import Event
+    from moat.serving.scorer import Scorer
+
+    seen: list[Event] = []
+
+    class Recording:
+        def __init__(self, inner: Scorer) -> None:
+            self.inner = inner
+            self.model_version = inner.model_version
+
+        def score(self, event: Event):  # noqa: ANN201
+            seen.append(event)
+            return self.inner.score(event)
+
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(self.inner, name)
+
+    with serve_app(build_proxy_app(ProxySettings(secret=SecretStr("k")), Recording(forced_scorer("block")), ACTIONS)) as moat:  # type: ignore[arg-type]
+        url = nginx_for(None, moat)
+        path = "/v1/chat/completions%20HTTP/1.1%0d%0aAuthorization:%20Bearer%20injected%0d%0aX-Pad:%20x"
+        httpx.post(url + path, json=CHAT, headers={"authorization": "Bearer sk-REAL"}, timeout=10)
+        plain = httpx.post(url + "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer sk-REAL"}, timeout=10)
+    real = IdentityResolver(ProxySettings(secret=SecretStr("k"))).key_id("sk-REAL")
+    assert plain.status_code == 403 and seen[-1].account_id == real, "the plain request is scored as the real key"
+    assert all(e.account_id == real for e in seen), [e.account_id for e in seen]

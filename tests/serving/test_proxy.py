@@ -161,13 +161,17 @@ def test_a_scoring_fault_fails_open(upstream: tuple[str, Seen]) -> None:
     [
         {"model": "fake", "messages": [{"role": [], "content": "hi"}]},  # unhashable role
         {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "temperature": 10**400},  # beyond float range
+        {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 10**400},
+        {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 10**400}},
     ],
-    ids=["unhashable role", "huge integer"],
+    ids=["unhashable role", "huge temperature", "huge max_completion_tokens", "huge logit bias"],
 )
-def test_a_body_the_event_cannot_be_built_from_is_forwarded_not_a_5xx(upstream: tuple[str, Seen], proxies: dict[str, str], body: dict) -> None:
-    # Forwarded unscored (fail open), so the answer is the upstream's own, never Moat's 5xx.
+def test_odd_values_are_still_scored_never_a_way_past_moat(upstream: tuple[str, Seen], proxies: dict[str, str], body: dict) -> None:
+    """A value the contract cannot hold is clipped or read as a default: the request is scored,
+    so the block proxy answers 403. These went unscored to the upstream (a fault building the
+    event fails open), which an upstream that ignores unknown fields then answered."""
     r = httpx.post(proxies["block"] + "/v1/chat/completions", content=json.dumps(body), headers={"content-type": "application/json", "authorization": "Bearer sk-x"}, timeout=10)
-    assert r.status_code == 200, r.text  # the fake upstream's answer; scored, the block proxy would answer 403
+    assert r.status_code == 403, r.text
 
 
 def test_unreachable_upstream_is_a_502_not_a_hang() -> None:
@@ -370,3 +374,33 @@ def test_scoring_runs_on_the_loop_only_when_the_store_never_waits(upstream: tupl
     with serve_app(build_proxy_app(ProxySettings(upstream=upstream[0]), scorer, ACTIONS)) as base:
         with pytest.raises(openai.PermissionDeniedError):
             call(base, stream=False)  # scored (and blocked) through either path
+
+
+def test_a_repeated_authorization_header_scores_the_first_as_upstreams_read_it(upstream: tuple[str, Seen]) -> None:
+    """A client adding its own `Authorization` after the real one was scored as a fresh account
+    on every request, while the upstream billed the first (the real key)."""
+    scorer = RecordingScorer()
+    app = build_proxy_app(ProxySettings(upstream=upstream[0], secret=SecretStr("k")), scorer, ACTIONS)  # type: ignore[arg-type]
+    with serve_app(app) as url:
+        for i in range(3):
+            headers = httpx.Headers([("authorization", "Bearer sk-REAL"), ("authorization", f"Bearer junk{i}"), ("content-type", "application/json")])
+            assert httpx.post(url + "/v1/chat/completions", content=json.dumps(CHAT), headers=headers, timeout=10).status_code == 200
+    real = IdentityResolver(ProxySettings(secret=SecretStr("k"))).key_id("sk-REAL")
+    assert [e.account_id for e in scorer.events] == [real] * 3
+
+
+# (case, whether the operator asked for them beside the upstream, status of a guardrail call)
+DECISIONS_BESIDE = [("off by default: proxied like any path", False, 404), ("asked for", True, 200)]
+
+
+@pytest.mark.parametrize("case, beside, status", DECISIONS_BESIDE, ids=[c[0] for c in DECISIONS_BESIDE])
+def test_the_decision_endpoints_stay_off_the_client_facing_port(upstream: tuple[str, Seen], case: str, beside: bool, status: int) -> None:
+    """They score any account the caller names and trust X-Forwarded-For: a client of the proxy
+    could get anyone throttled or blocked."""
+    scorer = RecordingScorer()
+    app = build_proxy_app(ProxySettings(upstream=upstream[0], secret=SecretStr("k"), decisions_beside_upstream=beside), scorer, ACTIONS)  # type: ignore[arg-type]
+    with serve_app(app) as url:
+        body = {"texts": ["x"], "request_data": {"user_api_key_user_id": "acct_victim"}}
+        r = httpx.post(url + "/beta/litellm_basic_guardrail_api", json=body, timeout=10)
+    assert r.status_code == status
+    assert [e.account_id for e in scorer.events] == (["acct_victim"] if beside else [])
