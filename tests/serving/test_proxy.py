@@ -404,3 +404,33 @@ def test_the_decision_endpoints_stay_off_the_client_facing_port(upstream: tuple[
         r = httpx.post(url + "/beta/litellm_basic_guardrail_api", json=body, timeout=10)
     assert r.status_code == status
     assert [e.account_id for e in scorer.events] == (["acct_victim"] if beside else [])
+
+
+def test_a_perturbed_answer_cut_short_by_the_upstream_is_a_502() -> None:
+    """The answer is read whole before anything is sent: a cut there was the server's bare 500
+    (SDKs retry it), where an upstream failure is the documented 502."""
+    import socket
+
+    port = free_port()
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(8)
+
+    def cut() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"choices":[')
+            conn.close()
+
+    threading.Thread(target=cut, daemon=True).start()
+    try:
+        with serve_app(build_proxy_app(ProxySettings(upstream=f"http://127.0.0.1:{port}", secret=SecretStr("k")), forced_scorer("perturb"), ACTIONS)) as url:
+            r = httpx.post(url + "/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer sk-x"}, timeout=10)
+    finally:
+        listener.close()
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
