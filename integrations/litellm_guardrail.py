@@ -36,7 +36,7 @@ from litellm.types.guardrails import GuardrailEventHooks
 from litellm.types.utils import ChoiceLogprobs
 
 from moat.serving.actions import ActionSettings, InvalidRequest, perturb_request, reply_for
-from moat.serving.client import AsyncMoatClient, ClientScore, ClientSettings
+from moat.serving.client import AsyncMoatClient, ClientScore, ClientSettings, InvalidEvent
 from moat.serving.proxy import FailOpenPerturber, Identity, IdentityResolver, ProxySettings, openai_event, response_perturber
 
 log = logging.getLogger("moat.litellm")
@@ -125,7 +125,13 @@ class MoatGuardrail(CustomGuardrail):
             return data
         if event is None:
             return data
-        score = await self.client.score(event)  # the client's budget and fail-open apply
+        try:
+            score = await self.client.score(event)  # the client's budget and fail-open apply
+        except InvalidEvent as exc:
+            # Moat refused what was read from the request (over its 1 MiB body limit, say): as
+            # for a request with nothing to read, it is LiteLLM's to answer, never an error here.
+            log.warning("request %s not scored: %s", rid, exc)
+            return data
         data.setdefault("metadata", {})[STATE_KEY] = {"action": score.action, "risk": score.risk, "reasons": score.reasons}
         return PRE_CALL.get(score.action, _allow)(self, data, score)
 

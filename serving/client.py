@@ -83,6 +83,16 @@ def _body(event: Event | dict[str, Any]) -> dict[str, Any]:
     return event.model_dump(exclude_none=True) if isinstance(event, Event) else event
 
 
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+def _payload(event: Event | dict[str, Any]) -> bytes:
+    """The event as ASCII-escaped JSON. A lone surrogate is valid in a Python str and Moat reads
+    its escape, but it cannot be encoded as UTF-8, which httpx's `json=` does: the call raised
+    where it must fail open or closed."""
+    return json.dumps(_body(event)).encode()
+
+
 def _request_id(event: Event | dict[str, Any]) -> str:
     return event.request_id if isinstance(event, Event) else str(event.get("request_id", ""))
 
@@ -143,7 +153,7 @@ class MoatClient(_Base):
 
     def score(self, event: Event | dict[str, Any]) -> ClientScore:
         deadline = time.monotonic() + self.settings.timeout_s
-        job = self._pool.submit(self._exchange, _body(event), deadline)
+        job = self._pool.submit(self._exchange, _payload(event), deadline)
         try:
             status, content = job.result(timeout=self.settings.timeout_s)
         except (FuturesTimeout, httpx.TimeoutException):
@@ -154,8 +164,8 @@ class MoatClient(_Base):
             return self._fallback(event, "unreachable")
         return self._parse(event, status, content)
 
-    def _exchange(self, body: dict[str, Any], deadline: float) -> tuple[int, bytes]:
-        with self._http.stream("POST", "/score", json=body) as resp:
+    def _exchange(self, body: bytes, deadline: float) -> tuple[int, bytes]:
+        with self._http.stream("POST", "/score", content=body, headers=JSON_HEADERS) as resp:
             content = bytearray()
             for chunk in resp.iter_bytes():
                 content += chunk
@@ -185,7 +195,7 @@ class AsyncMoatClient(_Base):
     async def score(self, event: Event | dict[str, Any]) -> ClientScore:
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                resp = await self._http.post("/score", json=_body(event))
+                resp = await self._http.post("/score", content=_payload(event), headers=JSON_HEADERS)
         except (TimeoutError, httpx.TimeoutException):
             return self._fallback(event, "timeout")
         except httpx.HTTPError:

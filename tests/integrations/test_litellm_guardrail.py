@@ -200,3 +200,14 @@ async def test_the_account_is_never_the_clients_to_choose(moats, case: str, key:
     await guard(url).async_pre_call_hook(key, DualCache(), data, "acompletion")
     e = scorer.events[-1]
     assert (e.account_id if account != "key" else "key" if e.account_id == e.api_key_id else e.account_id, e.client_ip) == (account, client_ip)
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_a_prompt_moat_refuses_as_too_large_goes_to_litellm_unscored(moats, fail_open: bool) -> None:
+    """Moat answers 413 to an event over its 1 MiB body limit; the hook let that error out and
+    failed the user's call, whatever the fail mode."""
+    url, _ = moats["block"]
+    data = request()
+    data["messages"] = [{"role": "user", "content": "x" * (1 << 20)}, {"role": "user", "content": "and more"}]
+    out = await guard(url, fail_open=fail_open).async_pre_call_hook(KEY, DualCache(), data, "acompletion")
+    assert out is data and STATE_KEY not in out["metadata"]

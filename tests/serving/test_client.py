@@ -195,3 +195,23 @@ def test_client_against_the_real_service(service_url: str) -> None:
         assert s.request_id == "r1" and not s.degraded and 0 <= s.risk <= 1
         with pytest.raises(InvalidEvent, match="ts"):
             client.score({**EVENT, "ts": "yesterday"})
+
+
+@pytest.mark.parametrize("client", ["sync", "async"])
+def test_a_lone_surrogate_in_the_text_is_sent_escaped_and_scored(service_url: str, client: str) -> None:
+    """Valid in a Python str, and read by Moat as an escape; httpx's own JSON encoding raised on
+    it (UTF-8), out of a call that must never raise."""
+    import asyncio
+
+    event = {**EVENT, "request_id": "sur", "prompt": "hi \ud800 there"}
+    if client == "sync":
+        with MoatClient(url=service_url, timeout_s=5.0) as c:
+            s = c.score(event)
+    else:
+
+        async def go() -> ClientScore:
+            async with AsyncMoatClient(url=service_url, timeout_s=5.0) as c:
+                return await c.score(event)
+
+        s = asyncio.run(go())
+    assert s.request_id == "sur" and not s.degraded
