@@ -38,7 +38,7 @@ from starlette.routing import Route
 from moat.models.events import Event
 from moat.serving.actions.settings import ActionSettings
 from moat.serving.fail_open import MOAT_ERROR
-from moat.serving.proxy import Decider, Identity, IdentityResolver, client_address, denial, openai_event, request_id
+from moat.serving.proxy import Decider, Identity, IdentityResolver, client_address, denial, openai_event, request_id, unreadable_json
 from moat.serving.scorer import Score
 
 log = logging.getLogger("moat.ext_authz")
@@ -75,7 +75,11 @@ class EnvoyAuthz:
 
     async def _check(self, request: Request) -> Response:
         partial = request.headers.get("x-envoy-auth-partial-body", "").lower() == "true"
-        event = self._event(request, await request.body(), partial)
+        body = await request.body()
+        refused = None if partial else unreadable_json(body, request.headers.get("content-type"))
+        if refused is not None:  # the gateway answers the client this 400
+            return JSONResponse({"error": {"message": refused, "type": "invalid_request_error", "param": None, "code": "invalid_json"}}, status_code=400)
+        event = self._event(request, body, partial)
         if event is None:
             return _allowed("allow", 0.0, [NOT_SCORED])
         score = await self.decider.score(event)

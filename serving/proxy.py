@@ -278,6 +278,26 @@ class Call:
     body: bytes
     parsed: Any = None  # the JSON body, or None when it is not JSON
     score: Score | None = None
+    refused: str | None = None  # why a body that says it is JSON is answered 400 unread
+
+
+def says_json(content_type: str | None) -> bool:
+    """Whether a Content-Type names JSON (application/json, or a +json type)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def unreadable_json(body: bytes, content_type: str | None) -> str | None:
+    """Why a body that says it is JSON is not, or None. Such a body (bad UTF-8, data after the
+    object, a compressed body) cannot be scored, while a lenient upstream may still read it: it
+    is refused, never forwarded unscored."""
+    if not body or not says_json(content_type):
+        return None
+    try:
+        json.loads(body)
+    except ValueError as exc:
+        return f"request body is not valid JSON ({str(exc).splitlines()[0][:120]})"
+    return None
 
 
 def _call(scope: dict[str, Any], body: bytes) -> Call:
@@ -549,6 +569,8 @@ class Proxy:
             return await send_error(send, 413, f"request body exceeds {self.settings.max_body_bytes} bytes", "request_too_large")
         call = _call(scope, body)
         await self._decide(call)
+        if call.refused is not None:
+            return await send_error(send, 400, call.refused, "invalid_json")
         action = call.score.action if call.score is not None and call.score.action in HANDLERS else "allow"
         await HANDLERS[action].respond(self, call, receive, send)
 
@@ -556,6 +578,10 @@ class Proxy:
         """Sets the JSON body and its score; the score stays None when there is nothing to
         score or Moat faulted (fail open)."""
         try:
+            if call.method == "POST":
+                call.refused = unreadable_json(call.body, next((v.decode("latin-1") for k, v in call.headers if k == b"content-type"), None))
+                if call.refused is not None:
+                    return
             if call.body:
                 call.parsed = json.loads(call.body)
             if call.method != "POST":

@@ -32,7 +32,8 @@ async function guard(r) {
         r.warn('moat unreachable, failing open: ' + e.message);
         return proceed(r, 'allow', '', 'moat_unavailable');
     }
-    if (reply.status === 429 || reply.status === 403) {
+    // 429 throttle, 403 block, 400 a body that says JSON and is not (unreadable, so unscored).
+    if (reply.status === 429 || reply.status === 403 || reply.status === 400) {
         // Read the body before touching headersOut: njs 0.7.9 (Debian 12) crashes the worker when
         // headersOut is set and the handler then awaits.
         const text = await reply.text();

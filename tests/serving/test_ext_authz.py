@@ -254,3 +254,24 @@ def test_envoy_yaml_settings() -> None:
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert hcm["use_remote_address"] is True  # else the last X-Forwarded-For entry is not Envoy's
     assert [f["name"] for f in hcm["http_filters"]][-1] == "envoy.filters.http.router"
+
+
+# (case, body, content type, status): a body that says JSON and is not cannot be scored, while a
+# lenient upstream (Go's encoding/json, a decoder that stops after one value) may still read it.
+UNREADABLE = [
+    ("bad UTF-8 in a string", BODY.replace(b'"', b'"\xff', 1), "application/json", 400),
+    ("data after the object", BODY + b" x", "application/json", 400),
+    ("a compressed body", __import__("gzip").compress(BODY), "application/json; charset=utf-8", 400),
+    ("not JSON and not said to be", b"not json", "text/plain", 200),
+    ("a cut body stays partial, scored", BODY[:40], "application/json", 403),
+]
+
+
+@pytest.mark.parametrize("case, body, content_type, status", UNREADABLE, ids=[c[0] for c in UNREADABLE])
+def test_envoy_refuses_a_body_that_says_json_and_is_not(clients: dict[str, tuple[TestClient, Recording]], case: str, body: bytes, content_type: str, status: int) -> None:
+    client, scorer = clients["block"]
+    before = len(scorer.events)
+    r = client.request(**envoy_check("POST", "/v1/chat/completions", body, partial=case.startswith("a cut"), extra={"content-type": content_type}))
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json()["error"]["code"] == "invalid_json" and len(scorer.events) == before

@@ -183,3 +183,11 @@ def test_an_encoded_line_break_in_the_path_cannot_name_the_account(nginx_for, up
     real = IdentityResolver(ProxySettings(secret=SecretStr("k"))).key_id("sk-REAL")
     assert plain.status_code == 403 and seen[-1].account_id == real, "the plain request is scored as the real key"
     assert all(e.account_id == real for e in seen), [e.account_id for e in seen]
+
+
+def test_a_body_that_says_json_and_is_not_is_refused_through_nginx(nginx_for, upstream: tuple[str, Seen]) -> None:
+    """Moat answers it 400 (it cannot be scored); njs failed open on any status but 403 and 429."""
+    seen = len(upstream[1].bodies)
+    r = httpx.post(nginx_for("allow") + "/v1/chat/completions", content=b'{"model": "m", "messages": []} trailing', headers={"content-type": "application/json", "authorization": "Bearer sk-x"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert len(upstream[1].bodies) == seen

@@ -434,3 +434,24 @@ def test_a_perturbed_answer_cut_short_by_the_upstream_is_a_502() -> None:
     finally:
         listener.close()
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    "body, content_type, forwarded",
+    [
+        (json.dumps(CHAT).encode().replace(b'"', b'"\xff', 1), "application/json", False),
+        (json.dumps(CHAT).encode() + b" x", "application/json", False),
+        (__import__("gzip").compress(json.dumps(CHAT).encode()), "application/json", False),
+        (b"not json", "text/plain", True),
+    ],
+    ids=["bad UTF-8", "data after the object", "compressed", "not said to be JSON"],
+)
+def test_a_body_that_says_json_and_is_not_is_refused_not_forwarded(upstream: tuple[str, Seen], proxies: dict[str, str], body: bytes, content_type: str, forwarded: bool) -> None:
+    """Unscorable, and a lenient upstream may read it anyway: before, it went up unscored."""
+    seen = len(upstream[1].bodies) + len(upstream[1].headers)
+    r = httpx.post(proxies["block"] + "/v1/chat/completions", content=body, headers={"content-type": content_type, "authorization": "Bearer sk-x"}, timeout=10)
+    if forwarded:
+        assert r.status_code != 400
+    else:
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+        assert len(upstream[1].bodies) + len(upstream[1].headers) == seen, "the upstream was never called"
