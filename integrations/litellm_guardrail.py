@@ -33,7 +33,7 @@ from typing import Any
 from fastapi import HTTPException
 from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
-from litellm.types.utils import ChoiceLogprobs
+from litellm.types.utils import ChoiceLogprobs, Logprobs
 
 from moat.serving.actions import ActionSettings, InvalidRequest, perturb_request, reply_for
 from moat.serving.client import AsyncMoatClient, ClientScore, ClientSettings, InvalidEvent
@@ -161,3 +161,6 @@ def _perturb_choices(perturber: FailOpenPerturber, response: Any) -> None:
         logprobs = perturbed.get("logprobs")
         if isinstance(logprobs, dict) and logprobs.get("content") is not None:
             choice.logprobs = ChoiceLogprobs(**logprobs)
+        elif isinstance(logprobs, dict) and logprobs.get("token_logprobs") is not None:
+            # A (legacy) text completion: tokens, token_logprobs, top_logprobs, text_offset.
+            choice.logprobs = Logprobs(**{k: logprobs.get(k) for k in Logprobs.model_fields})

@@ -211,3 +211,17 @@ async def test_a_prompt_moat_refuses_as_too_large_goes_to_litellm_unscored(moats
     data["messages"] = [{"role": "user", "content": "x" * (1 << 20)}, {"role": "user", "content": "and more"}]
     out = await guard(url, fail_open=fail_open).async_pre_call_hook(KEY, DualCache(), data, "acompletion")
     assert out is data and STATE_KEY not in out["metadata"]
+
+
+async def test_perturb_reaches_a_text_completions_logprobs() -> None:
+    """Legacy completions carry tokens / token_logprobs / top_logprobs: they were perturbed, then
+    never written back, so the client got the upstream's exact values."""
+    from litellm.types.utils import Logprobs, TextChoices, TextCompletionResponse
+
+    g = guard("http://127.0.0.1:9")
+    data = {"model": "m", "prompt": "Say hi", "logprobs": 1, "metadata": {STATE_KEY: {"action": "perturb"}}}
+    exact = -0.0123456789
+    resp = TextCompletionResponse(choices=[TextChoices(index=0, text=" Hello", finish_reason="stop", logprobs=Logprobs(text_offset=[0], token_logprobs=[exact], tokens=[" Hello"], top_logprobs=[{" Hello": exact}]))])
+    out = await g.async_post_call_success_hook(data, KEY, resp)
+    got = out.choices[0].logprobs
+    assert got.tokens == [" Hello"] and got.token_logprobs != [exact] and list(got.top_logprobs[0].values()) != [exact]
