@@ -64,6 +64,11 @@ def perturb_request(body: dict[str, Any], settings: PerturbSettings) -> dict[str
     # An absent temperature means 1.0 for OpenAI and for vLLM, already above any sane floor.
     if temperature is not None and temperature < settings.temperature_floor:
         out["temperature"] = settings.temperature_floor
+    # top_p near 0 or top_k 1 decode greedily at any temperature: the floor must hold for them too.
+    top_p = _number(out, "top_p")
+    if top_p is not None and top_p < settings.top_p_floor:
+        out["top_p"] = settings.top_p_floor
+    out.pop("top_k", None)
     _cap(out, "n", settings.max_n)
     if settings.max_tokens is not None:
         names = [n for n in ("max_tokens", "max_completion_tokens") if out.get(n) is not None]
