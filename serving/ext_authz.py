@@ -38,7 +38,7 @@ from starlette.routing import Route
 from moat.models.events import Event
 from moat.serving.actions.settings import ActionSettings
 from moat.serving.fail_open import MOAT_ERROR
-from moat.serving.proxy import Decider, Identity, IdentityResolver, client_address, denial, openai_event, request_id, unreadable_json
+from moat.serving.proxy import Decider, Identity, IdentityResolver, client_address, denial, openai_event, read_json, request_id
 from moat.serving.scorer import Score
 
 log = logging.getLogger("moat.ext_authz")
@@ -76,10 +76,10 @@ class EnvoyAuthz:
     async def _check(self, request: Request) -> Response:
         partial = request.headers.get("x-envoy-auth-partial-body", "").lower() == "true"
         body = await request.body()
-        refused = None if partial else unreadable_json(body, request.headers.get("content-type"))
-        if refused is not None:  # the gateway answers the client this 400
+        parsed, refused = read_json(body, request.headers.get("content-type"))
+        if refused is not None and not partial:  # the gateway answers the client this 400
             return JSONResponse({"error": {"message": refused, "type": "invalid_request_error", "param": None, "code": "invalid_json"}}, status_code=400)
-        event = self._event(request, body, partial)
+        event = self._event(request, body, parsed, partial)
         if event is None:
             return _allowed("allow", 0.0, [NOT_SCORED])
         score = await self.decider.score(event)
@@ -92,7 +92,7 @@ class EnvoyAuthz:
         resp.headers.update(moat_headers(score.action, score.risk, reasons))
         return resp
 
-    def _event(self, request: Request, body: bytes, partial: bool) -> Event | None:
+    def _event(self, request: Request, body: bytes, parsed: Any, partial: bool) -> Event | None:
         headers = request.headers
         # Envoy is the peer: with use_remote_address it appends the client to X-Forwarded-For,
         # so the last entry (at least) is trusted.
@@ -101,11 +101,9 @@ class EnvoyAuthz:
         endpoint = "/" + request.path_params["path"]
         rid = request_id(headers)
         ua = headers.get("user-agent")
-        try:
-            parsed = json.loads(body) if body else None
-        except ValueError:
+        if parsed is None and body:
             if not partial:
-                return None
+                return None  # not JSON, and not said to be
             # The JSON was cut at max_request_bytes: score the text that arrived.
             parsed = {"prompt": body.decode("utf-8", errors="replace")}
         try:

@@ -287,12 +287,17 @@ def says_json(content_type: str | None) -> bool:
     return media == "application/json" or media.endswith("+json")
 
 
-def unreadable_json(body: bytes, content_type: str | None) -> str | None:
-    """Why a body that says it is JSON is not, or None. Such a body (bad UTF-8, data after the
-    object, a compressed body) cannot be scored, while a lenient upstream may still read it: it
-    is refused, never forwarded unscored."""
-    if not body or not says_json(content_type):
-        return None
+def read_json(body: bytes, content_type: str | None) -> tuple[Any, str | None]:
+    """The JSON body (None when there is none, or it is not JSON), and why the body is refused:
+    one that says it is JSON and is not (bad UTF-8, data after the object, a compressed body)
+    cannot be scored, while a lenient upstream may still read it, so it is answered 400 and
+    never forwarded unscored."""
+    if not body:
+        return None, None
+    try:
+        return json.loads(body), None
+    except ValueError as exc:
+        return None, f"request body is not valid JSON ({str(exc).splitlines()[0][:120]})" if says_json(content_type) else None
     try:
         json.loads(body)
     except ValueError as exc:
@@ -578,13 +583,12 @@ class Proxy:
         """Sets the JSON body and its score; the score stays None when there is nothing to
         score or Moat faulted (fail open)."""
         try:
-            if call.method == "POST":
-                call.refused = unreadable_json(call.body, next((v.decode("latin-1") for k, v in call.headers if k == b"content-type"), None))
-                if call.refused is not None:
-                    return
-            if call.body:
-                call.parsed = json.loads(call.body)
+            content_type = next((v.decode("latin-1") for k, v in call.headers if k == b"content-type"), None)
+            call.parsed, refused = read_json(call.body, content_type)
             if call.method != "POST":
+                return
+            if refused is not None:
+                call.refused = refused
                 return
             headers: dict[str, str] = {}
             for k, v in call.headers:
