@@ -22,7 +22,6 @@ never the raw key) and asks Moat (AsyncMoatClient, 50 ms, fail open by default):
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import time
@@ -35,9 +34,10 @@ from litellm.integrations.custom_guardrail import CustomGuardrail
 from litellm.types.guardrails import GuardrailEventHooks
 from litellm.types.utils import ChoiceLogprobs, Logprobs
 
+from moat.models.events import Event
 from moat.serving.actions import ActionSettings, InvalidRequest, perturb_request, reply_for
 from moat.serving.client import AsyncMoatClient, ClientScore, ClientSettings, InvalidEvent
-from moat.serving.proxy import FailOpenPerturber, Identity, IdentityResolver, ProxySettings, openai_event, response_perturber
+from moat.serving.proxy import FailOpenPerturber, Identity, IdentityResolver, ProxySettings, client_address, openai_event, response_perturber
 
 log = logging.getLogger("moat.litellm")
 STATE_KEY = "moat"  # under data["metadata"]: the decision, for the post-call hooks
@@ -50,18 +50,24 @@ def _identity(resolver: IdentityResolver, user_api_key_dict: Any, data: dict[str
     # change on every request to be scored as a new account each time.
     account = next((v for v in (getattr(user_api_key_dict, name, None) for name in ("user_id", "team_id")) if isinstance(v, str) and v), None)
     raw_ip = (data.get("metadata") or {}).get("requester_ip_address")
-    # With use_x_forwarded_for LiteLLM passes the raw header: its first entry, if an address.
-    ip = _first_address(raw_ip)
+    # With use_x_forwarded_for LiteLLM passes the raw header, whose leftmost entries are the
+    # client's to write: read from the right at the trusted depth, as `moat proxy` does.
+    ip = client_address(raw_ip, None, max(resolver.depth, 1)) if isinstance(raw_ip, str) else None
     return Identity((account or key_id or f"anon:{ip or 'unknown'}")[:256], key_id, ip)
 
 
-def _first_address(raw: Any) -> str | None:
-    if not isinstance(raw, str):
-        return None
-    try:
-        return str(ipaddress.ip_address(raw.split(",")[0].strip()))
-    except ValueError:
-        return None
+FIT_MESSAGES = 64  # the newest turns kept when an event is cut to fit
+FIT_CHARS = 8192  # characters kept of each text: the features read the newest text's first 4,096
+
+
+def _fitted(event: Event) -> Event:
+    """The event cut to fit Moat's body limit: the newest turns, each text's beginning."""
+    update: dict[str, Any] = {}
+    if event.messages is not None:
+        update["messages"] = [m.model_copy(update={"content": m.content[:FIT_CHARS]}) for m in event.messages[-FIT_MESSAGES:]]
+    if event.prompt is not None:
+        update["prompt"] = event.prompt[:FIT_CHARS]
+    return event.model_copy(update=update)
 
 
 def _user_agent(data: dict[str, Any]) -> str | None:
@@ -127,11 +133,14 @@ class MoatGuardrail(CustomGuardrail):
             return data
         try:
             score = await self.client.score(event)  # the client's budget and fail-open apply
-        except InvalidEvent as exc:
-            # Moat refused what was read from the request (over its 1 MiB body limit, say): as
-            # for a request with nothing to read, it is LiteLLM's to answer, never an error here.
-            log.warning("request %s not scored: %s", rid, exc)
-            return data
+        except InvalidEvent:
+            # Over Moat's 1 MiB body limit: scored again cut to what the features read. Passed
+            # on unscored, a long enough prompt was a way past any block.
+            try:
+                score = await self.client.score(_fitted(event))
+            except InvalidEvent as exc:
+                log.warning("request %s refused by Moat even cut down (%s): the fail mode decides", rid, exc)
+                score = self.client.fallback(event, "status")
         data.setdefault("metadata", {})[STATE_KEY] = {"action": score.action, "risk": score.risk, "reasons": score.reasons}
         return PRE_CALL.get(score.action, _allow)(self, data, score)
 

@@ -20,12 +20,14 @@ from moat.models.summary import Summary, summarize
 MIXED_SCOPES = frozenset({"ip_prefix"})
 
 
-def is_dependent(scope: str, total: int, account_total: int | None) -> bool:
+def is_dependent(scope: str, feats: np.ndarray, tokens: np.ndarray, account: "ScopeWindow | None") -> bool:
     """Whether a scope's window is evidence about a cohort rather than about the account: an
-    address block always; a key with fewer requests than the account carries only part of its
-    traffic, one with more carries other accounts' too. `account_total` None: the account
-    scope itself, which never is."""
-    return scope in MIXED_SCOPES or (account_total is not None and total != account_total)
+    address block always; a key unless its window is the account's but for the scope flag (the
+    same requests, so it carries exactly the account's traffic). A key with part of the
+    account's traffic, or other accounts' too, is dependent: compared by count alone, a shared
+    key whose count happened to equal the account's was taken for the account's own.
+    `account` None: the account scope itself."""
+    return scope in MIXED_SCOPES or (account is not None and not same_history(feats, tokens, account.feats, account.tokens))
 
 
 # ScopeWindow and Step are named tuples: three windows and a step per request, where a frozen
@@ -93,7 +95,7 @@ class Featurizer:
                 fp = fingerprint(state)
                 vec = rescope(account.vec, scope) if account is not None and fp == account.fp else relational(state, s, crowd, scope, fp[4])
                 feats, tokens = push(state, s, vec)
-                out = ScopeWindow(scope, key, feats, tokens, is_dependent(scope, state.total, None if account is None else account.state.total))
+                out = ScopeWindow(scope, key, feats, tokens, is_dependent(scope, feats, tokens, None if account is None else account.window))
                 if account is None:
                     account = _Account(fp, vec, state, out)
                 return out

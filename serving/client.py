@@ -112,7 +112,8 @@ class _Base:
     def __init__(self, settings: ClientSettings | None = None, **overrides: Any) -> None:
         self.settings = ClientSettings.model_validate({**(settings or ClientSettings()).model_dump(), **overrides})
 
-    def _fallback(self, event: Event | dict[str, Any], cause: Cause) -> ClientScore:
+    def fallback(self, event: Event | dict[str, Any], cause: Cause) -> ClientScore:
+        """The fail-open (allow) or fail-closed (block) answer when Moat gives none, counted."""
         rid = _request_id(event)
         if self.settings.fail_open:
             FAIL_OPEN.labels(cause=cause).inc()
@@ -124,15 +125,15 @@ class _Base:
         if status in INVALID_EVENT_STATUSES and (message := _moat_error(content)) is not None:
             raise InvalidEvent(message)
         if status != 200:
-            return self._fallback(event, "status")
+            return self.fallback(event, "status")
         try:
             score = ClientScore.model_validate_json(content, strict=True)
         except ValidationError:  # also covers a body that is not JSON at all
-            return self._fallback(event, "malformed")
+            return self.fallback(event, "malformed")
         if score.request_id != _request_id(event):
-            return self._fallback(event, "malformed")
+            return self.fallback(event, "malformed")
         if UNSCORED_REASONS.intersection(score.reasons):
-            return self._fallback(event, "unscored")
+            return self.fallback(event, "unscored")
         return score.model_copy(update={"degraded": False})
 
     def _client_options(self) -> dict[str, Any]:
@@ -157,11 +158,11 @@ class MoatClient(_Base):
         try:
             status, content = job.result(timeout=self.settings.timeout_s)
         except (FuturesTimeout, httpx.TimeoutException):
-            return self._fallback(event, "timeout")
+            return self.fallback(event, "timeout")
         except _Fallback as exc:
-            return self._fallback(event, exc.cause)
+            return self.fallback(event, exc.cause)
         except httpx.HTTPError:
-            return self._fallback(event, "unreachable")
+            return self.fallback(event, "unreachable")
         return self._parse(event, status, content)
 
     def _exchange(self, body: bytes, deadline: float) -> tuple[int, bytes]:
@@ -197,9 +198,9 @@ class AsyncMoatClient(_Base):
             async with asyncio.timeout(self.settings.timeout_s):
                 resp = await self._http.post("/score", content=_payload(event), headers=JSON_HEADERS)
         except (TimeoutError, httpx.TimeoutException):
-            return self._fallback(event, "timeout")
+            return self.fallback(event, "timeout")
         except httpx.HTTPError:
-            return self._fallback(event, "unreachable")
+            return self.fallback(event, "unreachable")
         return self._parse(event, resp.status_code, resp.content)
 
     async def aclose(self) -> None:

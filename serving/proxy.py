@@ -281,23 +281,25 @@ class Call:
     refused: str | None = None  # why a body that says it is JSON is answered 400 unread
 
 
-def says_json(content_type: str | None) -> bool:
-    """Whether a Content-Type names JSON (application/json, or a +json type)."""
+def plainly_not_json(content_type: str | None) -> bool:
+    """A Content-Type that names another format (a form, a file upload, audio): such a body is
+    forwarded unscored. Anything else, no type included, is read as JSON."""
     media = (content_type or "").split(";")[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
+    return media.startswith(("multipart/", "audio/", "image/", "video/")) or media in ("application/x-www-form-urlencoded", "application/octet-stream")
 
 
 def read_json(body: bytes, content_type: str | None) -> tuple[Any, str | None]:
     """The JSON body (None when there is none, or it is not JSON), and why the body is refused:
-    one that says it is JSON and is not (bad UTF-8, data after the object, a compressed body)
-    cannot be scored, while a lenient upstream may still read it, so it is answered 400 and
+    one that does not plainly name another format and is not JSON (bad UTF-8, data after the
+    object, a compressed body) cannot be scored, while a lenient upstream may still read it
+    (Go decoders ignore the Content-Type and stop after one value), so it is answered 400 and
     never forwarded unscored."""
     if not body:
         return None, None
     try:
         return json.loads(body), None
     except ValueError as exc:
-        return None, f"request body is not valid JSON ({str(exc).splitlines()[0][:120]})" if says_json(content_type) else None
+        return None, None if plainly_not_json(content_type) else f"request body is not valid JSON ({str(exc).splitlines()[0][:120]})"
     try:
         json.loads(body)
     except ValueError as exc:

@@ -93,14 +93,14 @@ def _parse(raw: str | dict) -> tuple[str, tuple] | Invalid:
     return event.request_id, _pack(summarize(event))
 
 
-def _scope_windows(store: MemoryStore, summaries: list[tuple], tasks: list[tuple[str, str, int, Crowd]]) -> list[tuple[np.ndarray, np.ndarray, int]]:
+def _scope_windows(store: MemoryStore, summaries: list[tuple], tasks: list[tuple[str, str, int, Crowd]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each task's window, in task order: (scope, key, summary index, the request's crowd)."""
     out = []
     for scope, key, i, crowd in tasks:
         s = summaries[i]
 
         def apply(state, s=s, crowd=crowd, scope=scope):  # noqa: ANN001, ANN202
-            return (*push(state, s, relational(state, s, crowd, scope)), state.total)
+            return push(state, s, relational(state, s, crowd, scope))
 
         out.append(store.update(scope, key, s.ts, apply))
     return out
@@ -270,13 +270,11 @@ class _Featurise:
         results = {w: self.pool.reply(w, ("scopes", k)) for w in asked}
         stepped = []
         for s, crowd, route in zip(summaries, crowds, routes):
-            windows = []
-            account_total: int | None = None
+            windows: list[ScopeWindow] = []
             for scope, key, w, t in route:
-                feats, tokens, total = results[w][t]
-                windows.append(ScopeWindow(scope, key, feats, tokens, is_dependent(scope, total, account_total)))
-                if account_total is None:
-                    account_total = total  # the account scope comes first
+                feats, tokens = results[w][t]
+                # The account scope comes first.
+                windows.append(ScopeWindow(scope, key, feats, tokens, is_dependent(scope, feats, tokens, windows[0] if windows else None)))
             stepped.append((Step(s, crowd, windows), self.holds))
         return items, stepped
 

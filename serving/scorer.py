@@ -341,7 +341,9 @@ class Scorer:
         own risk already reached the throttle threshold, and never block."""
 
         def own(event: Event, step: Step, store: StateStore, risks: list[float]) -> tuple[Event, float]:
-            return event, max(r for w, r in zip(step.windows, risks) if not w.dependent)
+            mine = [r for w, r in zip(step.windows, risks) if not w.dependent]
+            # A NaN (a broken network) must reach the caller: max() keeps whichever side it met first.
+            return event, math.nan if any(math.isnan(r) for r in mine) else max(mine)
 
         return self._stream(events, chunk or self.settings.replay_chunk, own, clock or CallerClock())  # type: ignore[return-value]
 

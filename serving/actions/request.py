@@ -69,6 +69,7 @@ def perturb_request(body: dict[str, Any], settings: PerturbSettings) -> dict[str
     if top_p is not None and top_p < settings.top_p_floor:
         out["top_p"] = settings.top_p_floor
     out.pop("top_k", None)
+    out.pop("min_p", None)  # vLLM's: near 1 it keeps only the likeliest token
     _cap(out, "n", settings.max_n)
     if settings.max_tokens is not None:
         names = [n for n in ("max_tokens", "max_completion_tokens") if out.get(n) is not None]

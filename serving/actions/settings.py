@@ -31,7 +31,7 @@ class PerturbSettings(BaseSettings):
     )
     logit_bias_clip: float = Field(default=5.0, ge=0, le=100, description="largest |bias| kept when logit_bias=clip")
     temperature_floor: float = Field(default=0.7, ge=0, le=2, description="a lower temperature is raised to this; greedy decoding makes argmax probes noiseless")
-    top_p_floor: float = Field(default=0.9, ge=0, le=1, description="a lower top_p is raised to this, and top_k (an extension some servers read) dropped: either forces greedy decoding too")
+    top_p_floor: float = Field(default=0.9, ge=0, le=1, description="a lower top_p is raised to this, and top_k and min_p (extensions some servers read) dropped: each can force greedy decoding too")
     max_n: int = Field(default=1, ge=1, description="cap on n (completions per request)")
     max_tokens: int | None = Field(default=2048, ge=1, description="cap on max_tokens / max_completion_tokens, set when absent; None: no cap")
 

@@ -185,8 +185,8 @@ IDENTITIES = [
     # end_user_id comes from the body's `user`: a new one per request would be a new account each time.
     ("a key without user or team: the key, not the client's end-user id", UserAPIKeyAuth(token="t1", end_user_id="chosen-by-client"), "203.0.113.7", "key", "203.0.113.7"),
     # With use_x_forwarded_for LiteLLM passes the raw header; over 64 characters it made the event
-    # invalid and the request went unscored.
-    ("a raw X-Forwarded-For: its first address", UserAPIKeyAuth(token="t1", user_id="user-7"), "198.51.100.7, " + "10.0.0.1, " * 6, "user-7", "198.51.100.7"),
+    # invalid and the request went unscored. Its leftmost entries are the client's to write.
+    ("a raw X-Forwarded-For: the entry the nearest proxy wrote", UserAPIKeyAuth(token="t1", user_id="user-7"), "6.6.6.6, " * 6 + "198.51.100.7", "user-7", "198.51.100.7"),
     ("not an address: left out", UserAPIKeyAuth(token="t1", user_id="user-7"), "unknown", "user-7", None),
 ]
 
@@ -203,14 +203,17 @@ async def test_the_account_is_never_the_clients_to_choose(moats, case: str, key:
 
 
 @pytest.mark.parametrize("fail_open", [True, False])
-async def test_a_prompt_moat_refuses_as_too_large_goes_to_litellm_unscored(moats, fail_open: bool) -> None:
-    """Moat answers 413 to an event over its 1 MiB body limit; the hook let that error out and
-    failed the user's call, whatever the fail mode."""
-    url, _ = moats["block"]
+async def test_a_prompt_over_moats_body_limit_is_scored_cut_down(moats, fail_open: bool) -> None:
+    """Moat answers 413 to an event over its 1 MiB body limit. Let out as an error it failed the
+    user's call; passed on unscored, a long enough prompt was a way past any block. It is scored
+    again cut to what the features read, so the block Moat blocks it."""
+    url, scorer = moats["block"]
     data = request()
     data["messages"] = [{"role": "user", "content": "x" * (1 << 20)}, {"role": "user", "content": "and more"}]
-    out = await guard(url, fail_open=fail_open).async_pre_call_hook(KEY, DualCache(), data, "acompletion")
-    assert out is data and STATE_KEY not in out["metadata"]
+    with pytest.raises(HTTPException) as info:
+        await guard(url, fail_open=fail_open).async_pre_call_hook(KEY, DualCache(), data, "acompletion")
+    assert info.value.status_code == 403
+    assert [len(m.content) for m in scorer.events[-1].messages] == [8192, len("and more")]
 
 
 async def test_perturb_reaches_a_text_completions_logprobs() -> None:

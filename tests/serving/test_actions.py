@@ -50,7 +50,7 @@ COMPLETION = {"model": "m", "prompt": "hi"}
         ({**CHAT, "temperature": 0}, {}, {"temperature": 0.7}),
         ({**CHAT, "temperature": 0.2}, {"temperature_floor": 1.0}, {"temperature": 1.0}),
         ({**CHAT, "temperature": 1.3}, {}, {"temperature": 1.3}),
-        ({**CHAT, "top_p": 0.0, "top_k": 1}, {}, {"top_p": 0.9, "top_k": None}),
+        ({**CHAT, "top_p": 0.0, "top_k": 1, "min_p": 0.99}, {}, {"top_p": 0.9, "top_k": None, "min_p": None}),
         ({**CHAT, "top_p": 0.5}, {"top_p_floor": 0.95}, {"top_p": 0.95}),
         ({**CHAT, "top_p": 0.97}, {}, {"top_p": 0.97}),
         (CHAT, {}, {"temperature": None}),

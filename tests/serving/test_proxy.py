@@ -442,14 +442,17 @@ def test_a_perturbed_answer_cut_short_by_the_upstream_is_a_502() -> None:
         (json.dumps(CHAT).encode().replace(b'"', b'"\xff', 1), "application/json", False),
         (json.dumps(CHAT).encode() + b" x", "application/json", False),
         (__import__("gzip").compress(json.dumps(CHAT).encode()), "application/json", False),
-        (b"not json", "text/plain", True),
+        (json.dumps(CHAT).encode() + b" x", None, False),
+        (json.dumps(CHAT).encode() + b" x", "text/plain", False),
+        (b"\x00\x01 audio", "application/octet-stream", True),
     ],
-    ids=["bad UTF-8", "data after the object", "compressed", "not said to be JSON"],
+    ids=["bad UTF-8", "data after the object", "compressed", "no Content-Type", "said to be text", "another format"],
 )
-def test_a_body_that_says_json_and_is_not_is_refused_not_forwarded(upstream: tuple[str, Seen], proxies: dict[str, str], body: bytes, content_type: str, forwarded: bool) -> None:
-    """Unscorable, and a lenient upstream may read it anyway: before, it went up unscored."""
+def test_a_body_that_is_not_json_is_refused_not_forwarded(upstream: tuple[str, Seen], proxies: dict[str, str], body: bytes, content_type: str | None, forwarded: bool) -> None:
+    """Unscorable, and a lenient upstream may read it anyway (Go's decoders ignore the
+    Content-Type): before, it went up unscored. Only another format named plainly is forwarded."""
     seen = len(upstream[1].bodies) + len(upstream[1].headers)
-    r = httpx.post(proxies["block"] + "/v1/chat/completions", content=body, headers={"content-type": content_type, "authorization": "Bearer sk-x"}, timeout=10)
+    r = httpx.post(proxies["block"] + "/v1/chat/completions", content=body, headers={"authorization": "Bearer sk-x", **({"content-type": content_type} if content_type else {})}, timeout=10)
     if forwarded:
         assert r.status_code != 400
     else:

@@ -272,13 +272,21 @@ def test_shipped_model_acts_on_hand_written_logit_probes(case: str, kwargs: dict
     assert first is not None and first < 50, f"{case}: first acted on at request {first}"
 
 
-# (case, the newcomer's key): an attacker blocked on one key, then a newcomer's first plain
-# request, through that key or a key of its own, from another address block.
-NEWCOMER_KEYS = [("through the abused key", "key_shared"), ("through its own key", "key_new")]
+# (case, the key of the newcomer's last request, plain requests it sent before through a key of
+# its own): an attacker blocked on one key, then a newcomer's plain request, through that key or
+# its own, from another address block.
+NEWCOMER_KEYS = [
+    ("through the abused key", "key_shared", 0),
+    ("through its own key", "key_new", 0),
+    # 120 + 1 requests: the abused key's count (120 probes + 1) equals the newcomer's; a rule on
+    # counts alone took the key for the newcomer's own and blocked it.
+    # Its own 120 machine-timed requests open the gate, so the key may escalate it to perturb.
+    ("through the abused key, counts equal", "key_shared", 120),
+]
 
 
-@pytest.mark.parametrize("case, key", NEWCOMER_KEYS, ids=[c[0] for c in NEWCOMER_KEYS])
-def test_a_key_another_account_abused_never_blocks_a_newcomer(case: str, key: str) -> None:
+@pytest.mark.parametrize("case, key, prior", NEWCOMER_KEYS, ids=[c[0] for c in NEWCOMER_KEYS])
+def test_a_key_another_account_abused_never_blocks_a_newcomer(case: str, key: str, prior: int) -> None:
     """A key shared by several accounts is evidence about a cohort: it may escalate an account
     whose own traffic corroborates it, never act on a plain first request by itself. (Block
     lowered so that the shipped model blocks the probe: its risk settles near 0.98.)"""
@@ -292,11 +300,19 @@ def test_a_key_another_account_abused_never_blocks_a_newcomer(case: str, key: st
             "prompt": "Translate to French: the invoice is overdue", "params": {"max_tokens": 1, "logprobs": True, "temperature": 0, "logit_bias": {str(1000 + i): 100}},
         })))
     assert attacker[-1].action == "block", "the setup must block the attacker"
+    for i in range(prior):
+        t += 1.0
+        sc.score(Event.model_validate({
+            "request_id": f"o{i}", "ts": t, "account_id": "acct_new", "api_key_id": "key_new", "client_ip": "198.51.100.7",
+            "messages": [{"role": "user", "content": f"Question {i} about my garden"}], "params": {"temperature": 0.7},
+        }))
     s = sc.score(Event.model_validate({
         "request_id": "n1", "ts": t + 5.0, "account_id": "acct_new", "api_key_id": key, "client_ip": "198.51.100.7",
         "messages": [{"role": "user", "content": "What's a good recipe for banana bread?"}], "params": {"temperature": 0.7},
     }))
-    assert (s.action, s.scope) == ("allow", "account"), case
+    assert s.action != "block", case
+    if not prior:
+        assert (s.action, s.scope) == ("allow", "account"), case
 
 
 @pytest.mark.parametrize("entry", ["Scorer.score", "moat replay"])
