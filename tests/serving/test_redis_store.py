@@ -390,18 +390,22 @@ def test_a_hung_redis_costs_each_request_at_most_one_timeout(redis_url: str, sma
         sc.score(evs[20])  # times out once and opens the breaker
         assert store.failures == 1
         assert sc.state_size() == -1 and not sampled  # the open breaker answers; Redis is not asked
-        longest, sizes = 0.0, []
+        longest, sizes, most_waits = 0.0, [], 0
         for i, e in enumerate(evs[21:]):
-            t0 = time.perf_counter()
+            t0, before = time.perf_counter(), store.failures
             score = sc.score(e)
             if i % 100 == 1:  # as serving/metrics.py samples it
                 sizes.append(sc.state_size())
             longest = max(longest, time.perf_counter() - t0)
+            most_waits = max(most_waits, store.failures - before)
             assert 0.0 <= score.risk <= 1.0
     finally:
         os.kill(pid, signal.SIGCONT)
     assert sizes == [-1, -1]
     assert store.failures >= 1 and sc.counters.store_fallbacks >= 1
-    # A correctness guard, not a benchmark: a call that waited out several timeouts (or one
-    # socket's default) would pass 10x the Redis timeout.
-    assert longest < 10 * timeout
+    # Each Redis timeout is a failure that opens the breaker: a call that waited out several
+    # (the state read, then the holds, ...) would count more than one.
+    assert most_waits <= 1
+    # Only a guard against a call left waiting on a socket with no timeout (minutes): the time
+    # itself follows the machine's load, which once stalled a call for 1.2 s here.
+    assert longest < 100 * timeout
