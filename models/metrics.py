@@ -57,7 +57,3 @@ def queries_to_detection(flags_in_order: list[bool]) -> int | None:
         if f:
             return i
     return None
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
