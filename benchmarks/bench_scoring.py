@@ -9,7 +9,7 @@ or `git archive` of a base commit) in the same run, alternating runs, and prints
 and the main-thread CPU of both trees' replays run side by side a block at a time (the figure
 least moved by other jobs on a shared machine), with a check that their outputs are identical.
 
-Usage: python benchmarks/bench_scoring.py [--trace PATH] [--replay-runs N] [--dev-only]
+Usage: python benchmarks/bench_scoring.py [--trace PATH] [--replay-runs N] [--dev-only] [--quick]
        [--workers N ...] [--base DIR]"""
 
 from __future__ import annotations
@@ -289,6 +289,8 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
         interleaved_cpu(env, n)
     p50, p99 = score_latency(DEV_SPREAD, 5000)
     print(f"  Scorer.score (first 5,000 events, trace time): p50 {p50:.0f} us, p99 {p99:.0f} us")
+    if args.quick:
+        return
     if env is not None:
         got = subprocess.run([sys.executable, __file__, "--score-latency-only"], check=True, capture_output=True, text=True, cwd=env["PYTHONPATH"], env=env).stdout
         b50, b99 = json.loads(got)
@@ -308,6 +310,7 @@ def main() -> None:
     ap.add_argument("--replay-runs", type=int, default=5)
     ap.add_argument("--dev-only", action="store_true", help="only the dev-spread case")
     ap.add_argument("--workers", type=int, nargs="*", default=[2], help="worker counts for the dev-spread replay (default: 2)")
+    ap.add_argument("--quick", action="store_true", help="dev-spread: replay rates and Scorer.score latency only (no stage split, layouts or gate hints)")
     ap.add_argument("--base", type=Path, help="a source tree of the base commit to compare with (dev-spread case)")
     ap.add_argument("--score-latency-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--replay-blocks-child", action="store_true", help=argparse.SUPPRESS)

@@ -103,7 +103,7 @@ def replay(scorer: "Scorer", raws: Iterable[str | dict], emit: Callable[[dict], 
 
 def run(args: argparse.Namespace) -> int:
     from moat.models.bundle import BundleError
-    from moat.serving.replay_workers import MAX_WORKER_CHUNK
+    from moat.serving.replay_workers import ReplayWorkerError
     from moat.serving.scorer import ModelFault, Scorer
 
     logging.basicConfig(level=logging.WARNING)
@@ -117,14 +117,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.trace.is_file():
         print(f"moat replay: error: no such trace file: {args.trace}", file=sys.stderr)
         return 2
-    if args.workers > 1 and scorer.settings.replay_chunk > MAX_WORKER_CHUNK:
-        print(f"moat replay: error: --workers needs MOAT_REPLAY_CHUNK <= {MAX_WORKER_CHUNK} (got {scorer.settings.replay_chunk}); use one process for larger network batches", file=sys.stderr)
-        return 2
     t0 = time.perf_counter()
     try:
         with TraceWriter(args.output) as out:
             n, bad = replay(scorer, iter_lines(args.trace), out.write, progress=not args.no_progress, workers=args.workers)
-    except ModelFault as exc:
+    except (ModelFault, ReplayWorkerError) as exc:
         print(f"moat replay: error: {exc}", file=sys.stderr)
         return 2
     dt = time.perf_counter() - t0

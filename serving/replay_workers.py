@@ -25,11 +25,14 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import operator
+import queue
+import threading
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +48,12 @@ if TYPE_CHECKING:
     from moat.serving.scorer import Scorer
 
 LOOKAHEAD = 2  # chunks parsed ahead of the one being featurised, so workers rarely wait
+SCOPES_AHEAD = 1  # chunks whose scope windows are asked for before the oldest is collected
 _SUMMARY_FIELDS = tuple(f.name for f in fields(Summary))
+
+
+class ReplayWorkerError(RuntimeError):
+    """The workers cannot go on: one exited, or the run would need what they cannot mirror."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,8 @@ class Holds:
         for scope, key, action, until in holds:
             self._holds[(scope, key)] = (action, until)
 
+
+_STOP = bytes(ForkingPickler.dumps(None))  # what tells a worker to exit
 
 # A summary as a plain tuple of its fields, which pickles several times faster than the slotted
 # dataclass; Summary(*packed) restores it.
@@ -122,7 +132,12 @@ def _worker(conn: Connection) -> None:
 
 class _Pool:
     """N worker processes, each answering its requests in order; a reply is collected by the tag
-    it was requested under, whatever else that worker answered first."""
+    it was requested under, whatever else that worker answered first.
+
+    Requests go out through one sender thread per worker, so the coordinator never blocks on a
+    full pipe: with several chunks in flight, a worker can be blocked sending a large reply while
+    the coordinator sends it more, and a send from the coordinator's own thread would then wait
+    for a read that only that thread makes."""
 
     def __init__(self, n: int) -> None:
         # spawn: the parent holds an ONNX session and a thread pool, which fork does not copy safely.
@@ -138,9 +153,26 @@ class _Pool:
             self.procs.append(proc)
         self.expected: list[deque] = [deque() for _ in range(n)]
         self.ready: list[dict] = [{} for _ in range(n)]
+        self.outboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(n)]
+        self.senders = [threading.Thread(target=self._send, args=(conn, box), daemon=True) for conn, box in zip(self.conns, self.outboxes)]
+        for t in self.senders:
+            t.start()
+
+    @staticmethod
+    def _send(conn: Connection, box: queue.SimpleQueue) -> None:
+        while True:
+            payload = box.get()
+            try:
+                conn.send_bytes(payload)
+            except (BrokenPipeError, OSError):
+                return  # the worker is gone: the coordinator's next read of it says so
+            if payload == _STOP:
+                return
 
     def request(self, w: int, tag: Any, msg: Any) -> None:
-        self.conns[w].send(msg)
+        # Pickled here, so a message that cannot be sent fails in the coordinator, not in a
+        # sender thread that would leave the coordinator waiting for a reply.
+        self.outboxes[w].put(bytes(ForkingPickler.dumps(msg)))
         self.expected[w].append(tag)
 
     def reply(self, w: int, tag: Any) -> Any:
@@ -149,30 +181,27 @@ class _Pool:
                 raise RuntimeError(f"replay worker {w}: no request {tag!r} outstanding")
             try:
                 got = self.conns[w].recv()
-            except EOFError as exc:
-                raise RuntimeError(f"replay worker {w} exited (code {self.procs[w].exitcode})") from exc
+            except (EOFError, ConnectionResetError) as exc:
+                raise ReplayWorkerError(f"replay worker {w} exited (code {self.procs[w].exitcode})") from exc
             self.ready[w][self.expected[w].popleft()] = got
         return self.ready[w].pop(tag)
 
     def close(self) -> None:
-        for conn in self.conns:
-            try:
-                conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass  # already gone; joined below
+        for box in self.outboxes:
+            box.put(_STOP)  # after every request still queued
+        for proc, expected in zip(self.procs, self.expected):
+            # Replies nobody will read (an error, or a caller that stopped early): the worker may
+            # be blocked writing one and would never read the None.
+            if expected:
+                proc.terminate()
+        for t in self.senders:
+            t.join(timeout=10)
         for proc in self.procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.terminate()
         for conn in self.conns:
             conn.close()
-
-
-# The coordinator sends several chunks' requests before it reads replies; with chunks much above
-# the default, a request and a reply can both outgrow the socket buffers and wait on each other
-# (seen at 512 events of ~2 KB prompts). Until the pool reads while it sends, larger chunks are
-# refused; one process takes any size.
-MAX_WORKER_CHUNK = 128
 
 
 def _owner(scope: str, key: str, n: int) -> int:
@@ -221,11 +250,24 @@ class _Featurise:
         inflight: deque[tuple[int, list[str | dict], list[int]]] = deque()
         for k, chunk in itertools.islice(source, LOOKAHEAD + 1):
             inflight.append((k, chunk, self._request_parse(k, chunk)))
-        # Each chunk featurised asks for the parsing of one more.
+        # Chunk k+1's scope windows are asked for before chunk k's are collected, so the workers
+        # compute them while this process runs the network and the policy on chunk k. A worker
+        # answers in order, so each scope's history still grows in trace order.
+        routed: deque[_Routed] = deque()
         while inflight:
-            yield self._featurise(*inflight.popleft(), source, inflight)
+            routed.append(self._route(*inflight.popleft()))
+            # Each chunk routed asks for the parsing of one more.
+            nxt = next(source, None)
+            if nxt is not None:
+                inflight.append((nxt[0], nxt[1], self._request_parse(*nxt)))
+            if len(routed) > SCOPES_AHEAD:
+                yield self._collect(routed.popleft())
+        while routed:
+            yield self._collect(routed.popleft())
 
-    def _featurise(self, k: int, chunk: list[str | dict], workers: list[int], source: Iterator, inflight: deque) -> tuple[list[Ref | None], list[tuple[Step, Holds]]]:
+    def _route(self, k: int, chunk: list[str | dict], workers: list[int]) -> "_Routed":
+        """Chunk k's parsed events: their crowd counts, in trace order, and a request to each
+        scope's owner for its windows."""
         parsed = [r for w in workers for r in self.pool.reply(w, ("parse", k))]
         store = self.scorer.store
         items: list[Ref | None] = []
@@ -251,7 +293,7 @@ class _Featurise:
                 if (scope, key) not in self.scopes:
                     self.scopes.add((scope, key))
                     if self.max_scopes is not None and len(self.scopes) > self.max_scopes:
-                        raise RuntimeError(f"more than MOAT_MAX_SCOPES={self.max_scopes} scopes: one process would evict scopes here, which --workers cannot mirror; run with --workers 1 or raise MOAT_MAX_SCOPES")
+                        raise ReplayWorkerError(f"more than MOAT_MAX_SCOPES={self.max_scopes} scopes: one process would evict scopes here, which --workers cannot mirror; run with --workers 1 or raise MOAT_MAX_SCOPES")
                 w = _owner(scope, key, self.n)
                 index, packs, tasks = per_worker[w]
                 if i not in index:
@@ -263,27 +305,37 @@ class _Featurise:
         asked = [w for w, (_, packs, tasks) in enumerate(per_worker) if tasks]
         for w in asked:
             self.pool.request(w, ("scopes", k), ("scopes", (per_worker[w][1], per_worker[w][2])))
-        # Keep the workers busy with the next chunk's parsing while this one is scored.
-        nxt = next(source, None)
-        if nxt is not None:
-            inflight.append((nxt[0], nxt[1], self._request_parse(*nxt)))
-        results = {w: self.pool.reply(w, ("scopes", k)) for w in asked}
+        return _Routed(k, items, summaries, crowds, routes, asked)
+
+    def _collect(self, r: "_Routed") -> tuple[list[Ref | None], list[tuple[Step, Holds]]]:
+        """A routed chunk's steps, once its owners have answered."""
+        results = {w: self.pool.reply(w, ("scopes", r.k)) for w in r.asked}
         stepped = []
-        for s, crowd, route in zip(summaries, crowds, routes):
+        for s, crowd, route in zip(r.summaries, r.crowds, r.routes):
             windows: list[ScopeWindow] = []
             for scope, key, w, t in route:
                 feats, tokens = results[w][t]
                 # The account scope comes first.
                 windows.append(ScopeWindow(scope, key, feats, tokens, is_dependent(scope, feats, tokens, windows[0] if windows else None)))
             stepped.append((Step(s, crowd, windows), self.holds))
-        return items, stepped
+        return r.items, stepped
+
+
+@dataclass(frozen=True, slots=True)
+class _Routed:
+    """A chunk whose scope windows were asked for and not yet collected."""
+
+    k: int
+    items: list[Ref | None]
+    summaries: list[Summary]
+    crowds: list[Crowd]
+    routes: list[list[tuple[str, str, int, int]]]
+    asked: list[int]
 
 
 def replay_parallel(scorer: "Scorer", raws: Iterable[str | dict], workers: int, on_invalid: Callable[[int, str | dict, Invalid], None]) -> Iterator[Any]:
     """Yield the scorer's Score (None for an invalid line, after `on_invalid` was told) for each
     line, in order, featurising on `workers` processes."""
-    if scorer.settings.replay_chunk > MAX_WORKER_CHUNK:
-        raise ValueError(f"--workers needs MOAT_REPLAY_CHUNK <= {MAX_WORKER_CHUNK} (got {scorer.settings.replay_chunk}): larger chunks can fill the pipes to the workers both ways and stall")
     pool = _Pool(workers)
     try:
         yield from scorer.score_stepped(_Featurise(scorer, pool, on_invalid).chunks(raws))

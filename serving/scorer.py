@@ -163,13 +163,25 @@ TIME_SOURCES: dict[str, Callable[[ServingSettings], TimeSource]] = {
 }
 
 
-def execution_providers(choice: str, available: list[str] | None = None) -> list[str]:
+# onnxruntime's CUDA provider runs float32 matrix products in TF32 by default on Ampere and later
+# GPUs, which moved a logit by up to 3.4e-3 from the CPU's on an H200 (benchmarks/bench_gpu.py;
+# 2.9e-6 with it off). Off: an answer must not depend on which tier scored the request, and this
+# network is far too small for TF32 to buy speed.
+CUDA_PROVIDER = ("CUDAExecutionProvider", {"use_tf32": "0"})
+Provider = str | tuple[str, dict[str, str]]
+
+
+def provider_name(p: Provider) -> str:
+    return p if isinstance(p, str) else p[0]
+
+
+def execution_providers(choice: str, available: list[str] | None = None) -> list[Provider]:
     """onnxruntime providers for MOAT_ONNX_PROVIDER, CPU always last as the fallback."""
     have = ort.get_available_providers() if available is None else available
     cuda = "CUDAExecutionProvider" in have
     if choice == "cuda" and not cuda:
         raise RuntimeError(f"MOAT_ONNX_PROVIDER=cuda: onnxruntime has no CUDA provider here ({', '.join(have)}); install onnxruntime-gpu or use cpu")
-    return ["CUDAExecutionProvider", "CPUExecutionProvider"] if choice != "cpu" and cuda else ["CPUExecutionProvider"]
+    return [CUDA_PROVIDER, "CPUExecutionProvider"] if choice != "cpu" and cuda else ["CPUExecutionProvider"]
 
 
 class Scorer:
@@ -184,11 +196,12 @@ class Scorer:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = execution_providers(s.onnx_provider)
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
-        if self.session.get_providers()[0] != providers[0]:
+        wanted = provider_name(providers[0])
+        if self.session.get_providers()[0] != wanted:
             # onnxruntime falls back to the CPU when CUDA or cuDNN fails to load.
             if s.onnx_provider == "cuda":
-                raise RuntimeError(f"MOAT_ONNX_PROVIDER=cuda: onnxruntime could not start {providers[0]} (running on {self.session.get_providers()[0]}); check the CUDA and cuDNN libraries")
-            log.warning("MOAT_ONNX_PROVIDER=%s: %s did not start; the network runs on %s", s.onnx_provider, providers[0], self.session.get_providers()[0])
+                raise RuntimeError(f"MOAT_ONNX_PROVIDER=cuda: onnxruntime could not start {wanted} (running on {self.session.get_providers()[0]}); check the CUDA and cuDNN libraries")
+            log.warning("MOAT_ONNX_PROVIDER=%s: %s did not start; the network runs on %s", s.onnx_provider, wanted, self.session.get_providers()[0])
         t = self.meta.thresholds
         thresholds = Thresholds(
             throttle=s.throttle_threshold if s.throttle_threshold is not None else t.throttle,

@@ -81,15 +81,15 @@ def test_batched_scoring_equals_one_at_a_time(small_traces: Path, chunk: int) ->
 # (case, MOAT_ONNX_PROVIDER, providers onnxruntime has, providers used or the error's words)
 PROVIDERS = [
     ("cpu by default, even with a GPU", "cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),
-    ("auto takes the GPU", "auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ("auto takes the GPU, without TF32", "auto", ["CUDAExecutionProvider", "CPUExecutionProvider"], [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]),
     ("auto without a GPU", "auto", ["CPUExecutionProvider"], ["CPUExecutionProvider"]),
     ("cuda demanded, none here", "cuda", ["CPUExecutionProvider"], "install onnxruntime-gpu"),
-    ("cuda", "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+    ("cuda, without TF32", "cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"], [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]),
 ]
 
 
 @pytest.mark.parametrize("case, choice, available, expected", PROVIDERS, ids=[c[0] for c in PROVIDERS])
-def test_execution_providers(case: str, choice: str, available: list[str], expected: list[str] | str) -> None:
+def test_execution_providers(case: str, choice: str, available: list[str], expected: list | str) -> None:
     if isinstance(expected, str):
         with pytest.raises(RuntimeError, match=expected):
             execution_providers(choice, available)
