@@ -76,7 +76,7 @@ def _user_agent(data: dict[str, Any]) -> str | None:
     return ua if isinstance(ua, str) else None
 
 
-def _deny(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore) -> dict[str, Any]:
+def _deny(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore, endpoint: str) -> dict[str, Any]:
     """Throttle (429 + Retry-After) and block (403), with the actions library's OpenAI error."""
     r = reply_for(score.action, guard.actions)
     if r is None:
@@ -85,9 +85,9 @@ def _deny(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore) -> d
     raise HTTPException(status_code=r.status, detail=json.loads(r.body)["error"], headers=headers or None)
 
 
-def _perturb(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore) -> dict[str, Any]:
+def _perturb(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore, endpoint: str) -> dict[str, Any]:
     try:
-        capped = perturb_request(data, guard.actions.perturb)
+        capped = perturb_request(data, guard.actions.perturb, endpoint)
     except InvalidRequest as exc:
         raise HTTPException(status_code=400, detail={"error": str(exc)}) from exc
     # LiteLLM reads the dict it passed in on some paths and the returned one on others.
@@ -96,12 +96,12 @@ def _perturb(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore) -
     return data
 
 
-def _allow(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore) -> dict[str, Any]:
+def _allow(guard: "MoatGuardrail", data: dict[str, Any], score: ClientScore, endpoint: str) -> dict[str, Any]:
     return data
 
 
 # The one place an action word meets its behaviour in LiteLLM.
-PRE_CALL: dict[str, Callable[["MoatGuardrail", dict[str, Any], ClientScore], dict[str, Any]]] = {
+PRE_CALL: dict[str, Callable[["MoatGuardrail", dict[str, Any], ClientScore, str], dict[str, Any]]] = {
     "allow": _allow,
     "throttle": _deny,
     "perturb": _perturb,
@@ -125,7 +125,8 @@ class MoatGuardrail(CustomGuardrail):
         try:
             who = _identity(self.identity, user_api_key_dict, data)
             rid = str(data.get("litellm_call_id") or uuid.uuid4().hex)
-            event = openai_event(data, "/v1/chat/completions" if "messages" in data else "/v1/completions", who, _user_agent(data), rid, time.time())
+            endpoint = _endpoint(call_type, data)
+            event = openai_event(data, endpoint, who, _user_agent(data), rid, time.time())
         except ValueError as exc:  # nothing Moat can read: LiteLLM validates the request itself
             log.info("request not scored: %s", str(exc).splitlines()[0])
             return data
@@ -142,7 +143,7 @@ class MoatGuardrail(CustomGuardrail):
                 log.warning("request %s refused by Moat even cut down (%s): the fail mode decides", rid, exc)
                 score = self.client.fallback(event, "status")
         data.setdefault("metadata", {})[STATE_KEY] = {"action": score.action, "risk": score.risk, "reasons": score.reasons}
-        return PRE_CALL.get(score.action, _allow)(self, data, score)
+        return PRE_CALL.get(score.action, _allow)(self, data, score, endpoint)
 
     def _perturber(self, data: dict[str, Any]) -> FailOpenPerturber | None:
         state = (data.get("metadata") or {}).get(STATE_KEY) or {}
@@ -152,6 +153,8 @@ class MoatGuardrail(CustomGuardrail):
         perturber = self._perturber(data)
         if perturber is not None and hasattr(response, "choices"):
             _perturb_choices(perturber, response)
+        elif perturber is not None:
+            _perturb_responses(perturber, response)
         return response
 
     async def async_post_call_streaming_iterator_hook(self, user_api_key_dict: Any, response: Any, request_data: dict) -> AsyncGenerator[Any, None]:
@@ -159,7 +162,78 @@ class MoatGuardrail(CustomGuardrail):
         async for chunk in response:
             if perturber is not None and hasattr(chunk, "choices"):
                 _perturb_choices(perturber, chunk)
+            elif perturber is not None:
+                _perturb_responses(perturber, chunk)
             yield chunk
+
+
+# LiteLLM's call types and the OpenAI endpoint each stands for: what the event names and which
+# fields `perturb` caps (a Responses request and an embeddings one both send `input`).
+_ENDPOINTS = {
+    "completion": "/v1/chat/completions", "acompletion": "/v1/chat/completions",
+    "text_completion": "/v1/completions", "atext_completion": "/v1/completions",
+    "responses": "/v1/responses", "aresponses": "/v1/responses",
+    "embedding": "/v1/embeddings", "aembedding": "/v1/embeddings",
+}
+
+
+def _endpoint(call_type: Any, data: dict[str, Any]) -> str:
+    """The endpoint a call type stands for. Another call type (speech, images, moderation) names
+    itself, so `perturb` adds no field it would refuse; only without one does the body decide."""
+    name = getattr(call_type, "value", call_type)  # a CallTypes member or its string
+    if name in _ENDPOINTS:
+        return _ENDPOINTS[name]
+    if name:
+        return f"/litellm/{name}"
+    return "/v1/chat/completions" if "messages" in data else "/v1/completions"
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def _text_parts(obj: Any) -> list[tuple[Any, tuple[int, int]]]:
+    """Every output_text part under a Responses API answer or stream event, as LiteLLM builds
+    them (its own and openai's pydantic objects, or dicts), with its (output, content) index."""
+    if _field(obj, "part") is not None:  # response.content_part.done
+        return [(_field(obj, "part"), (_field(obj, "output_index") or 0, _field(obj, "content_index") or 0))]
+    if _field(obj, "item") is not None:  # response.output_item.done
+        return [(p, (_field(obj, "output_index") or 0, j)) for j, p in enumerate(_field(_field(obj, "item"), "content") or [])]
+    if _field(obj, "response") is not None:  # response.completed
+        obj = _field(obj, "response")
+    output = _field(obj, "output")
+    return [(p, (i, j)) for i, item in enumerate(output if isinstance(output, list) else []) for j, p in enumerate(_field(item, "content") or [])]
+
+
+# Stream events whose own `logprobs` are a part's: a delta continues the part, a done event
+# carries all of it.
+_OWN_LOGPROBS = {"response.output_text.delta": False, "response.output_text.done": True}
+
+
+def _perturb_responses(perturber: FailOpenPerturber, obj: Any) -> None:
+    """Perturb, in place, the logprobs of a Responses API answer or stream event."""
+    kind = getattr(_field(obj, "type"), "value", _field(obj, "type"))  # LiteLLM's event types are enums
+    if kind in _OWN_LOGPROBS:
+        key = (_field(obj, "output_index") or 0, _field(obj, "content_index") or 0)
+        _rewrite(perturber, obj, key, whole=_OWN_LOGPROBS[kind])
+        return
+    for part, key in _text_parts(obj):
+        _rewrite(perturber, part, key, whole=True)
+
+
+def _rewrite(perturber: FailOpenPerturber, holder: Any, key: tuple[int, int], whole: bool) -> None:
+    """`holder.logprobs` (a dict's or a pydantic object's, entries of either kind) perturbed."""
+    entries = _field(holder, "logprobs")
+    if not isinstance(entries, list) or not entries:
+        return
+    plain = [e if isinstance(e, dict) else e.model_dump() for e in entries]
+    new = perturber.part({"logprobs": plain}, key, whole=whole)["logprobs"]
+    kind = type(entries[0])
+    values = [e if kind is dict else kind.model_validate(e) for e in new]
+    if isinstance(holder, dict):
+        holder["logprobs"] = values
+    else:
+        setattr(holder, "logprobs", values)
 
 
 def _perturb_choices(perturber: FailOpenPerturber, response: Any) -> None:

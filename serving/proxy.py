@@ -42,7 +42,7 @@ from starlette.responses import Response
 
 from moat.models.events import MAX_LOGIT_BIAS, MAX_OUTPUT_TOKENS, SEED_RANGE, Event
 from moat.models.memory_store import MemoryStore
-from moat.serving.actions import ActionSettings, InvalidRequest, PerturbSettings, Reply, ResponsePerturber, SSETransformer, invalid_request, perturb_request, reply_for, request_seed
+from moat.serving.actions import ActionSettings, InvalidRequest, PerturbSettings, Reply, ResponsePerturber, SSETransformer, generates, invalid_request, perturb_request, reply_for, request_seed
 from moat.serving.actions.watermark import TextWatermarker, WatermarkSettings
 from moat.serving.scorer import Score, Scorer
 from moat.serving.upstream import HOP, Answer, Pool, UpstreamError
@@ -158,12 +158,16 @@ def _params(body: Mapping[str, Any]) -> dict[str, Any]:
     for name, (lo, hi) in _FLOATS.items():
         out[name] = _clip(body.get(name), lo, hi, float)
     raw = dict(body)
-    raw.setdefault("max_tokens", body.get("max_completion_tokens"))
+    if raw.get("max_tokens") is None:  # chat's newer name, and the Responses API's
+        raw["max_tokens"] = next((body[n] for n in ("max_completion_tokens", "max_output_tokens") if body.get(n) is not None), None)
+    include = body.get("include")
     if isinstance(body.get("logprobs"), int) and not isinstance(body.get("logprobs"), bool):
         raw["top_logprobs"] = body["logprobs"]  # legacy completions: logprobs=k asks for k alternatives
         out["logprobs"] = True
     elif isinstance(body.get("logprobs"), bool):
         out["logprobs"] = body["logprobs"]
+    elif isinstance(include, list) and "message.output_text.logprobs" in include:
+        out["logprobs"] = True  # the Responses API asks for logprobs by naming them in `include`
     for name, (lo, hi) in _INTS.items():
         out[name] = _clip(raw.get(name), lo, hi, int)
     if isinstance(body.get("stream"), bool):
@@ -184,19 +188,30 @@ def openai_event(body: Any, endpoint: str, who: Identity, user_agent: str | None
     if not isinstance(body, dict):
         return None
     messages = prompt = None
-    if isinstance(body.get("messages"), list):
+    turns = body.get("messages")
+    if not isinstance(turns, list) and isinstance(body.get("input"), list):
+        # The Responses API's input given as a conversation: message items carry a role; a
+        # tool call's output carries none and is left out.
+        turns = [m for m in body["input"] if isinstance(m, dict) and "role" in m] or None
+    if isinstance(turns, list):
         messages = [
             {"role": _role(m.get("role")), "content": _text(m.get("content"))}
-            for m in body["messages"][:1024]
+            for m in turns[:1024]
             if isinstance(m, dict)
         ]
     else:
-        raw = body.get("prompt", body.get("input"))  # completions; embeddings and responses use `input`
+        # Completions' prompt; embeddings and responses use `input` (the Responses API's
+        # `prompt` is a stored template's reference, not text).
+        raw = body.get("prompt") if isinstance(body.get("prompt"), (str, list)) else body.get("input")
         if isinstance(raw, list):
             raw = "\n".join(p for p in raw if isinstance(p, str))
         prompt = _text(raw) if isinstance(raw, str) else None
     if messages is None and prompt is None:
-        return None
+        if not generates(endpoint):
+            return None
+        # A generation whose text is elsewhere (a stored conversation or template): still
+        # scored, as an empty prompt, so that it meets the account's decision.
+        prompt = ""
     model = body.get("model")
     fields = {
         "request_id": request_id[:128],
@@ -510,7 +525,7 @@ class Perturb:
             return await Forward().respond(proxy, call, receive, send)
         settings = proxy.actions.perturb
         try:
-            body = json.dumps(perturb_request(call.parsed, settings)).encode()
+            body = json.dumps(perturb_request(call.parsed, settings, call.path)).encode()
         except InvalidRequest as exc:
             return await send_reply(send, invalid_request(str(exc)))
         up = await proxy.upstream.open(call, body, identity_encoding=True)

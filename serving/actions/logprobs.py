@@ -1,4 +1,5 @@
-"""Response side of `perturb`: rounded, noised and truncated logprobs in OpenAI responses.
+"""Response side of `perturb`: rounded, noised and truncated logprobs in OpenAI responses (chat,
+completions and the Responses API, whole or streamed).
 
 The noise is keyed, not fresh. Each value gets Gaussian noise drawn from a keyed hash of
 (the request's content, the token's position, the token), where the content is the model and
@@ -31,7 +32,9 @@ from moat.serving.actions.watermark import TextWatermarker
 
 # The fields that make two requests "the same question". Everything else (logit_bias,
 # top_logprobs, temperature, n, seed, stream, user, unknown extensions) leaves the noise alone.
-CONTENT_FIELDS = ("model", "messages", "prompt", "suffix", "tools", "functions", "response_format")
+# The Responses API's question is in `input`, `instructions`, a stored `prompt` or conversation
+# (`previous_response_id`, `conversation`) and its output format (`text`).
+CONTENT_FIELDS = ("model", "messages", "prompt", "suffix", "tools", "functions", "response_format", "input", "instructions", "previous_response_id", "conversation", "text")
 _TWO_64 = float(1 << 64)
 
 
@@ -113,6 +116,7 @@ class ResponsePerturber:
     def __init__(self, seed: bytes, settings: PerturbSettings, watermark: TextWatermarker | None = None) -> None:
         self.noise = LogprobNoise(seed, settings)
         self.positions: dict[int, int] = {}
+        self.part_positions: dict[tuple[int, int], int] = {}  # Responses API: per (output, content) index
         self.watermark = watermark
         self.streaming = False  # set by SSETransformer: text is then held back between chunks
         self._shape: tuple[str | None, str] | None = None  # where the last marked text was
@@ -180,13 +184,74 @@ class ResponsePerturber:
             choices.append({"index": index, **({outer: field} if outer else field), "finish_reason": None})
         return {k: template[k] for k in ("id", "object", "created", "model") if k in template} | {"choices": choices}
 
+    # Responses API: output[i].content[j].logprobs = [{token, logprob, bytes, top_logprobs}], the
+    # chat layout; a stream's output_text.delta events carry the new tokens' entries.
+    def part(self, part: dict[str, Any], key: tuple[int, int], whole: bool) -> dict[str, Any]:
+        """An output_text part (or a delta event) with its logprobs perturbed. `whole`: the list
+        starts at the part's first token (a whole response, a done event); else it continues the
+        part's stream."""
+        lp = part.get("logprobs")
+        if not isinstance(lp, list) or not lp:
+            return part
+        start = 0 if whole else self.part_positions.get(key, 0)
+        if not whole:  # dropped or not, these tokens take their positions
+            self.part_positions[key] = start + len(lp)
+        try:
+            new = self.noise.chat_content(lp, start)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return {**part, "logprobs": []}  # unreadable: dropped, as for chat
+        return {**part, "logprobs": new}
+
+    def output_item(self, item: dict[str, Any], index: int) -> dict[str, Any]:
+        content = item.get("content")
+        if not isinstance(content, list):
+            return item
+        return {**item, "content": [self.part(p, (index, j), whole=True) if isinstance(p, dict) else p for j, p in enumerate(content)]}
+
+    def response(self, response: dict[str, Any]) -> dict[str, Any]:
+        output = response.get("output")
+        if not isinstance(output, list):
+            return response
+        return {**response, "output": [self.output_item(item, i) if isinstance(item, dict) else item for i, item in enumerate(output)]}
+
+    def event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A Responses API stream event: deltas continue their part; the done events and the
+        final response carry whole parts, with the values the deltas had."""
+        key = (_index(event.get("output_index")), _index(event.get("content_index")))
+        if event.get("type") == "response.output_text.delta":
+            return self.part(event, key, whole=False)
+        if event.get("type") == "response.output_text.done":
+            return self.part(event, key, whole=True)
+        if isinstance(event.get("part"), dict):  # response.content_part.done
+            return {**event, "part": self.part(event["part"], key, whole=True)}
+        if isinstance(event.get("item"), dict):  # response.output_item.done
+            return {**event, "item": self.output_item(event["item"], key[0])}
+        if isinstance(event.get("response"), dict):  # response.completed, .incomplete
+            return {**event, "response": self.response(event["response"])}
+        return event
+
     def body(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A chat.completion, text_completion or chat.completion.chunk with its logprobs perturbed;
-        anything else (an error, a usage-only chunk) unchanged."""
-        choices = body.get("choices") if isinstance(body, dict) else None
-        if not isinstance(choices, list):
+        """A chat.completion, text_completion, chat.completion.chunk, Responses API response or
+        stream event with its logprobs perturbed; anything else (an error, a usage-only chunk)
+        unchanged."""
+        if not isinstance(body, dict):
             return body
-        return {**body, "choices": [self.choice(c) if isinstance(c, dict) else c for c in choices]}
+        choices = body.get("choices")
+        if isinstance(choices, list):
+            return {**body, "choices": [self.choice(c) if isinstance(c, dict) else c for c in choices]}
+        if body.get("object") == "response":
+            return self.response(body)
+        if is_response_event(body):
+            return self.event(body)
+        return body
+
+
+def _index(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def is_response_event(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("type"), str) and obj["type"].startswith("response.")
 
 
 class SSETransformer:
@@ -217,6 +282,8 @@ class SSETransformer:
             obj = json.loads(payload)
         except ValueError:  # a non-JSON payload: not ours to touch
             return line
+        if is_response_event(obj):
+            return self._data(self.perturber.body(obj), ending)
         if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list):
             return line
         self._last = obj

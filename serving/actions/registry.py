@@ -39,7 +39,8 @@ class Action:
     def reply(self) -> Reply | None:
         return None
 
-    def request(self, body: dict[str, Any]) -> dict[str, Any]:
+    def request(self, body: dict[str, Any], path: str | None = None) -> dict[str, Any]:
+        """The request as forwarded; `path` (the API's URL path, when known) says which fields it has."""
         return body
 
     def response(self, request: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +78,8 @@ class Throttle(Action):
 class Perturb(Action):
     name = "perturb"
 
-    def request(self, body: dict[str, Any]) -> dict[str, Any]:
-        return perturb_request(body, self.settings.perturb)
+    def request(self, body: dict[str, Any], path: str | None = None) -> dict[str, Any]:
+        return perturb_request(body, self.settings.perturb, path)
 
     def _perturber(self, request: dict[str, Any]) -> ResponsePerturber:
         p, w = self.settings.perturb, self.settings.watermark

@@ -1,4 +1,4 @@
-"""Request side of `perturb`: what an OpenAI chat/completions request may ask for.
+"""Request side of `perturb`: what an OpenAI chat, completions or responses request may ask for.
 
 Each cap closes one channel a logit-recovery or distillation attacker reads through: top
 logprobs (how much of the distribution each call reveals), logit_bias (steering chosen tokens
@@ -7,6 +7,7 @@ harvests). The body is copied, never changed in place, so a caller can still log
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from moat.serving.actions.settings import PerturbSettings
@@ -49,16 +50,59 @@ def _logit_bias(body: dict[str, Any], settings: PerturbSettings) -> None:
     body["logit_bias"] = clipped
 
 
-def perturb_request(body: dict[str, Any], settings: PerturbSettings) -> dict[str, Any]:
-    """The request with `settings`' caps applied, for /v1/chat/completions (`messages`) and
-    /v1/completions (`prompt`, where `logprobs` is the top-k integer)."""
+@dataclass(frozen=True)
+class Shape:
+    """Where one OpenAI API reads the knobs `perturb` caps."""
+
+    top_k: str  # how many top logprobs each token shows
+    length: tuple[str, ...]  # output-length fields, capped where present
+    default_length: str | None  # set to the cap when none of them is; None: add nothing
+    # The Responses API stores an answer for a later GET, which Moat does not score and would
+    # hand back with exact logprobs: a request that asks for logprobs is not stored.
+    unstored_logprobs: bool = False
+
+
+SHAPES = {
+    "chat": Shape("top_logprobs", ("max_tokens", "max_completion_tokens"), "max_completion_tokens"),
+    # Legacy completions: `logprobs` is the top-k integer.
+    "completions": Shape("logprobs", ("max_tokens", "max_completion_tokens"), "max_tokens"),
+    "responses": Shape("top_logprobs", ("max_output_tokens",), "max_output_tokens", unstored_logprobs=True),
+    # An API the proxy does not know (embeddings, a vendor's own): cap what is there and add
+    # nothing, since an unknown field can make the upstream refuse the request.
+    "other": Shape("top_logprobs", ("max_tokens", "max_completion_tokens", "max_output_tokens"), None),
+}
+# Path endings, most specific first (every chat path also ends in /completions).
+PATHS = (("/chat/completions", "chat"), ("/responses", "responses"), ("/completions", "completions"))
+
+
+def _asks_logprobs(body: dict[str, Any]) -> bool:
+    include = body.get("include")
+    return bool(body.get("top_logprobs")) or (isinstance(include, list) and "message.output_text.logprobs" in include)
+
+
+def generates(path: str) -> bool:
+    """Whether a path is one of the generation APIs (chat, completions, responses)."""
+    end = path.split("?", 1)[0].rstrip("/")
+    return any(end.endswith(suffix) for suffix, _ in PATHS)
+
+
+def request_shape(body: dict[str, Any], path: str | None = None) -> Shape:
+    """The API a request is for: by its path where the caller knows it, else by its body."""
+    if path is not None:
+        end = path.split("?", 1)[0].rstrip("/")
+        return SHAPES[next((name for suffix, name in PATHS if end.endswith(suffix)), "other")]
+    return SHAPES["chat" if "messages" in body else "completions" if "prompt" in body else "other"]
+
+
+def perturb_request(body: dict[str, Any], settings: PerturbSettings, path: str | None = None) -> dict[str, Any]:
+    """The request with `settings`' caps applied, for /v1/chat/completions (`messages`),
+    /v1/completions (`prompt`, where `logprobs` is the top-k integer) and /v1/responses (`input`,
+    which only a path names: embeddings use `input` too)."""
     if not isinstance(body, dict):
         raise InvalidRequest(f"body: expected a JSON object, got {type(body).__name__}")
     out = dict(body)
-    if "messages" in out:
-        _cap(out, "top_logprobs", settings.max_top_logprobs)
-    else:
-        _cap(out, "logprobs", settings.max_top_logprobs)
+    shape = request_shape(out, path)
+    _cap(out, shape.top_k, settings.max_top_logprobs)
     _logit_bias(out, settings)
     temperature = _number(out, "temperature")
     # An absent temperature means 1.0 for OpenAI and for vLLM, already above any sane floor.
@@ -71,10 +115,13 @@ def perturb_request(body: dict[str, Any], settings: PerturbSettings) -> dict[str
     out.pop("top_k", None)
     out.pop("min_p", None)  # vLLM's: near 1 it keeps only the likeliest token
     _cap(out, "n", settings.max_n)
+    if shape.unstored_logprobs and _asks_logprobs(out):
+        out["store"] = False
+        out.pop("background", None)  # runs only on a stored response
     if settings.max_tokens is not None:
-        names = [n for n in ("max_tokens", "max_completion_tokens") if out.get(n) is not None]
+        names = [n for n in shape.length if out.get(n) is not None]
         for name in names:
             _cap(out, name, settings.max_tokens)
-        if not names:
-            out["max_tokens" if "messages" not in out else "max_completion_tokens"] = settings.max_tokens
+        if not names and shape.default_length is not None:
+            out[shape.default_length] = settings.max_tokens
     return out

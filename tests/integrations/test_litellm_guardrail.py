@@ -228,3 +228,49 @@ async def test_perturb_reaches_a_text_completions_logprobs() -> None:
     out = await g.async_post_call_success_hook(data, KEY, resp)
     got = out.choices[0].logprobs
     assert got.tokens == [" Hello"] and got.token_logprobs != [exact] and list(got.top_logprobs[0].values()) != [exact]
+
+
+def responses_request(stream: bool) -> dict[str, Any]:
+    return {
+        "model": "fake", "input": [{"role": "user", "content": "Say hello"}], "include": ["message.output_text.logprobs"], "top_logprobs": 5, "stream": stream,
+        "litellm_call_id": "call-r", "metadata": {"requester_ip_address": "203.0.113.7"}, "proxy_server_request": {"headers": {"user-agent": "OpenAI/Python 1.0"}},
+    }
+
+
+async def responses_through_litellm(g: MoatGuardrail, upstream: str, stream: bool) -> tuple[list[list[float]], dict[str, Any]]:
+    """pre_call -> litellm.aresponses against the fake upstream -> post_call: the logprob values
+    of every output_text part the client receives (in a stream: the deltas' together, then each
+    event that carries a whole part), and the request the upstream got. The model is one LiteLLM
+    streams from the upstream as it comes (for a model it does not know, it rebuilds the stream
+    from the whole answer, without the deltas' logprobs)."""
+    data = await g.async_pre_call_hook(KEY, DualCache(), responses_request(stream), "aresponses")
+    call = {k: v for k, v in data.items() if k not in ("metadata", "proxy_server_request", "litellm_call_id")}
+    response = await litellm.aresponses(**{**call, "model": "openai/gpt-4o"}, api_base=upstream + "/v1", api_key="sk-upstream")
+    if not stream:
+        response = await g.async_post_call_success_hook(data, KEY, response)
+        return [[e.logprob for e in response.output[0].content[0].logprobs]], data
+    deltas: list[float] = []
+    seen = []
+    async for event in g.async_post_call_streaming_iterator_hook(KEY, response, data):
+        dumped = event.model_dump()
+        kind = str(getattr(event.type, "value", event.type))
+        if kind == "response.output_text.delta":
+            deltas += [e["logprob"] for e in dumped.get("logprobs") or []]
+        elif kind == "response.output_text.done":
+            seen.append([e["logprob"] for e in dumped.get("logprobs") or []])
+        parts = [dumped.get("part")] if dumped.get("part") else (dumped.get("item") or {}).get("content") or [p for o in (dumped.get("response") or {}).get("output") or [] for p in o.get("content") or []]
+        seen += [[e["logprob"] for e in p["logprobs"]] for p in parts if p and p.get("logprobs") and p.get("text")]
+    assert deltas, "LiteLLM streamed this model itself: its deltas carried logprobs"
+    return [deltas] + seen, data
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_perturb_reaches_the_responses_api_through_litellm(moats, upstream, stream: bool) -> None:
+    exact, _ = await responses_through_litellm(guard(moats["allow"][0]), upstream[0], stream)
+    assert exact and all(values == LOGPROBS for values in exact)
+    perturbed, data = await responses_through_litellm(guard(moats["perturb"][0]), upstream[0], stream)
+    assert perturbed and all(len(v) == len(LOGPROBS) and v != LOGPROBS and all(abs(x * 10 - round(x * 10)) < 1e-6 for x in v) for v in perturbed)
+    assert len({tuple(v) for v in perturbed}) == 1  # every event carries the same values
+    sent = upstream[1].bodies[-1]
+    assert sent["top_logprobs"] == 1 and "max_tokens" not in sent and "max_completion_tokens" not in sent
+    assert data["max_output_tokens"] == ActionSettings().perturb.max_tokens

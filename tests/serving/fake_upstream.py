@@ -121,7 +121,38 @@ def build_upstream(seen: Seen) -> Starlette:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    async def responses(request: Request) -> Response:
+        """The Responses API: output_text parts with logprobs when `include` asks for them."""
+        body = await request.json()
+        seen.bodies.append(body)
+        seen.headers.append(dict(request.headers))
+        model = body.get("model", "fake")
+        want = "message.output_text.logprobs" in (body.get("include") or [])
+        k = int(body.get("top_logprobs") or 0)
+        entries = [_logprob_entry(i, k) for i in range(len(TOKENS))] if want else []
+        part = {"type": "output_text", "text": "".join(TOKENS), "annotations": [], "logprobs": entries}
+        item = {"type": "message", "id": "msg_fake", "status": "completed", "role": "assistant", "content": [part]}
+        usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": len(TOKENS), "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 5 + len(TOKENS)}
+        done = {"id": "resp_fake", "object": "response", "created_at": 1_700_000_000, "status": "completed", "model": model, "output": [item], "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "usage": usage}
+        if not body.get("stream"):
+            return JSONResponse(done)
+
+        async def events() -> AsyncIterator[bytes]:
+            started = {**done, "status": "in_progress", "output": [], "usage": None}
+            stream = [{"type": "response.created", "response": started}, {"type": "response.output_item.added", "output_index": 0, "item": {**item, "status": "in_progress", "content": []}}]
+            stream.append({"type": "response.content_part.added", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "part": {**part, "text": "", "logprobs": []}})
+            for i, tok in enumerate(TOKENS):
+                stream.append({"type": "response.output_text.delta", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "delta": tok, "logprobs": entries[i : i + 1]})
+            stream.append({"type": "response.output_text.done", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "text": part["text"], "logprobs": entries})
+            stream.append({"type": "response.content_part.done", "item_id": "msg_fake", "output_index": 0, "content_index": 0, "part": part})
+            stream.append({"type": "response.output_item.done", "output_index": 0, "item": item})
+            stream.append({"type": "response.completed", "response": done})
+            for n, event in enumerate(stream):
+                yield f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': n})}\n\n".encode()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "fake", "object": "model", "created": 0, "owned_by": "test"}]})
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/models", models, methods=["GET"])])
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]), Route("/v1/responses", responses, methods=["POST"]), Route("/v1/models", models, methods=["GET"])])

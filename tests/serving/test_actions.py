@@ -504,3 +504,105 @@ def test_watermark_settings_need_a_stable_secret(monkeypatch: pytest.MonkeyPatch
         return
     with pytest.raises(ValidationError, match=error):
         WatermarkSettings()
+
+
+# --- the Responses API ----------------------------------------------------------------------
+
+RESPONSES = {"model": "m", "input": "hi", "include": ["message.output_text.logprobs"]}
+
+
+# (path, body, fields expected after the caps; None: absent). Only a path tells a Responses
+# request from an embeddings one (both send `input`); a field an API does not know is never added.
+SHAPED = [
+    ("/v1/responses", {**RESPONSES, "top_logprobs": 20}, {"top_logprobs": 1, "max_output_tokens": 2048, "max_tokens": None, "max_completion_tokens": None, "logprobs": None}),
+    ("/v1/responses", {**RESPONSES, "max_output_tokens": 100_000, "temperature": 0}, {"max_output_tokens": 2048, "temperature": 0.7}),
+    # A stored answer could be fetched again, unscored and exact: one that asks for logprobs is not stored.
+    ("/v1/responses", {**RESPONSES, "store": True, "background": True}, {"store": False, "background": None}),
+    ("/v1/responses", {"model": "m", "input": "hi", "top_logprobs": 3}, {"store": False}),
+    ("/v1/responses", {"model": "m", "input": "hi", "background": True}, {"store": None, "background": True}),
+    ("/v1/embeddings", {"model": "m", "input": "hi"}, {"max_tokens": None, "max_output_tokens": None, "max_completion_tokens": None}),
+    (None, {"model": "m", "input": "hi", "top_logprobs": 9}, {"top_logprobs": 1, "max_tokens": None, "max_output_tokens": None}),
+    ("/v1/chat/completions", {**CHAT, "top_logprobs": 9}, {"top_logprobs": 1, "max_completion_tokens": 2048, "max_tokens": None}),
+    ("/openai/deployments/d/completions?api-version=1", {**COMPLETION, "logprobs": 5}, {"logprobs": 1, "max_tokens": 2048}),
+]
+
+
+@pytest.mark.parametrize("path, body, expected", SHAPED)
+def test_request_caps_follow_the_api(path: str | None, body: dict[str, Any], expected: dict[str, Any]) -> None:
+    out = perturb_request(body, SETTINGS, path)
+    for name, value in expected.items():
+        assert out.get(name) == value, name
+
+
+def responses_body(tokens: list[tuple[str, float, list[tuple[str, float]]]]) -> dict[str, Any]:
+    logprobs = chat_response(tokens)["choices"][0]["logprobs"]["content"]
+    part = {"type": "output_text", "text": "".join(t for t, _, _ in tokens), "annotations": [], "logprobs": logprobs}
+    return {"id": "resp_1", "object": "response", "model": "m", "output": [{"type": "reasoning", "id": "rs_1", "summary": []}, {"type": "message", "id": "msg_1", "role": "assistant", "content": [part]}]}
+
+
+def responses_events(body: dict[str, Any], per_delta: int) -> list[dict[str, Any]]:
+    """The response as a stream: deltas of `per_delta` tokens, the done events, the completed response."""
+    part = body["output"][1]["content"][0]
+    lps = part["logprobs"]
+    out: list[dict[str, Any]] = [{"type": "response.created", "response": {**body, "output": []}}]
+    for a in range(0, len(lps), per_delta):
+        out.append({"type": "response.output_text.delta", "output_index": 1, "content_index": 0, "delta": "".join(e["token"] for e in lps[a : a + per_delta]), "logprobs": lps[a : a + per_delta]})
+    out.append({"type": "response.output_text.done", "output_index": 1, "content_index": 0, "text": part["text"], "logprobs": lps})
+    out.append({"type": "response.content_part.done", "output_index": 1, "content_index": 0, "part": part})
+    out.append({"type": "response.output_item.done", "output_index": 1, "item": body["output"][1]})
+    out.append({"type": "response.completed", "response": body})
+    return out
+
+
+def test_responses_api_logprobs_are_perturbed() -> None:
+    s = PerturbSettings(secret="k", max_top_logprobs=1, noise_nats=0.5)
+    body = responses_body(many_tokens(20))
+    got = ResponsePerturber(request_seed(b"k", RESPONSES), s).body(body)["output"][1]["content"][0]["logprobs"]
+    want = ResponsePerturber(request_seed(b"k", CHAT), s).body(chat_response(many_tokens(20)))["choices"][0]["logprobs"]["content"]
+    original = body["output"][1]["content"][0]["logprobs"]
+    assert len(got) == len(original)
+    assert all(len(e["top_logprobs"]) == 1 for e in got)  # truncated to the cap
+    assert [e["logprob"] for e in got] != [e["logprob"] for e in original]
+    assert all(round(e["logprob"] / 0.1, 6).is_integer() for e in got)  # rounded to the step
+    assert len(want) == len(got)  # the chat layout, read the same way
+
+
+@pytest.mark.parametrize("per_delta", [1, 3, 20])
+def test_responses_api_stream_carries_the_values_of_the_whole_response(per_delta: int) -> None:
+    s = PerturbSettings(secret="k", max_top_logprobs=2, noise_nats=0.5)
+    body = responses_body(many_tokens(20))
+    whole = ResponsePerturber(request_seed(b"k", RESPONSES), s).body(body)["output"][1]["content"][0]["logprobs"]
+    stream = SSETransformer(ResponsePerturber(request_seed(b"k", RESPONSES), s))
+    raw = b"".join(b"event: " + e["type"].encode() + b"\ndata: " + json.dumps(e).encode() + b"\n\n" for e in responses_events(body, per_delta))
+    events = [json.loads(line[6:]) for line in run_stream(stream, raw, 50).split(b"\n") if line.startswith(b"data: ")]
+    deltas = [x for e in events if e["type"] == "response.output_text.delta" for x in e["logprobs"]]
+    done = {e["type"]: e for e in events}
+    assert whole != body["output"][1]["content"][0]["logprobs"]
+    assert deltas == whole
+    assert done["response.output_text.done"]["logprobs"] == whole
+    assert done["response.content_part.done"]["part"]["logprobs"] == whole
+    assert done["response.output_item.done"]["item"]["content"][0]["logprobs"] == whole
+    assert done["response.completed"]["response"]["output"][1]["content"][0]["logprobs"] == whole
+
+
+# (a field of a Responses request that changes, whether the noise must change): the question is
+# in `input`, `instructions` or a stored conversation, as it is in chat's `messages`.
+RESPONSES_SEEDS = [
+    ({"input": "Tell me a poem"}, True),
+    ({"instructions": "Answer in French"}, True),
+    ({"previous_response_id": "resp_2"}, True),
+    ({"top_logprobs": 3}, False),
+    ({"temperature": 0.2}, False),
+]
+
+
+@pytest.mark.parametrize("change, differs", RESPONSES_SEEDS)
+def test_responses_noise_is_keyed_by_the_question(change: dict[str, Any], differs: bool) -> None:
+    s = PerturbSettings(secret="k", noise_nats=1.0, round_step=0)
+    body = responses_body(many_tokens(8))
+    base = {**RESPONSES, "previous_response_id": "resp_1"}
+
+    def values(request: dict[str, Any]) -> list[float]:
+        return [e["logprob"] for e in ResponsePerturber(request_seed(b"k", request), s).body(body)["output"][1]["content"][0]["logprobs"]]
+
+    assert (values(base) != values({**base, **change})) is differs

@@ -127,6 +127,42 @@ def test_perturb_stream_and_whole_answer_agree(proxies: dict[str, str]) -> None:
     assert [e.logprob for e in whole] == [e.logprob for e in streamed]
 
 
+def call_responses(base: str, stream: bool) -> tuple[str, list[Any]]:
+    """The Responses API through the openai SDK: the text and its logprob entries."""
+    client = openai.OpenAI(base_url=base + "/v1", api_key="sk-x", max_retries=0)
+    kwargs: dict[str, Any] = {"model": "fake", "input": [{"role": "user", "content": "hello"}], "include": ["message.output_text.logprobs"], "top_logprobs": 5, "temperature": 0}
+    if not stream:
+        part = client.responses.create(**kwargs).output[0].content[0]
+        return part.text, list(part.logprobs or [])
+    text, entries = "", []
+    for event in client.responses.create(stream=True, **kwargs):
+        if event.type == "response.output_text.delta":
+            text += event.delta
+            entries += event.logprobs or []
+    return text, entries
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_perturb_reaches_the_responses_api(upstream: tuple[str, Seen], proxies: dict[str, str], stream: bool) -> None:
+    _, exact = call_responses(proxies["allow"], stream)
+    assert [e.logprob for e in exact] == LOGPROBS
+    text, entries = call_responses(proxies["perturb"], stream)
+    assert text == "".join(TOKENS)
+    got = [e.logprob for e in entries]
+    assert len(got) == len(LOGPROBS) and got != LOGPROBS
+    assert all(abs(v * 10 - round(v * 10)) < 1e-6 and v <= 0 for v in got)  # rounded to the 0.1 grid
+    assert all(len(e.top_logprobs) <= 1 for e in entries)
+    sent = upstream[1].bodies[-1]  # capped in the Responses API's own fields, none it would refuse
+    assert (sent["top_logprobs"], sent["temperature"], sent["max_output_tokens"]) == (1, 0.7, ACTIONS.perturb.max_tokens)
+    assert "max_tokens" not in sent and "max_completion_tokens" not in sent
+
+
+def test_perturbed_responses_stream_and_whole_answer_agree(proxies: dict[str, str]) -> None:
+    _, whole = call_responses(proxies["perturb"], stream=False)
+    _, streamed = call_responses(proxies["perturb"], stream=True)
+    assert [e.logprob for e in whole] == [e.logprob for e in streamed]
+
+
 @pytest.mark.parametrize("action", ["allow", "perturb"])
 @pytest.mark.parametrize("model, error", [("fail-400", openai.BadRequestError), ("fail-500", openai.InternalServerError)])
 def test_upstream_errors_pass_through(upstream: tuple[str, Seen], proxies: dict[str, str], action: str, model: str, error: type) -> None:
@@ -236,14 +272,44 @@ WHO = IdentityResolver(ProxySettings(secret=SecretStr("k"))).resolve({"authoriza
         ({"prompt": "x", "temperature": 9, "top_logprobs": 99, "n": 0, "logit_bias": {"1": 500}}, lambda e: (e.params.temperature, e.params.top_logprobs, e.params.n, e.params.logit_bias) == (2.0, 20, 1, {"1": 100.0})),
         ({"messages": [], "max_completion_tokens": 7, "stop": ["s"] * 20}, lambda e: e.params.max_tokens == 7 and len(e.params.stop) == 16),
         ({"input": "embed me"}, lambda e: e.prompt == "embed me"),
+        # The Responses API: a conversation as input (the tool output, with no role, left out),
+        # logprobs asked for through `include`, its own name for the length cap.
+        (
+            {"input": [{"role": "developer", "content": "be brief"}, {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}, {"type": "function_call_output", "call_id": "c", "output": "42"}],
+             "include": ["message.output_text.logprobs"], "top_logprobs": 5, "max_output_tokens": 9},
+            lambda e: [(m.role, m.content) for m in e.messages] == [("developer", "be brief"), ("user", "hi")] and e.params.logprobs and (e.params.top_logprobs, e.params.max_tokens) == (5, 9),
+        ),
+        ({"input": [{"type": "function_call_output", "call_id": "c", "output": "42"}]}, lambda e: e.messages is None and e.prompt == ""),
         ({"prompt": "x", "temperature": float("nan"), "seed": 2**70}, lambda e: e.params.temperature is None and e.params.seed == 2**63 - 1),
         ({"model": "\ud800", "prompt": "x", "n": 3}, lambda e: e.model is None and e.prompt == "x"),  # refused by the contract: scored without it
-        ({"model": "m"}, lambda e: e is None),
+        ({"model": "m"}, lambda e: e.prompt == "" and e.messages is None),  # a generation with no text here: scored all the same
+        ({"prompt": {"id": "pmpt_1"}, "input": "hi"}, lambda e: e.prompt == "hi"),  # the Responses API's stored-template reference
+        ({"prompt": None, "input": "hi"}, lambda e: e.prompt == "hi"),
         (["not", "an", "object"], lambda e: e is None),
     ],
 )
 def test_openai_event(body: Any, check: Any) -> None:
     assert check(openai_event(body, "/v1/chat/completions", WHO, "ua", "r1", 1.0))
+
+
+# (path, body, scored): a generation is scored even when its text is not in the body (a stored
+# conversation, a stored template), so that it meets the account's decision; other APIs' bodies
+# without text are not events.
+GENERATIONS = [
+    ("/v1/responses", {"model": "m", "previous_response_id": "resp_1"}, True),
+    ("/v1/responses", {"model": "m", "conversation": "conv_1", "prompt": {"id": "pmpt_1"}}, True),
+    ("/openai/deployments/d/chat/completions?api-version=1", {"model": "m"}, True),
+    ("/v1/files", {"purpose": "batch"}, False),
+    ("/v1/models", {}, False),
+]
+
+
+@pytest.mark.parametrize("path, body, scored", GENERATIONS)
+def test_a_generation_is_scored_without_its_text(path: str, body: dict[str, Any], scored: bool) -> None:
+    event = openai_event(body, path, WHO, "ua", "r1", 1.0)
+    assert (event is not None) is scored
+    if scored:
+        assert event.prompt == "" and event.endpoint == path
 
 
 # ---------------------------------------------------------------- the watermark through the proxy
