@@ -226,10 +226,15 @@ def _rewrite(perturber: FailOpenPerturber, holder: Any, key: tuple[int, int], wh
     entries = _field(holder, "logprobs")
     if not isinstance(entries, list) or not entries:
         return
-    plain = [e if isinstance(e, dict) else e.model_dump() for e in entries]
-    new = perturber.part({"logprobs": plain}, key, whole=whole)["logprobs"]
-    kind = type(entries[0])
-    values = [e if kind is dict else kind.model_validate(e) for e in new]
+    try:
+        plain = [e if isinstance(e, dict) else e.model_dump() for e in entries]
+        new = perturber.part({"logprobs": plain}, key, whole=whole)["logprobs"]
+        kind = type(entries[0])
+        values = [e if kind is dict else kind.model_validate(e) for e in new]
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        # Entries Moat cannot read: dropped, not passed on exact, and not a failed call.
+        log.warning("Responses API logprobs the guardrail cannot read were dropped")
+        values = []
     if isinstance(holder, dict):
         holder["logprobs"] = values
     else:

@@ -182,6 +182,17 @@ def _params(body: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+# Where a generation request's text is when it is not a plain prompt or input.
+_ELSEWHERE = ("prompt", "input", "instructions", "previous_response_id", "conversation")
+
+
+def _elsewhere(body: Mapping[str, Any]) -> str:
+    """Those fields as canonical JSON: two requests read the same only when they say the same
+    (a constant such as an empty prompt made every such request a near-duplicate of the last)."""
+    found = {k: body[k] for k in _ELSEWHERE if body.get(k) not in (None, "", [], {})}
+    return json.dumps(found, sort_keys=True, ensure_ascii=False, default=str) if found else ""
+
+
 def openai_event(body: Any, endpoint: str, who: Identity, user_agent: str | None, request_id: str, ts: float) -> Event | None:
     """The contract Event of an OpenAI-style request body, or None when it carries no text to
     score (a model listing, a file upload)."""
@@ -206,12 +217,13 @@ def openai_event(body: Any, endpoint: str, who: Identity, user_agent: str | None
         if isinstance(raw, list):
             raw = "\n".join(p for p in raw if isinstance(p, str))
         prompt = _text(raw) if isinstance(raw, str) else None
+        if not prompt and generates(endpoint):
+            # A generation whose text is not plainly in the body (a stored template and its
+            # variables, tool outputs, a stored conversation) is scored all the same, so that
+            # it meets the account's decision, on what the body does say.
+            prompt = _text(_elsewhere(body))
     if messages is None and prompt is None:
-        if not generates(endpoint):
-            return None
-        # A generation whose text is elsewhere (a stored conversation or template): still
-        # scored, as an empty prompt, so that it meets the account's decision.
-        prompt = ""
+        return None
     model = body.get("model")
     fields = {
         "request_id": request_id[:128],
@@ -478,7 +490,7 @@ class FailOpenPerturber(ResponsePerturber):
     def body(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             return super().body(body)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             log.warning("response perturbation failed on a malformed body; passing it unchanged")
             return body
 

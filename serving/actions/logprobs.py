@@ -138,7 +138,7 @@ class ResponsePerturber:
                 n = len(lp["tokens"])
             else:
                 return choice
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             # A logprobs block we cannot read is dropped, not passed through unperturbed, and
             # not an exception: a proxy must answer, and never with a 5xx.
             return {**choice, "logprobs": None}
@@ -198,7 +198,7 @@ class ResponsePerturber:
             self.part_positions[key] = start + len(lp)
         try:
             new = self.noise.chat_content(lp, start)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             return {**part, "logprobs": []}  # unreadable: dropped, as for chat
         return {**part, "logprobs": new}
 

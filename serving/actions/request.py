@@ -75,9 +75,12 @@ SHAPES = {
 PATHS = (("/chat/completions", "chat"), ("/responses", "responses"), ("/completions", "completions"))
 
 
+LOGPROBS = "message.output_text.logprobs"  # how a Responses request asks for logprobs
+
+
 def _asks_logprobs(body: dict[str, Any]) -> bool:
     include = body.get("include")
-    return bool(body.get("top_logprobs")) or (isinstance(include, list) and "message.output_text.logprobs" in include)
+    return bool(body.get("top_logprobs")) or (isinstance(include, list) and LOGPROBS in include)
 
 
 def generates(path: str) -> bool:
@@ -116,8 +119,15 @@ def perturb_request(body: dict[str, Any], settings: PerturbSettings, path: str |
     out.pop("min_p", None)  # vLLM's: near 1 it keeps only the likeliest token
     _cap(out, "n", settings.max_n)
     if shape.unstored_logprobs and _asks_logprobs(out):
-        out["store"] = False
-        out.pop("background", None)  # runs only on a stored response
+        if out.get("conversation") is not None:
+            # Its items are kept in the conversation whatever `store` says, and can be listed
+            # with their logprobs unscored: no logprobs for such a request.
+            out.pop("top_logprobs", None)
+            out["include"] = [x for x in out["include"] if x != LOGPROBS] if isinstance(out.get("include"), list) else out.get("include")
+        else:
+            out["store"] = False
+            for name in ("background", "background_options"):  # run only on a stored response
+                out.pop(name, None)
     if settings.max_tokens is not None:
         names = [n for n in shape.length if out.get(n) is not None]
         for name in names:

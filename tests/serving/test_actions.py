@@ -520,6 +520,9 @@ SHAPED = [
     ("/v1/responses", {**RESPONSES, "store": True, "background": True}, {"store": False, "background": None}),
     ("/v1/responses", {"model": "m", "input": "hi", "top_logprobs": 3}, {"store": False}),
     ("/v1/responses", {"model": "m", "input": "hi", "background": True}, {"store": None, "background": True}),
+    ("/v1/responses", {**RESPONSES, "background": True, "background_options": {"completion_window": "2h"}}, {"store": False, "background": None, "background_options": None}),
+    # A conversation keeps its items whatever `store` says: no logprobs asked of it.
+    ("/v1/responses", {**RESPONSES, "conversation": "conv_1", "top_logprobs": 5}, {"top_logprobs": None, "include": [], "store": None}),
     ("/v1/embeddings", {"model": "m", "input": "hi"}, {"max_tokens": None, "max_output_tokens": None, "max_completion_tokens": None}),
     (None, {"model": "m", "input": "hi", "top_logprobs": 9}, {"top_logprobs": 1, "max_tokens": None, "max_output_tokens": None}),
     ("/v1/chat/completions", {**CHAT, "top_logprobs": 9}, {"top_logprobs": 1, "max_completion_tokens": 2048, "max_tokens": None}),
@@ -606,3 +609,12 @@ def test_responses_noise_is_keyed_by_the_question(change: dict[str, Any], differ
         return [e["logprob"] for e in ResponsePerturber(request_seed(b"k", request), s).body(body)["output"][1]["content"][0]["logprobs"]]
 
     assert (values(base) != values({**base, **change})) is differs
+
+
+def test_logprobs_too_large_for_a_float_are_dropped_not_a_failure() -> None:
+    """JSON allows -1e400 written as an integer; it was an OverflowError, a 500 from the proxy."""
+    s = PerturbSettings(secret="k")
+    huge = [(t, -(10**400), [(a, -(10**400)) for a, _ in tops]) for t, _, tops in many_tokens(2)]
+    body = responses_body(huge)
+    assert ResponsePerturber(request_seed(b"k", RESPONSES), s).body(body)["output"][1]["content"][0]["logprobs"] == []
+    assert ResponsePerturber(request_seed(b"k", CHAT), s).body(chat_response(huge))["choices"][0]["logprobs"] is None
