@@ -83,17 +83,21 @@ def _asks_logprobs(body: dict[str, Any]) -> bool:
     return bool(body.get("top_logprobs")) or (isinstance(include, list) and LOGPROBS in include)
 
 
+def _api(path: str) -> str | None:
+    """The generation API a path ends in (query and trailing slash aside), else None."""
+    end = path.split("?", 1)[0].rstrip("/")
+    return next((name for suffix, name in PATHS if end.endswith(suffix)), None)
+
+
 def generates(path: str) -> bool:
     """Whether a path is one of the generation APIs (chat, completions, responses)."""
-    end = path.split("?", 1)[0].rstrip("/")
-    return any(end.endswith(suffix) for suffix, _ in PATHS)
+    return _api(path) is not None
 
 
 def request_shape(body: dict[str, Any], path: str | None = None) -> Shape:
     """The API a request is for: by its path where the caller knows it, else by its body."""
     if path is not None:
-        end = path.split("?", 1)[0].rstrip("/")
-        return SHAPES[next((name for suffix, name in PATHS if end.endswith(suffix)), "other")]
+        return SHAPES[_api(path) or "other"]
     return SHAPES["chat" if "messages" in body else "completions" if "prompt" in body else "other"]
 
 
@@ -123,7 +127,8 @@ def perturb_request(body: dict[str, Any], settings: PerturbSettings, path: str |
             # Its items are kept in the conversation whatever `store` says, and can be listed
             # with their logprobs unscored: no logprobs for such a request.
             out.pop("top_logprobs", None)
-            out["include"] = [x for x in out["include"] if x != LOGPROBS] if isinstance(out.get("include"), list) else out.get("include")
+            if isinstance(out.get("include"), list):
+                out["include"] = [x for x in out["include"] if x != LOGPROBS]
         else:
             out["store"] = False
             for name in ("background", "background_options"):  # run only on a stored response

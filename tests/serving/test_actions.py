@@ -523,6 +523,7 @@ SHAPED = [
     ("/v1/responses", {**RESPONSES, "background": True, "background_options": {"completion_window": "2h"}}, {"store": False, "background": None, "background_options": None}),
     # A conversation keeps its items whatever `store` says: no logprobs asked of it.
     ("/v1/responses", {**RESPONSES, "conversation": "conv_1", "top_logprobs": 5}, {"top_logprobs": None, "include": [], "store": None}),
+    ("/v1/responses", {"model": "m", "input": "hi", "conversation": "conv_1", "top_logprobs": 5}, {"top_logprobs": None, "store": None, "include": None}),
     ("/v1/embeddings", {"model": "m", "input": "hi"}, {"max_tokens": None, "max_output_tokens": None, "max_completion_tokens": None}),
     (None, {"model": "m", "input": "hi", "top_logprobs": 9}, {"top_logprobs": 1, "max_tokens": None, "max_output_tokens": None}),
     ("/v1/chat/completions", {**CHAT, "top_logprobs": 9}, {"top_logprobs": 1, "max_completion_tokens": 2048, "max_tokens": None}),
@@ -535,6 +536,8 @@ def test_request_caps_follow_the_api(path: str | None, body: dict[str, Any], exp
     out = perturb_request(body, SETTINGS, path)
     for name, value in expected.items():
         assert out.get(name) == value, name
+        if value is None:
+            assert name not in out, f"{name}: sent as null"  # a null field can be refused too
 
 
 def responses_body(tokens: list[tuple[str, float, list[tuple[str, float]]]]) -> dict[str, Any]:
