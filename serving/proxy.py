@@ -42,7 +42,20 @@ from starlette.responses import Response
 
 from moat.models.events import MAX_LOGIT_BIAS, MAX_OUTPUT_TOKENS, SEED_RANGE, Event
 from moat.models.memory_store import MemoryStore
-from moat.serving.actions import ActionSettings, InvalidRequest, PerturbSettings, Reply, ResponsePerturber, SSETransformer, generates, invalid_request, perturb_request, reply_for, request_seed
+from moat.serving.actions import (
+    LOGPROBS,
+    ActionSettings,
+    InvalidRequest,
+    PerturbSettings,
+    Reply,
+    ResponsePerturber,
+    SSETransformer,
+    generates,
+    invalid_request,
+    perturb_request,
+    reply_for,
+    request_seed,
+)
 from moat.serving.actions.watermark import TextWatermarker, WatermarkSettings
 from moat.serving.scorer import Score, Scorer
 from moat.serving.upstream import HOP, Answer, Pool, UpstreamError
@@ -166,7 +179,7 @@ def _params(body: Mapping[str, Any]) -> dict[str, Any]:
         out["logprobs"] = True
     elif isinstance(body.get("logprobs"), bool):
         out["logprobs"] = body["logprobs"]
-    elif isinstance(include, list) and "message.output_text.logprobs" in include:
+    elif isinstance(include, list) and LOGPROBS in include:
         out["logprobs"] = True  # the Responses API asks for logprobs by naming them in `include`
     for name, (lo, hi) in _INTS.items():
         out[name] = _clip(raw.get(name), lo, hi, int)

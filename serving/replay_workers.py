@@ -164,8 +164,8 @@ class _Pool:
             payload = box.get()
             try:
                 conn.send_bytes(payload)
-            except (BrokenPipeError, OSError):
-                return  # the worker is gone: the coordinator's next read of it says so
+            except OSError:  # a broken pipe: the worker is gone, and the coordinator's next read of it says so
+                return
             if payload == _STOP:
                 return
 
