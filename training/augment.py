@@ -57,17 +57,28 @@ def drop_token_bags(tokens: torch.Tensor, p: float) -> torch.Tensor:
     return tokens * keep
 
 
-# Decoding choices that no extraction method needs any particular value of: a distiller can
-# decode greedily or at the API default for free. The simulator's benign scripts decode at low
-# temperatures (as real eval harnesses do), so a model is free to learn "a low temperature is
-# benign", which an attacker satisfies at no cost (python -m moat.evals.shortcuts measured it).
-DECODING_FEATURES = ("temperature", "temperature_set", "top_p_set")
+# Decoding and output choices a client makes for free: a distiller can decode greedily or at
+# the API default, cap or not cap its answers, stream, pin a seed, add stop strings, and ask
+# for logprobs whether it needs them or not. The simulator's benign scripts set more of them
+# than its attackers do (eval harnesses decode at temperature 0 and cap their answers;
+# researchers read logprobs), so a model is free to learn "a client that sets these is benign",
+# which an attacker satisfies at no cost: hand-written attackers on real prompts
+# (python -m moat.evals.redteam) dropped from risk 0.99 to 0.1-0.3 by sending a temperature
+# and a max_tokens. What extraction does need stays out of this list: logit_bias, n. And a
+# window that carries logit_bias keeps its own choices (`borrow_benign_decoding`): a logit-bias
+# probe needs its logprobs and its one-token answers, and a benign classifier that biases its
+# label tokens differs from it in exactly those.
+DECODING_FEATURES = (
+    "temperature", "temperature_set", "top_p_set", "max_tokens", "max_tokens_set", "seed_set", "stop_set", "stream",
+    "logprobs", "top_logprobs", "logprob_share",
+)
 _DECODING_COLS = [INDEX[name] for name in DECODING_FEATURES]
+_LB_SHARE = INDEX["lb_share"]
 
 
 def borrow_benign_decoding(feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
-    """A copy of feats[B, T, F] where each attack window (its last real request labelled 1),
-    with probability `p`, carries the decoding choices of a benign window drawn from the same
+    """A copy of feats[B, T, F] where each attack window (its last real request labelled 1) that
+    sent no logit_bias, with probability `p`, carries the decoding choices of a benign window drawn from the same
     batch (that window's last real request) on every real request: the attacker who copies a
     benign client's decoding habit, labelled as the attacker it still is. Only that direction:
     a window ending in a benign request keeps its own habits, which are real.
@@ -89,7 +100,8 @@ def borrow_benign_decoding(feats: torch.Tensor, labels: torch.Tensor, mask: torc
     benign = torch.nonzero(~attack & real).flatten()
     if len(benign) == 0:
         return feats
-    picked = attack & (torch.rand(b, device=feats.device) < p)
+    biased = feats[rows, last, _LB_SHARE] > 0  # any request of the window sent a logit_bias
+    picked = attack & ~biased & (torch.rand(b, device=feats.device) < p)
     if not picked.any():
         return feats
     donors = benign[torch.randint(len(benign), (b,), device=feats.device)]

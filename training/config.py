@@ -47,8 +47,10 @@ class TrainConfig(BaseSettings):
     jitter_scale: float = 0.3
     # Share of training windows whose hashed words are all dropped (training/augment.py).
     token_drop: float = 0.3
-    # Share of attack windows given a benign window's decoding choices (temperature, top_p) on
-    # every request (training/augment.py): a free habit must not clear an attacker. Benign
+    # Share of attack windows given a benign window's decoding and output choices (temperature,
+    # top_p, max_tokens, seed, stop, stream, logprobs; augment.DECODING_FEATURES) on every
+    # request, unless the window sent a logit_bias (training/augment.py): a free habit must not
+    # clear an attacker. Benign
     # windows keep their own habits, so the simulator's real difference (scripts decode cold)
     # is still there to learn, only no longer enough on its own.
     decoding_borrow_p: float = 0.3

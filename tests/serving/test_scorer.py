@@ -288,9 +288,9 @@ NEWCOMER_KEYS = [
 @pytest.mark.parametrize("case, key, prior", NEWCOMER_KEYS, ids=[c[0] for c in NEWCOMER_KEYS])
 def test_a_key_another_account_abused_never_blocks_a_newcomer(case: str, key: str, prior: int) -> None:
     """A key shared by several accounts is evidence about a cohort: it may escalate an account
-    whose own traffic corroborates it, never act on a plain first request by itself. (Block
-    lowered so that the shipped model blocks the probe: its risk settles near 0.98.)"""
-    sc = Scorer(ServingSettings(time_source="caller", perturb_threshold=0.95, block_threshold=0.97))
+    whose own traffic corroborates it, never act on a plain first request by itself. (Thresholds
+    lowered so that the shipped model blocks the probe: its risk settles near 0.95.)"""
+    sc = Scorer(ServingSettings(time_source="caller", throttle_threshold=0.8, perturb_threshold=0.85, block_threshold=0.9))
     t = 1764500042.0
     attacker = []
     for i in range(120):

@@ -75,11 +75,13 @@ def test_token_bags_drop_whole_windows_at_the_set_rate(p: float, low: float, hig
 DECODING = [INDEX[name] for name in DECODING_FEATURES]
 
 
-def labelled_batch(labels: list[int], t: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def labelled_batch(labels: list[int], t: int = 6, biased: frozenset[int] = frozenset()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Windows whose decoding columns hold 100 * window + 10 * position + column (so a value says
     where it came from), every label constant over the window's real rows and 0 on padding (as
     collate writes it). Window 1 is padded after its third request, window 2 before its third,
-    and window 3 is padding only."""
+    and window 3 is padding only. Windows in `biased` sent a logit_bias: lb_share > 0 on their last
+    real row, where the window's share is read. Every other window holds a stale lb_share on its
+    padding rows, which must not count."""
     torch.manual_seed(1)
     b = len(labels)
     feats = torch.rand(b, t, N_FEATURES)
@@ -89,6 +91,10 @@ def labelled_batch(labels: list[int], t: int = 6) -> tuple[torch.Tensor, torch.T
     mask[1, 3:] = 0
     mask[2, :2] = 0
     mask[3, :] = 0
+    lb = INDEX["lb_share"]
+    feats[:, :, lb] = torch.where(mask > 0, 0.0, 0.7)
+    for v in biased:
+        feats[v, last_real(mask[v]), lb] = 0.5
     lab = torch.tensor(labels, dtype=torch.float)[:, None].expand(b, t) * mask
     return feats, lab, mask
 
@@ -98,19 +104,22 @@ def last_real(mask_row: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize(
-    ("labels", "p", "borrowers"),
+    ("labels", "p", "borrowers", "biased"),
     [
-        ([1, 1, 0, 1, 0, 0], 1.0, {0, 1}),  # every attack window takes a benign habit; padding-only 3 neither borrows nor lends
-        ([1, 1, 1, 0, 0, 0], 1.0, {0, 1, 2}),  # a left-padded attack window borrows on its real rows only
-        ([0, 1, 0, 0, 1, 0], 1.0, {1, 4}),  # donors include left- and right-padded benign windows
-        ([1, 0, 1, 0, 1, 1], 1.0, {0, 2, 4, 5}),  # the only donor is right-padded: its last real row, not its first or the window's end
-        ([1, 1, 0, 0, 0, 0], 0.0, set()),  # off
-        ([0, 0, 0, 0, 0, 0], 1.0, set()),  # benign windows keep their own, real habits
-        ([1, 1, 1, 1, 1, 1], 1.0, set()),  # no benign window to borrow from: nothing changes
+        ([1, 1, 0, 1, 0, 0], 1.0, {0, 1}, set()),  # every attack window takes a benign habit; padding-only 3 neither borrows nor lends
+        ([1, 1, 1, 0, 0, 0], 1.0, {0, 1, 2}, set()),  # a left-padded attack window borrows on its real rows only
+        ([0, 1, 0, 0, 1, 0], 1.0, {1, 4}, set()),  # donors include left- and right-padded benign windows
+        ([1, 0, 1, 0, 1, 1], 1.0, {0, 2, 4, 5}, set()),  # the only donor is right-padded: its last real row, not its first or the window's end
+        ([1, 1, 0, 0, 0, 0], 0.0, set(), set()),  # off
+        ([0, 0, 0, 0, 0, 0], 1.0, set(), set()),  # benign windows keep their own, real habits
+        ([1, 1, 1, 1, 1, 1], 1.0, set(), set()),  # no benign window to borrow from: nothing changes
+        ([1, 1, 0, 0, 1, 0], 1.0, {1}, {0, 4}),  # a logit-bias probe keeps its logprobs and one-token answers
+        ([1, 1, 1, 0, 0, 0], 1.0, {0}, {1, 2}),  # read on the last real row, whichever side the padding is
+        ([1, 0, 0, 0, 0, 0], 1.0, {0}, {2}),  # a biased benign window still lends its habit
     ],
 )
-def test_attack_windows_borrow_a_benign_windows_last_decoding_habit(labels: list[int], p: float, borrowers: set[int]) -> None:
-    feats, lab, mask = labelled_batch(labels)
+def test_attack_windows_borrow_a_benign_windows_last_decoding_habit(labels: list[int], p: float, borrowers: set[int], biased: set[int]) -> None:
+    feats, lab, mask = labelled_batch(labels, biased=frozenset(biased))
     out = borrow_benign_decoding(feats, lab, mask, p)
     others = [i for i in range(N_FEATURES) if i not in DECODING]
     assert torch.equal(out[:, :, others], feats[:, :, others]), "only the decoding columns may change"
@@ -121,7 +130,7 @@ def test_attack_windows_borrow_a_benign_windows_last_decoding_habit(labels: list
             assert torch.equal(out[w], feats[w])
             continue
         habit = out[w, real][:, DECODING]
-        # Every real row carries all three columns of one benign window's last real request.
+        # Every real row carries every decoding column of one benign window's last real request.
         assert any(torch.equal(habit, d.expand_as(habit)) for d in donors.values()), habit
         assert torch.equal(out[w, ~real], feats[w, ~real]), "padding was written"
 
@@ -131,3 +140,17 @@ def test_borrowing_happens_at_the_set_rate() -> None:
     out = borrow_benign_decoding(feats, lab, mask, 0.3)
     moved = (out[:1000] != feats[:1000]).flatten(1).any(1).float().mean().item()
     assert 0.25 <= moved <= 0.35
+
+
+@pytest.mark.parametrize(
+    ("feature", "borrowed"),
+    [
+        # Free choices: an attacker copies a benign client's at no cost.
+        ("temperature", True), ("max_tokens", True), ("max_tokens_set", True), ("stream", True), ("seed_set", True),
+        ("logprobs", True), ("top_logprobs", True), ("logprob_share", True),
+        # What extraction needs, or behaviour: borrowing it would erase the signature itself.
+        ("logit_bias_size", False), ("lb_variety", False), ("n", False), ("near_dup_share", False), ("rate_1m", False), ("scope_account", False),
+    ],
+)
+def test_free_choices_are_borrowed_and_extraction_signatures_are_not(feature: str, borrowed: bool) -> None:
+    assert (feature in DECODING_FEATURES) is borrowed
