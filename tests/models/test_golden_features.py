@@ -34,14 +34,15 @@ FEATURES = [
     ("golden trace", GOLDEN, 1431, "2c628acd37dfc159c0fe3c861e0a7fd1a044c7d19523a251e640e0f96efa5487"),
     ("contract example", EXAMPLE, 10, "00d22da2781ceb6492a99f712d9bdc2cadf9a0ea1eea6e1cd0905749c4ec7803"),
 ]
-# An operator's calibrated block threshold (`moat calibrate` on calib-spread sets about 0.99):
-# the shipped one sits above every risk of the golden trace, and blocks must stay pinned too.
+# An operator's calibrated block threshold, below the shipped 0.992 (`moat calibrate` on
+# calib-spread sets 0.986 for the shipped bundle; 0.99 here): it blocks more of the golden trace
+# (58 requests of 477 against 19), and those blocks must stay pinned too.
 OPERATOR_BLOCK = {"block_threshold": 0.99}
 # (case, trace, serving settings, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, {}, 477, "5b788c149963d46b65ffe50e29331f6714693bd40d51be0c7acb837efb85e6d9"),
-    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "7dd841a394494ffa0576567bf2114d31395a5268c51bc48e91560195bdace0a7"),
-    ("contract example", EXAMPLE, {}, 4, "118015fbed81b21112530bc9a6f8a3672a4ef6462fa7ec0da4ce374ed1c3089a"),
+    ("golden trace", GOLDEN, {}, 477, "5beec26fe84a67b1da866db1b63007a7d68147026cfc714e82627f04fab40e70"),
+    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "49dde37f2bdfce79cd8b9147a5260b95de4ccc2f8ac05833f6e6c1f62dcc225d"),
+    ("contract example", EXAMPLE, {}, 4, "889df7dd8028f390e7926458f6b3cff5e293364eaa6bc439f4b11d74032fd2b1"),
 ]
 
 
