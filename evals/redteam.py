@@ -390,19 +390,9 @@ def run(background: Path, prompts: list[str], model: Path | None, actors: int, s
     jobs = [(script, i) for script in SCRIPTS for i in range(actors)]
     for script, i in tqdm(jobs, desc="red team passes", unit="actor", disable=not progress):
         attack = write_actor(script, i, prompts, start, end, seed)
-        family = {e["account_id"]: script.family for e in attack}
-        for account, outcome in _scripted(score_pass(base, attack, model), family):
-            result.families[family[account]].append(outcome)
+        scripted = tally(score_pass(base, attack, model), {e["account_id"]: script.family for e in attack})
+        result.families[script.family] += scripted.families.get(script.family, [])
     return result
-
-
-def _scripted(scored: Iterator[tuple[str, str, float]], family: dict[str, str]) -> list[tuple[str, Outcome]]:
-    """The outcomes of the scripted accounts of one pass."""
-    accounts = {a: Outcome() for a in family}
-    for account, action, risk in scored:
-        if (o := accounts.get(account)) is not None:
-            o.see(action, risk)
-    return sorted(accounts.items())
 
 
 def _row(name: str, outs: list[Outcome]) -> str:
