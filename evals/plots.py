@@ -126,3 +126,21 @@ def plot_benign_actions(metrics: dict[str, Any], path: Path) -> Figure:
     ax.set_title("Benign personas acted on by Moat")
     _legend_outside(ax)
     return _save(fig, path, dpi=110)
+
+
+def plot_redteam(metrics: dict[str, Any], path: Path) -> Figure:
+    """Share of each hand-written family's accounts acted on and blocked (`moat.evals.redteam`);
+    a family with no accounts (no time to send in the background's span) shows no bars."""
+    families = metrics["families"]
+    names = sorted(families)
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
+    y = np.arange(len(names))
+    for i, (key, color) in enumerate([("acted_on", "darkorange"), ("blocked", "crimson")]):
+        ax.barh(y + (i - 0.5) * 0.38, [100 * (families[n][key] or 0.0) for n in names], height=0.38, color=color, label=key.replace("_", " "))
+    ax.set_xlim(0, 100)
+    ax.set_yticks(y, [f"{n} ({families[n]['accounts']})" for n in names], fontsize=8)
+    ax.invert_yaxis()  # first family at the top, as in the report's table
+    ax.set_xlabel("% of the family's accounts")
+    ax.set_title("Hand-written attackers: acted on and blocked")
+    _legend_outside(ax)
+    return _save(fig, path, dpi=110)

@@ -20,6 +20,7 @@ purpose. The background's own figures come from a pass without any scripted acto
 Run: python -m moat.evals.redteam --background ../shared/data/external/calib-spread.jsonl.gz
        --prompts ../shared/data/arena_hard_v0.1_question.jsonl ../shared/data/koala_test_set.jsonl
        [--model DIR] [--actors 6] [--seed 0] --out runs/redteam
+It writes report.md (the table), metrics.json and redteam.png (acted on and blocked per family).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from moat.data_gen.corpus import load_corpus
+from moat.evals.plots import plot_redteam
 from moat.models.events import Event
 from moat.models.traces import iter_raw
 from moat.serving.settings import ServingSettings
@@ -464,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = render(result, args.background, model)
     (args.out / "report.md").write_text(report)
-    (args.out / "metrics.json").write_text(json.dumps(metrics(result), indent=2) + "\n")
+    summary = metrics(result)
+    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_redteam(summary, args.out / "redteam.png")
     print(report)
     return 0
 

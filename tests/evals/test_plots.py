@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from moat.evals.evaluate import Accounts, MethodRun
-from moat.evals.plots import plot_benign_actions, plot_detection_delay, plot_risk_over_time, plot_roc
+from moat.evals.plots import plot_benign_actions, plot_detection_delay, plot_redteam, plot_risk_over_time, plot_roc
 
 THRESHOLDS = {"throttle": 0.96, "perturb": 0.98, "block": 1.0}
 
@@ -92,3 +92,24 @@ def test_risk_over_time_has_a_legend_and_thresholds_off_the_frame(synthetic, tmp
 def test_benign_actions_axis_starts_at_zero(tmp_path: Path, throttled: float, expected_ylim: tuple[float, float]) -> None:
     fig = plot_benign_actions(_persona_metrics(throttled), tmp_path / "bars.png")
     assert fig.axes[0].get_ylim() == pytest.approx(expected_ylim)
+
+
+REDTEAM = {
+    "families": {
+        "b-family": {"accounts": 6, "acted_on": 0.5, "blocked": 1 / 6},
+        "a-family": {"accounts": 40, "acted_on": 1.0, "blocked": 0.0},
+        "c-family": {"accounts": 0, "acted_on": None, "blocked": None},  # no time to send
+    }
+}
+
+
+def test_redteam_bars_are_each_familys_shares_in_table_order(tmp_path: Path) -> None:
+    fig = plot_redteam(REDTEAM, tmp_path / "redteam.png")
+    assert (tmp_path / "redteam.png").stat().st_size > 0
+    ax = fig.axes[0]
+    acted, blocked = ax.containers
+    assert [b.get_width() for b in acted] == pytest.approx([100.0, 50.0, 0.0])
+    assert [b.get_width() for b in blocked] == pytest.approx([0.0, 100 / 6, 0.0])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a-family (40)", "b-family (6)", "c-family (0)"]
+    assert ax.get_xlim() == (0, 100)
+    _legend_clear_of_axes(fig)

@@ -208,6 +208,7 @@ def test_a_run_reports_every_family_and_the_background(tmp_path: Path, hours: fl
     assert got["background"]["accounts"] == len({e["account_id"] for e in lines})
     report = (tmp_path / "out" / "report.md").read_text()
     assert all(f"| {name} |" in report for name in PATTERNS)
+    assert (tmp_path / "out" / "redteam.png").stat().st_size > 0
 
 
 def test_background_labels_split_the_report_and_change_no_score(tmp_path: Path) -> None:
