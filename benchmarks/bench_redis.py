@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from moat.models.events import Event
+from moat.models.events import TRACE_LABEL_FIELDS, Event
 from moat.models.featurizer import Featurizer
 from moat.models.traces import iter_raw
 from moat.serving.scorer import Scorer
@@ -42,7 +42,6 @@ from moat.serving.state.redis_store import RedisStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV_SPREAD = ROOT.parent / "shared" / "data" / "external" / "dev-spread.jsonl.gz"
-TRUTH = ("label", "family", "actor")
 KINDS = {"s": "scopes", "h": "holds", "c": "campaign sketch", "k": "cohort sketch"}
 
 
@@ -223,7 +222,7 @@ def main() -> None:
         compare(events, url, ports, args.cluster, args.warmup)
         per_account(url, ports, args.cluster, args.accounts, args.requests)
         if args.hang:
-            hang([{k: v for k, v in r.items() if k not in TRUTH} for r in raws], url, ports, args.cluster, args.rate, args.seconds)
+            hang([{k: v for k, v in r.items() if k not in TRACE_LABEL_FIELDS} for r in raws], url, ports, args.cluster, args.rate, args.seconds)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from moat.data_gen.corpus import load_corpus
 from moat.evals.plots import plot_redteam
-from moat.models.events import Event
+from moat.models.events import TRACE_LABEL_FIELDS, Event
 from moat.models.traces import iter_raw
 from moat.serving.settings import ServingSettings
 
@@ -60,7 +60,6 @@ UA_SDK = "OpenAI/Python 1.55.3"
 UA_NODE = "OpenAI/NodeJS/4.73.0"
 UA_REQUESTS = "python-requests/2.32.3"
 UA_BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15"
-TRACE_FIELDS = ("label", "family", "actor")  # dropped from the background before scoring
 LABEL_NAMES = {0: "benign", 1: "attack"}
 FILLERS = ("really", "actually", "just", "exactly", "also", "kindly", "briefly")
 ENDINGS = ("?", ".", "!", " Thanks.", " Be concise.", " Answer briefly.")
@@ -93,7 +92,7 @@ class Ctx:
     ) -> dict[str, Any]:
         self._n += 1
         event: dict[str, Any] = {
-            "request_id": f"{PREFIX}{self._n}",
+            "request_id": f"{account}-r{self._n}",
             "ts": round(ts, 3),
             "account_id": account,
             "api_key_id": key or f"{account}-key",
@@ -288,11 +287,7 @@ def write_actor(script: Script, index: int, prompts: list[str], start: float, en
     """Actor `index` of `script`, in time order. Each (script, actor) draws from its own stream,
     so adding a script or an actor leaves the others' requests as they were."""
     ctx = Ctx(random.Random(f"{seed}:{script.family}:{index}"), prompts, start, end)
-    name = f"{PREFIX}{script.family}-{index}"
-    events = script.actor(ctx, name)
-    for e in events:
-        e["request_id"] = f"{name}-{e['request_id'].removeprefix(PREFIX)}"
-    return events
+    return script.actor(ctx, f"{PREFIX}{script.family}-{index}")
 
 
 @dataclass
@@ -350,7 +345,7 @@ def read_background(path: Path) -> tuple[list[Event], dict[str, int]]:
         if raw.get("label") in (0, 1):
             labels[raw.get("account_id")] = max(labels.get(raw.get("account_id"), 0), raw["label"])
         try:
-            event = Event.model_validate({k: v for k, v in raw.items() if k not in TRACE_FIELDS})
+            event = Event.model_validate({k: v for k, v in raw.items() if k not in TRACE_LABEL_FIELDS})
         except ValidationError as exc:
             first = exc.errors()[0]
             raise ValueError(f"{path}: event {lineno}: {'.'.join(map(str, first['loc'])) or 'event'}: {first['msg']}") from exc

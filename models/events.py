@@ -36,6 +36,9 @@ SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit seed, as the OpenAI API ta
 # (trace) callers.
 MAX_TEXT_CHARS = 1 << 22
 MAX_LABEL_CHARS = 256  # trace-only family and actor names
+# The ground-truth fields of a trace file (Event.label, .family, .actor): what a caller drops to
+# score a labelled trace as unlabelled traffic.
+TRACE_LABEL_FIELDS = ("label", "family", "actor")
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 

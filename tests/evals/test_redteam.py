@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from moat.evals.redteam import ADDRESSES, PREFIX, SCRIPTS, UA_BROWSER, Ctx, main, tally, word_edit, write_actor
-from moat.models.events import Event
+from moat.models.events import TRACE_LABEL_FIELDS, Event
 
 CONTRACT = Path(__file__).resolve().parents[2] / "contract"
 # Prompts of a few words to a few sentences, with digits, as real prompt files hold.
@@ -188,7 +188,7 @@ def background(tmp_path: Path, hours: float = 22, labelled: bool = False) -> tup
     lines = [json.loads(x) for x in (CONTRACT / "example_trace.jsonl").read_text().splitlines()]
     lines.append({**lines[0], "request_id": "late", "ts": lines[0]["ts"] + hours * 3600})
     first = lines[0]["account_id"]
-    lines = [{k: v for k, v in e.items() if k not in ("label", "family", "actor")} for e in lines]
+    lines = [{k: v for k, v in e.items() if k not in TRACE_LABEL_FIELDS} for e in lines]
     if labelled:
         lines = [{**e, "label": int(e["account_id"] == first), "family": "f", "actor": "a"} for e in lines]
     path = tmp_path / f"bg-{hours}-{labelled}.jsonl"
