@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
-        prompts = [t for p in args.prompts for t in _prompts(p)]
+        prompts = [t for p in args.prompts for t in read_prompts(p)]
         result = run(args.background, prompts, args.model, args.actors, args.seed, progress=not args.no_progress)
         model = _model_version(args.model)
     except (ValueError, OSError, EOFError) as exc:  # EOFError: a truncated .gz
@@ -468,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _prompts(path: Path) -> list[str]:
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of one `--prompts` file (any format `--corpus` reads)."""
     try:
         return load_corpus(path)
     except ValueError as exc:  # load_corpus names its own flag
