@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from moat.evals.redteam import MIN_PROMPTS, SCRIPTS, UA_BROWSER, UA_SDK, Script, read_prompts, score_pass, write_actor
+from moat.evals.redteam import MIN_PROMPTS, SCRIPTS, UA_BROWSER, UA_SDK, Script, add_script_arguments, bundle_meta, read_prompts, score_pass, write_actor
 from moat.evals.shortcuts import Intervention, SetParam, SetUserAgent
 
 # Each actor runs inside one day from a fixed start: the scripts only need a span to place
@@ -185,40 +185,23 @@ def metrics(result: Counterfactual, model: str, throttle: float) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m moat.evals.counterfactual", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prompts", type=Path, nargs="+", required=True, help="real prompt files (JSONL(.gz) or CSV, as --corpus reads)")
-    ap.add_argument("--model", type=Path, default=None, help="bundle directory (default: MOAT_MODEL, else the shipped model)")
-    ap.add_argument("--actors", type=int, default=2, help="actors per script (default: 2)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--no-progress", action="store_true")
+    add_script_arguments(ap, 2, "actors per script")
     args = ap.parse_args(argv)
     try:
         prompts = [t for p in args.prompts for t in read_prompts(p)]
-        model, throttle = _bundle(args.model)
+        meta = bundle_meta(args.model)
         if args.out.exists() and not args.out.is_dir():
             raise ValueError(f"--out: {args.out} is a file, not a directory")
         result = run(prompts, args.model, args.actors, args.seed, progress=not args.no_progress)
         args.out.mkdir(parents=True, exist_ok=True)
-        report = render(result, model, throttle)
+        report = render(result, meta.model_version, meta.thresholds.throttle)
         (args.out / "report.md").write_text(report)
-        (args.out / "metrics.json").write_text(json.dumps(metrics(result, model, throttle), indent=2) + "\n")
+        (args.out / "metrics.json").write_text(json.dumps(metrics(result, meta.model_version, meta.thresholds.throttle), indent=2) + "\n")
     except (ValueError, OSError, EOFError) as exc:  # EOFError: a truncated .gz
         print(f"counterfactual: error: {exc}", file=sys.stderr)
         return 2
     print(report)
     return 0
-
-
-def _bundle(model: Path | None) -> tuple[str, float]:
-    from moat.models.bundle import BundleError, load_bundle
-    from moat.models.bundle_source import resolve_model
-    from moat.serving.settings import ServingSettings
-
-    try:
-        meta = load_bundle(model or resolve_model(ServingSettings().model))[0]
-    except (BundleError, OSError) as exc:
-        raise ValueError(f"--model: {exc}") from exc
-    return meta.model_version, meta.thresholds.throttle
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from tqdm import tqdm
@@ -49,6 +49,9 @@ from moat.evals.plots import plot_redteam
 from moat.models.events import TRACE_LABEL_FIELDS, Event
 from moat.models.traces import iter_raw
 from moat.serving.settings import ServingSettings
+
+if TYPE_CHECKING:
+    from moat.models.bundle import BundleMeta
 
 PREFIX = "redteam-"  # every scripted account id starts with it; no background id may
 # Scripted clients send from 10.0.0.0/8, one /24 each, drawn without replacement; a background
@@ -441,20 +444,25 @@ def metrics(result: RedTeamResult) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m moat.evals.redteam", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--background", type=Path, required=True, help="trace of real traffic to place the attackers in (labels, if any, only split the report)")
+def add_script_arguments(ap: argparse.ArgumentParser, actors: int, actors_help: str) -> None:
+    """The options of every check that replays these scripts through a bundle."""
     ap.add_argument("--prompts", type=Path, nargs="+", required=True, help="real prompt files (JSONL(.gz) or CSV, as --corpus reads)")
     ap.add_argument("--model", type=Path, default=None, help="bundle directory (default: MOAT_MODEL, else the shipped model)")
-    ap.add_argument("--actors", type=int, default=6, help="actors per script, each scored alone (default: 6)")
+    ap.add_argument("--actors", type=int, default=actors, help=f"{actors_help} (default: {actors})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--no-progress", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m moat.evals.redteam", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--background", type=Path, required=True, help="trace of real traffic to place the attackers in (labels, if any, only split the report)")
+    add_script_arguments(ap, 6, "actors per script, each scored alone")
     args = ap.parse_args(argv)
     try:
         prompts = [t for p in args.prompts for t in read_prompts(p)]
+        model = bundle_meta(args.model).model_version
         result = run(args.background, prompts, args.model, args.actors, args.seed, progress=not args.no_progress)
-        model = _model_version(args.model)
     except (ValueError, OSError, EOFError) as exc:  # EOFError: a truncated .gz
         print(f"redteam: error: {exc}", file=sys.stderr)
         return 2
@@ -476,11 +484,15 @@ def read_prompts(path: Path) -> list[str]:
         raise ValueError(str(exc).replace("--corpus", "--prompts", 1)) from exc
 
 
-def _model_version(model: Path | None) -> str:
-    from moat.models.bundle import load_bundle
+def bundle_meta(model: Path | None) -> "BundleMeta":
+    """The meta of `--model`, else of the bundle serving would load; a bad one names the flag."""
+    from moat.models.bundle import BundleError, load_bundle
     from moat.models.bundle_source import resolve_model
 
-    return load_bundle(model or resolve_model(ServingSettings().model))[0].model_version
+    try:
+        return load_bundle(model or resolve_model(ServingSettings().model))[0]
+    except (BundleError, OSError) as exc:
+        raise ValueError(f"--model: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -253,3 +253,12 @@ def test_bad_input_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["--background", str(trace), "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("redteam: error:") and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_a_bad_model_fails_before_any_pass_and_names_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    trace = tmp_path / "bg.jsonl"
+    trace.write_text(json.dumps({"request_id": "r1", "ts": START, "account_id": "a", "prompt": "hi"}) + "\n")
+    args = ["--background", str(trace), "--prompts", str(write_prompts(tmp_path, len(PROMPTS))), "--model", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == f"redteam: error: --model: {tmp_path}: not a model bundle (no meta.json)"
+    assert not (tmp_path / "out").exists()
