@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.serving.fake_upstream import Seen, build_upstream, serve_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.serving.fake_upstream import Seen, build_upstream, free_port, serve_app
 
 
 @pytest.fixture

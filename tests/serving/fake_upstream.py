@@ -10,6 +10,7 @@ and model "fail-500" a 500: what a gateway must pass through unchanged.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -40,10 +41,25 @@ TOKENS = ["Hello", ",", " world", "!"]
 LOGPROBS = [-0.0123456789, -1.2345678901, -0.3456789012, -2.3456789012]
 
 
+# Below the kernel's ephemeral range (32768-60999 on Linux). A port found with bind(0) is free
+# only until the service binds it, and in between BentoML's process manager may be handed the
+# same port by bind(0) for its own control socket: a CI run failed so ("Address already in
+# use" from circus). Drawn at random, so that two tests choosing at once rarely meet.
+PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A localhost port that is free now, outside the range bind(0) hands out."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.choice(PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free localhost port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 @contextmanager
