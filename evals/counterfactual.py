@@ -40,7 +40,7 @@ from moat.evals.shortcuts import Intervention, SetParam, SetUserAgent
 START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 SPAN_S = 86_400.0
 SYSTEM = "You are a helpful assistant."
-# Parameters whose value costs an attacker nothing (see `FreeParamsUnset`).
+# Parameters whose value costs an attacker nothing (the "free parameters unset" variant).
 FREE_PARAMS = ("temperature", "top_p", "seed", "stop", "stream")
 
 
@@ -143,7 +143,7 @@ def run(prompts: list[str], model: Path | None, actors: int, seed: int, scripts:
         events = write_actor(script, i, prompts, START, START + SPAN_S, seed)
         for variant in VARIANTS:
             changed = [variant.change.apply(e) for e in events]
-            if variant.name == "as sent" or changed != events:
+            if isinstance(variant.change, AsSent) or changed != events:
                 result.risks[script.family][variant.name] += account_max_risk(changed, model)
     return result
 
