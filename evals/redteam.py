@@ -26,6 +26,7 @@ It writes report.md (the table), metrics.json and redteam.png (acted on and bloc
 from __future__ import annotations
 
 import argparse
+import bisect
 import heapq
 import ipaddress
 import json
@@ -395,14 +396,26 @@ def run(background: Path, prompts: list[str], model: Path | None, actors: int, s
     return result
 
 
-def _row(name: str, outs: list[Outcome]) -> str:
+def background_at_or_above(result: RedTeamResult, outs: list[Outcome]) -> float | None:
+    """The median, over these accounts, of the share of background accounts whose highest risk
+    is at or above the account's own: where it ranks inside real traffic, whatever thresholds a
+    bundle or an operator chose. Thresholds move from bundle to bundle; the rank is what decides
+    how many of the operator's own accounts any threshold that catches it would also act on."""
+    ranked = sorted(o.max_risk for o in result.background)
+    if not ranked or not outs:
+        return None
+    return statistics.median((len(ranked) - bisect.bisect_left(ranked, o.max_risk)) / len(ranked) for o in outs)
+
+
+def _row(name: str, outs: list[Outcome], above: float | None = None) -> str:
+    rank = "—" if above is None else f"{above:.1%}"
     if not outs:
-        return f"| {name} | 0 | — | — | — | — |"
+        return f"| {name} | 0 | — | — | — | — | {rank} |"
     acted = [o for o in outs if o.first_action is not None]
     queries = statistics.median(o.first_action for o in acted) if acted else math.inf
     return (
         f"| {name} | {len(outs)} | {len(acted) / len(outs):.1%} | {sum(o.blocked for o in outs) / len(outs):.1%} | "
-        f"{'∞' if math.isinf(queries) else f'{queries:g}'} | {statistics.median(o.max_risk for o in outs):.3f} |"
+        f"{'∞' if math.isinf(queries) else f'{queries:g}'} | {statistics.median(o.max_risk for o in outs):.3f} | {rank} |"
     )
 
 
@@ -413,11 +426,12 @@ def render(result: RedTeamResult, background: Path, model: str) -> str:
         f"Model {model}, enforce mode. Each scripted actor is scored alone with the background. Acted on = "
         "ever throttled, perturbed or blocked; queries = median index of the first request acted on, among "
         "accounts acted on. Background: the trace's own accounts scored without any scripted actor, its "
-        "attackers among them where it has any.",
+        "attackers among them where it has any. Background at or above: the median share of the background's "
+        "accounts whose highest risk reaches the scripted account's (its rank in this traffic, whatever the thresholds).",
         "",
-        "| family | accounts | acted on | blocked | queries to first action | median max risk |",
-        "|---|---|---|---|---|---|",
-        *(_row(name, result.families[name]) for name in sorted(result.families)),
+        "| family | accounts | acted on | blocked | queries to first action | median max risk | background at or above |",
+        "|---|---|---|---|---|---|---|",
+        *(_row(name, result.families[name], background_at_or_above(result, result.families[name])) for name in sorted(result.families)),
         _row("background, every account", result.background),
         *(_row(f"background, labelled {LABEL_NAMES[y]} (evaluation only)", result.labelled[y]) for y in sorted(result.labelled)),
     ]
@@ -438,7 +452,7 @@ def metrics(result: RedTeamResult) -> dict[str, Any]:
         }
 
     return {
-        "families": {k: summary(v) for k, v in sorted(result.families.items())},
+        "families": {k: {**summary(v), "background_at_or_above": background_at_or_above(result, v)} for k, v in sorted(result.families.items())},
         "background": summary(result.background),
         "background_by_label": {LABEL_NAMES[y]: summary(v) for y, v in sorted(result.labelled.items())},
     }

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from moat.evals.redteam import ADDRESSES, PREFIX, SCRIPTS, UA_BROWSER, Ctx, main, tally, word_edit, write_actor
+from moat.evals.redteam import ADDRESSES, PREFIX, SCRIPTS, UA_BROWSER, Ctx, Outcome, RedTeamResult, background_at_or_above, main, render, tally, word_edit, write_actor
 from moat.models.events import TRACE_LABEL_FIELDS, Event
 
 CONTRACT = Path(__file__).resolve().parents[2] / "contract"
@@ -262,3 +262,21 @@ def test_a_bad_model_fails_before_any_pass_and_names_the_flag(tmp_path: Path, ca
     assert main(args) == 2
     assert capsys.readouterr().err.strip() == f"redteam: error: --model: {tmp_path}: not a model bundle (no meta.json)"
     assert not (tmp_path / "out").exists()
+
+
+RANKS = [
+    # (background accounts' highest risks, scripted accounts' highest risks, median share of the background at or above)
+    ([0.1, 0.5, 0.9, 0.95], [0.92], 0.25),
+    ([0.1, 0.5, 0.9, 0.95], [0.5], 0.75),  # a tie counts as at or above
+    ([0.1, 0.5, 0.9, 0.95], [0.99], 0.0),
+    ([0.1, 0.5, 0.9, 0.95], [0.05, 0.92, 0.99], 0.25),  # the median over the scripted accounts
+    ([], [0.5], None),  # no background: no rank
+]
+
+
+@pytest.mark.parametrize(("background_risks", "risks", "share"), RANKS)
+def test_rank_inside_the_background_counts_its_accounts_at_or_above(background_risks: list[float], risks: list[float], share: float | None) -> None:
+    result = RedTeamResult(families={"a": [Outcome(max_risk=r) for r in risks]}, background=[Outcome(max_risk=r) for r in background_risks])
+    assert background_at_or_above(result, result.families["a"]) == (None if share is None else pytest.approx(share))
+    row = next(line for line in render(result, Path("bg.jsonl"), "m").splitlines() if line.startswith("| a |"))
+    assert row.endswith("| — |" if share is None else f"| {share:.1%} |")
