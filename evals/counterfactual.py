@@ -32,7 +32,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from moat.evals.redteam import MIN_PROMPTS, SCRIPTS, UA_BROWSER, UA_SDK, Script, add_script_arguments, bundle_meta, read_prompts, score_pass, write_actor
+from moat.evals.redteam import MIN_PROMPTS, SCRIPTS, UA_BROWSER, UA_SDK, Script, add_script_arguments, bundle_meta, read_prompts, score_pass, tally, write_actor
 from moat.evals.shortcuts import Intervention, SetParam, SetUserAgent
 
 # Each actor runs inside one day from a fixed start: the scripts only need a span to place
@@ -126,10 +126,7 @@ class Counterfactual:
 
 def account_max_risk(events: list[dict[str, Any]], model: Path | None) -> list[float]:
     """Each account's highest risk over its requests, scored alone from fresh memory state."""
-    best: dict[str, float] = {}
-    for account, _, risk in score_pass([], events, model):
-        best[account] = max(best.get(account, 0.0), risk)
-    return list(best.values())
+    return [o.max_risk for o in tally(score_pass([], events, model), {}).background]
 
 
 def run(prompts: list[str], model: Path | None, actors: int, seed: int, scripts: tuple[Script, ...] = SCRIPTS, progress: bool = True) -> Counterfactual:

@@ -498,7 +498,7 @@ def read_prompts(path: Path) -> list[str]:
         raise ValueError(str(exc).replace("--corpus", "--prompts", 1)) from exc
 
 
-def bundle_meta(model: Path | None) -> "BundleMeta":
+def bundle_meta(model: Path | None) -> BundleMeta:
     """The meta of `--model`, else of the bundle serving would load; a bad one names the flag."""
     from moat.models.bundle import BundleError, load_bundle
     from moat.models.bundle_source import resolve_model
