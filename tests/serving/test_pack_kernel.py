@@ -35,6 +35,8 @@ def window(rows: int, rng: np.random.Generator, special: bool = False) -> ScopeW
 # (case, window lengths, every float16 bit pattern possible)
 SHAPES = [
     ("one window of one row", [1], False),
+    ("one full window (the live path's usual batch)", [WINDOW], False),
+    ("one window, all bit patterns", [WINDOW], True),
     ("full windows", [WINDOW] * 3, False),
     ("ragged: padding differs per window", [1, 5, WINDOW, 2, 9], False),
     ("all bit patterns: subnormals, -0, infinities, NaNs", [WINDOW, 3], True),

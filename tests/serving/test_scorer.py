@@ -15,7 +15,7 @@ from moat.models.events import Event
 from moat.models.memory_store import MemoryStore
 from moat.models.traces import iter_raw
 from moat.serving.replay_cli import replay
-from moat.serving.scorer import Scorer, execution_providers
+from moat.serving.scorer import Scorer, _per_event_max, execution_providers
 from moat.serving.settings import ServingSettings
 from tests.conftest import CONTRACT, ROOT
 
@@ -329,3 +329,26 @@ def test_a_network_that_gives_nan_is_a_model_fault(entry: str, tmp_path: Path, m
     else:
         assert main(["replay", str(CONTRACT / "example_trace.jsonl"), "-o", str(tmp_path / "s.jsonl"), "--no-progress"]) == 2
         assert "moat replay: error: request r1: the network gave a non-finite risk" in capsys.readouterr().err
+
+
+# (case, risks, event of each risk, events): windows come in event order, each event's own
+# windows starting with its account's.
+PER_EVENT = [
+    ("one own window per event", [0.1, 0.9, 0.5], [0, 1, 2], 3),
+    ("several own windows per event", [0.1, 0.7, 0.9, 0.2, 0.3], [0, 0, 1, 2, 2], 3),
+    ("a NaN risk reaches its event only", [0.4, np.nan, 0.6, 0.2], [0, 0, 1, 2], 3),
+    ("a NaN alone", [np.nan, 0.3], [0, 1], 2),
+    ("no events", [], [], 0),
+]
+
+
+@pytest.mark.parametrize("case, risks, events, n", PER_EVENT, ids=[c[0] for c in PER_EVENT])
+def test_per_event_max_equals_ufunc_at(case: str, risks: list[float], events: list[int], n: int) -> None:
+    r, ev = np.array(risks, dtype=np.float64), np.array(events, dtype=np.intp)
+    want = np.zeros(n)
+    np.maximum.at(want, ev, r)  # what _infer computed before, and still the definition
+    got = _per_event_max(r, ev, n)
+    assert got.dtype == np.float64 and np.array_equal(got, want, equal_nan=True)
+    if len(r) == n and n:
+        got[0] = -1.0  # a copy: the gate must not write through into the own risks
+        assert r[0] != -1.0
