@@ -79,33 +79,13 @@ def ort_runner(onnx: Path, provider: Provider, threads: int) -> Run:
 
 
 def torch_runner(onnx: Path, meta_net: dict, device: str = "cuda") -> Run:
-    """The bundle's weights in the torch network on CUDA. The dynamo exporter keeps parameter
-    names except the Linear weights, which it stores transposed under generated names, in the
-    order the graph's MatMuls use them: the order of the Linear modules."""
-    import onnx as onnx_lib
+    """The bundle's weights in the torch network on CUDA, read back from its ONNX file."""
     import torch
-    from onnx import numpy_helper
 
-    from moat.models.network import NetConfig, RiskNet
+    from moat.models.network import NetConfig
+    from moat.training.export import weights_from_onnx
 
-    graph = onnx_lib.load(str(onnx)).graph
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    net = RiskNet(NetConfig(**meta_net))
-    state = net.state_dict()
-    loaded = {k: torch.from_numpy(inits[k].copy()) for k in state if k in inits}
-    matmul_weights = [n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
-    linears = [name for name, m in net.named_modules() if isinstance(m, torch.nn.Linear)]
-    if len(matmul_weights) != len(linears):
-        raise RuntimeError(f"{len(matmul_weights)} MatMul weights in the graph for {len(linears)} Linear modules")
-    for name, w in zip(linears, matmul_weights):
-        t = torch.from_numpy(inits[w].T.copy())
-        if t.shape != state[f"{name}.weight"].shape:
-            raise RuntimeError(f"{w} {tuple(inits[w].shape)} does not fit {name}.weight {tuple(state[name + '.weight'].shape)}")
-        loaded[f"{name}.weight"] = t
-    missing = [k for k in state if k not in loaded and "word_embeddings" not in k]  # inputs_embeds: unused
-    if missing:
-        raise RuntimeError(f"weights not found in the ONNX file: {missing}")
-    net.load_state_dict(loaded, strict=False)
+    net = weights_from_onnx(onnx, NetConfig(**meta_net))
     dev = torch.device(device)
     net = net.eval().to(dev)
 

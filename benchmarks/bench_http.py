@@ -3,7 +3,9 @@ for a trivial BentoML endpoint in the same run (the ratio is what to compare on 
 noisy machine). The load generator runs on the same machine as the server. It also prints
 the server's CPU time per request during the fixed-rate phase (all of `bentoml serve`'s
 processes), which varies far less than latency on a shared machine.
-Usage: python benchmarks/bench_http.py [--rate 200] [--seconds 15]"""
+The events are dev-spread's first 20,000 (real prompts and multi-turn histories, as issue 13 asks)
+when ../shared holds it, else a generated simulator trace's; `--trace` chooses another.
+Usage: python benchmarks/bench_http.py [--rate 200] [--seconds 15] [--trace PATH]"""
 
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ import psutil
 from moat.models.traces import iter_raw
 
 ROOT = Path(__file__).resolve().parents[1]
+DEV_SPREAD = ROOT.parent / "shared" / "data" / "external" / "dev-spread.jsonl.gz"
+LABELS = ("label", "family", "actor")
 
 
 def free_port() -> int:
@@ -119,10 +123,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--seconds", type=float, default=15)
+    ap.add_argument("--trace", type=Path, help="events to post (default: dev-spread when present, else a simulator trace)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "moat", "generate", "--out", tmp, "--actors", "150", "--days", "1", "--seed", "4", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-        events = [{k: v for k, v in e.items() if k not in ("label", "family", "actor")} for e in itertools.islice(iter_raw(Path(tmp) / "test.jsonl"), 20000)]
+    trace = args.trace or (DEV_SPREAD if DEV_SPREAD.is_file() else None)
+    if trace is not None:
+        events = [{k: v for k, v in e.items() if k not in LABELS} for e in itertools.islice(iter_raw(trace), 20000)]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "moat", "generate", "--out", tmp, "--actors", "150", "--days", "1", "--seed", "4", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+            events = [{k: v for k, v in e.items() if k not in LABELS} for e in itertools.islice(iter_raw(Path(tmp) / "test.jsonl"), 20000)]
+    print(f"events: {len(events):,} from {trace or 'a generated simulator trace (seed 4)'}")
     results = {}
     for name, target, wd in (("trivial", "trivial_service:Trivial", ROOT / "benchmarks"), ("moat", "moat.serving.service:MoatService", ROOT)):
         proc, url = start(target, wd)

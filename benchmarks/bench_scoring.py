@@ -9,8 +9,12 @@ or `git archive` of a base commit) in the same run, alternating runs, and prints
 and the main-thread CPU of both trees' replays run side by side a block at a time (the figure
 least moved by other jobs on a shared machine), with a check that their outputs are identical.
 
+`--base DIR --bundles-only` runs only the comparison of the two trees' shipped bundles, with this
+tree's code (their network calls taking turns, and `Scorer.score` with each, request by request),
+then `Scorer.score` of both trees, each with its own code and bundle, taking turns.
+
 Usage: python benchmarks/bench_scoring.py [--trace PATH] [--replay-runs N] [--dev-only] [--quick]
-       [--workers N ...] [--base DIR]"""
+       [--workers N ...] [--base DIR [--bundles-only]]"""
 
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +179,67 @@ def mirror_layouts(trace: Path, limit: int, block: int = 500) -> None:
     print(f"  Scorer.score, the same two layouts request by request in turn (first 5,000 events): p50 {s50:.0f} against {p50:.0f} us ({s50 / p50:.2f}x), p99 {s99:.0f} against {p99:.0f} us")
 
 
+def _record_calls(sc: Scorer, score: Callable[[], object]) -> list[dict[str, np.ndarray]]:
+    """The network inputs of every call `score()` makes through `sc`."""
+    feeds: list[dict[str, np.ndarray]] = []
+    network = sc._run
+    sc._run = lambda batch: feeds.append({"feats": batch.feats, "tokens": batch.tokens, "mask": batch.mask}) or network(batch)
+    score()
+    sc._run = network
+    return feeds
+
+
+def _calls_in_turn(sessions: dict[str, ort.InferenceSession], feeds: list[dict[str, np.ndarray]], block: int, reps: int) -> tuple[float, float, float]:
+    """Median seconds per call of each session ("new", "base") and the median block ratio."""
+    spent: dict[str, list[float]] = {"new": [], "base": []}
+    for rep in range(reps):
+        for k, a in enumerate(range(0, len(feeds), block)):
+            for name in ("new", "base") if (rep + k) % 2 == 0 else ("base", "new"):
+                t0 = time.perf_counter()
+                for f in feeds[a : a + block]:
+                    sessions[name].run(["logits"], f)
+                spent[name].append((time.perf_counter() - t0) / len(feeds[a : a + block]))
+    ratios = [x / y for x, y in zip(spent["new"], spent["base"])]
+    return statistics.median(spent["new"]), statistics.median(spent["base"]), statistics.median(ratios)
+
+
+def network_graphs(trace: Path, base_bundle: Path, limit: int = 4000) -> None:
+    """This tree's bundle against the base tree's, both run by this tree's code in one process:
+    its graph on the network calls the live path makes for the trace's first `limit` events
+    (one to three windows each) and on the replay path's calls (chunks of 128 events), taking
+    turns a block of calls at a time, with the largest logit difference; then `Scorer.score`
+    with each bundle, request by request in turn."""
+    import onnx
+
+    from moat.models.traces import iter_lines
+
+    events = [Event.model_validate_json(x) for x in itertools.islice(iter_lines(trace), limit)]
+    paths = {"new": load_bundle(DEFAULT_BUNDLE)[1], "base": load_bundle(base_bundle)[1]}
+    live_sc = Scorer(ServingSettings(time_source="caller"))
+    live = _record_calls(live_sc, lambda: [live_sc.score(e) for e in events])
+    stream_sc = Scorer(ServingSettings(state="memory"))
+    batched = _record_calls(stream_sc, lambda: list(stream_sc.score_stream(events, chunk=128)))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    sessions = {name: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for name, p in paths.items()}
+    worst = max(float(np.abs(sessions["new"].run(["logits"], f)[0] - sessions["base"].run(["logits"], f)[0])[f["mask"] > 0].max()) for f in live + batched)
+    nodes = {name: len(onnx.load(str(p)).graph.node) for name, p in paths.items()}
+    print(f"  network graph, this bundle's ({nodes['new']} nodes) against base's ({nodes['base']}), taking turns a block of calls at a time; largest logit difference {worst:.1e}:")
+    for what, feeds, block, reps in (("live path", live, 200, 10), ("replay path", batched, 4, 5)):
+        new, base, ratio = _calls_in_turn(sessions, feeds, block, reps)
+        windows = sum(len(f["mask"]) for f in feeds) / len(feeds)
+        print(f"    {what}, {len(feeds):,} calls of {windows:.1f} windows on average for the first {limit:,} events: {1e6 * new:.0f} against {1e6 * base:.0f} us per call (median block {ratio:.2f}x)")
+    scorers = {name: Scorer(ServingSettings(time_source="caller"), bundle=p.parent) for name, p in paths.items()}
+    lat: dict[str, list[float]] = {name: [] for name in scorers}
+    for i, e in enumerate(events):
+        for name in ("new", "base") if i % 2 else ("base", "new"):
+            t0 = time.perf_counter_ns()
+            scorers[name].score(e)
+            lat[name].append((time.perf_counter_ns() - t0) / 1e3)
+    (n50, n99), (b50, b99) = ((statistics.median(lat[k][200:]), float(np.percentile(lat[k][200:], 99))) for k in ("new", "base"))
+    print(f"    Scorer.score with each bundle, request by request in turn: p50 {n50:.0f} against {b50:.0f} us ({n50 / b50:.2f}x), p99 {n99:.0f} against {b99:.0f} us ({n99 / b99:.2f}x)")
+
+
 def gate_hints(trace: Path, limit: int) -> None:
     """`Scorer.score` with the live path's gate hints against without (serving/gate_hints.py), in
     one process, request by request in turn: latency, network calls per request, how the guesses
@@ -224,8 +290,63 @@ def replay_blocks_child() -> None:
         h = hashlib.sha256()
         t0 = time.thread_time()
         for score in itertools.islice(stream, int(line)):
-            h.update(dumps(score.model_dump(exclude_none=True)).encode())
+            # model_version aside: a re-exported bundle answers the same under a new version.
+            h.update(dumps(score.model_dump(exclude_none=True, exclude={"model_version"})).encode())
         print(json.dumps([time.thread_time() - t0, h.hexdigest()]), flush=True)
+
+
+def _stop(procs: Iterable[subprocess.Popen]) -> None:
+    """Close the children's input, so that they end; kill any that did not (one that died
+    mid-run leaves the other waiting for its next block)."""
+    for p in procs:
+        if p.stdin is not None and not p.stdin.closed:
+            p.stdin.close()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def score_blocks_child() -> None:
+    """Run by `interleaved_latency` in each tree's environment: `Scorer.score` on dev-spread's
+    events one at a time, in the trace's time, advanced one block at a time. Each line on stdin
+    is a block size; the answer is the block's per-call microseconds."""
+    from moat.models.traces import iter_lines
+
+    sc = Scorer(ServingSettings(time_source="caller"))
+    events = (Event.model_validate_json(x) for x in iter_lines(DEV_SPREAD))
+    print("ready", flush=True)
+    for line in sys.stdin:
+        lat = []
+        for e in itertools.islice(events, int(line)):
+            t0 = time.perf_counter_ns()
+            sc.score(e)
+            lat.append((time.perf_counter_ns() - t0) / 1e3)
+        print(json.dumps(lat), flush=True)
+
+
+def interleaved_latency(env: dict[str, str], n: int = 5000, block: int = 250) -> None:
+    """`Scorer.score` of this tree and the base tree on dev-spread's first `n` events, in two
+    processes taking turns a block at a time (who goes first alternates)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--score-blocks-child"]
+    procs = {"new": subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)}
+    procs["base"] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=env["PYTHONPATH"], env=env)
+    for p in procs.values():
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    lat: dict[str, list[float]] = {"new": [], "base": []}
+    try:
+        for i, a in enumerate(range(0, n, block)):
+            for name in ("new", "base") if i % 2 == 0 else ("base", "new"):
+                p = procs[name]
+                assert p.stdin is not None and p.stdout is not None
+                p.stdin.write(f"{min(block, n - a)}\n")
+                p.stdin.flush()
+                lat[name].extend(json.loads(p.stdout.readline()))
+    finally:
+        _stop(procs.values())
+    (n50, n99), (b50, b99) = ((statistics.median(lat[k][200:]), float(np.percentile(lat[k][200:], 99))) for k in ("new", "base"))
+    print(f"  Scorer.score, both trees taking turns {block} events at a time (first {n:,} events): p50 {n50:.0f} against {b50:.0f} us ({n50 / b50:.2f}x), p99 {n99:.0f} against {b99:.0f} us ({n99 / b99:.2f}x)")
 
 
 def interleaved_cpu(env: dict[str, str], n: int, block: int = 1000) -> None:
@@ -239,25 +360,24 @@ def interleaved_cpu(env: dict[str, str], n: int, block: int = 1000) -> None:
         assert p.stdout is not None and p.stdout.readline().strip() == "ready"
     cpu: dict[str, list[float]] = {"new": [], "base": []}
     same = True
-    for i, a in enumerate(range(0, n, block)):
-        digests = {}
-        for name in ("new", "base") if i % 2 == 0 else ("base", "new"):
-            p = procs[name]
-            assert p.stdin is not None and p.stdout is not None
-            p.stdin.write(f"{min(block, n - a)}\n")
-            p.stdin.flush()
-            seconds, digests[name] = json.loads(p.stdout.readline())
-            cpu[name].append(seconds)
-        same = same and digests["new"] == digests["base"]
-    for p in procs.values():
-        assert p.stdin is not None
-        p.stdin.close()
-        p.wait()
+    try:
+        for i, a in enumerate(range(0, n, block)):
+            digests = {}
+            for name in ("new", "base") if i % 2 == 0 else ("base", "new"):
+                p = procs[name]
+                assert p.stdin is not None and p.stdout is not None
+                p.stdin.write(f"{min(block, n - a)}\n")
+                p.stdin.flush()
+                seconds, digests[name] = json.loads(p.stdout.readline())
+                cpu[name].append(seconds)
+            same = same and digests["new"] == digests["base"]
+    finally:
+        _stop(procs.values())
     new, base = (1e6 * sum(cpu[k]) / n for k in ("new", "base"))
     ratios = [x / y for x, y in zip(cpu["new"], cpu["base"])]
     print(
         f"  main-thread CPU of a one-process replay (network thread excluded), blocks of {block:,} events taking turns: new {new:.0f} us per event, base {base:.0f} us; "
-        f"new / base {new / base:.2f}x (median block {statistics.median(ratios):.2f}x); output identical to base: {'yes' if same else 'NO'}"
+        f"new / base {new / base:.2f}x (median block {statistics.median(ratios):.2f}x); output identical to base (model_version aside): {'yes' if same else 'NO'}"
     )
 
 
@@ -287,6 +407,8 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
         print(f"  moat replay one process, new / base: {med['one process'] / med['base, one process']:.2f}x")
     if env is not None:
         interleaved_cpu(env, n)
+        interleaved_latency(env)
+        network_graphs(DEV_SPREAD, args.base.resolve() / "models" / "default")
     p50, p99 = score_latency(DEV_SPREAD, 5000)
     print(f"  Scorer.score (first 5,000 events, trace time): p50 {p50:.0f} us, p99 {p99:.0f} us")
     if args.quick:
@@ -312,18 +434,30 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="*", default=[2], help="worker counts for the dev-spread replay (default: 2)")
     ap.add_argument("--quick", action="store_true", help="dev-spread: replay rates and Scorer.score latency only (no stage split, layouts or gate hints)")
     ap.add_argument("--base", type=Path, help="a source tree of the base commit to compare with (dev-spread case)")
+    ap.add_argument("--bundles-only", action="store_true", help="with --base: only this tree's bundle against the base tree's (network calls and Scorer.score, in turn)")
     ap.add_argument("--score-latency-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--replay-blocks-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--score-blocks-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--stage-split-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.replay_blocks_child:  # run by interleaved_cpu, in either tree's environment
         replay_blocks_child()
+        return
+    if args.score_blocks_child:  # run by interleaved_latency, in either tree's environment
+        score_blocks_child()
         return
     if args.score_latency_only:  # run by --base in the base tree's environment
         print(json.dumps(score_latency(DEV_SPREAD, 5000)))
         return
     if args.stage_split_only:  # run by --base in the base tree's environment
         print(json.dumps(stage_split(DEV_SPREAD, 10000)))
+        return
+    if args.bundles_only:
+        if not args.base:
+            raise SystemExit("--bundles-only compares with --base DIR")
+        network_graphs(DEV_SPREAD, args.base.resolve() / "models" / "default")
+        with tempfile.TemporaryDirectory() as tmp:
+            interleaved_latency(base_env(args.base.resolve(), Path(tmp)))
         return
     with tempfile.TemporaryDirectory() as tmp:
         if not args.dev_only:

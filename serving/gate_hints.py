@@ -45,6 +45,15 @@ class GateHints:
         self.wasted += int(np.count_nonzero(guessed & ~needed))
         self.missed += int(np.count_nonzero(needed & ~guessed))
 
+    def tally(self, guessed: bool, needed: bool, windows: int) -> None:
+        """`count` for one request, whose dependent windows share its account's guess and gate."""
+        if guessed and needed:
+            self.hits += windows
+        elif guessed:
+            self.wasted += windows
+        elif needed:
+            self.missed += windows
+
     def learn(self, accounts: Sequence[str], opened: Sequence[bool]) -> None:
         """Record each request's outcome, in request order (a later request of the same account
         overrides an earlier one)."""

@@ -88,7 +88,9 @@ def _pack(windows: list[ScopeWindow]) -> Batch:
         w = windows[0]
         n = len(w.feats)
         return Batch(w.feats.astype(np.float32)[None], w.tokens.astype(np.int64)[None], np.ones((1, n), dtype=np.float32), np.array([n - 1], dtype=np.intp))
-    if pack_kernel is None or not windows:
+    if not windows:
+        return EMPTY_BATCH
+    if pack_kernel is None:
         return _pack_reference(windows)
     # One concatenation each instead of a store per window; the kernel pads them.
     feats = np.concatenate([w.feats for w in windows])
@@ -109,6 +111,13 @@ def _pack_reference(windows: list[ScopeWindow]) -> Batch:
         n = len(w.feats)
         feats[i, :n], tokens[i, :n], mask[i, :n], last[i] = w.feats, w.tokens, 1.0, n - 1
     return Batch(feats, tokens, mask, last)
+
+
+# Most live requests have no dependent window to pack. Shared, so read-only: an empty batch is
+# only read, taken from or joined into new arrays, and a write would fail instead of leaking.
+EMPTY_BATCH = _pack_reference([])
+for _a in (EMPTY_BATCH.feats, EMPTY_BATCH.tokens, EMPTY_BATCH.mask, EMPTY_BATCH.last):
+    _a.setflags(write=False)
 
 
 @dataclass(frozen=True)
@@ -284,6 +293,33 @@ class Scorer:
         time ride in the own windows' call; which windows get a risk does not depend on them.
         Pure numpy around the network calls, so it can run beside featurisation in a thread
         (onnxruntime releases the GIL)."""
+        if plan.n_events == 1:
+            return self._infer_one(plan, hints)
+        return self._infer_many(plan, hints)
+
+    def _infer_one(self, plan: Plan, hints: GateHints | None) -> tuple[np.ndarray, np.ndarray]:
+        """`_infer_many` for the live path's usual plan, one request: the same calls and the
+        same risks, with the gate decided once in Python instead of by a dozen numpy calls on
+        arrays of one to three values (about a tenth of a request's time)."""
+        n_own, n_dep = len(plan.own_event), len(plan.dependent_event)
+        account = plan.steps[0].windows[0].key
+        early = n_dep > 0 and hints is not None and hints.expects_open(account)
+        if early:
+            joint = self._run(plan.own.join(plan.dependent))
+            own, guessed = joint[:n_own], joint[n_own:]
+        else:
+            own = self._run(plan.own)
+        # ndarray.max propagates a NaN as maximum.reduceat does: a broken network opens no gate.
+        gate_open = bool((own[0] if n_own == 1 else own.max()) >= self.policy.corroboration)
+        dep = np.full(n_dep, np.nan)
+        if gate_open and n_dep:
+            dep[:] = guessed if early else self._run(plan.dependent)
+        if hints is not None:
+            hints.tally(early, gate_open, n_dep)
+            hints.learn([account], [gate_open])
+        return own, dep
+
+    def _infer_many(self, plan: Plan, hints: GateHints | None = None) -> tuple[np.ndarray, np.ndarray]:
         n_dep = len(plan.dependent_event)
         early = np.zeros(n_dep, dtype=bool)
         if hints is not None and n_dep:

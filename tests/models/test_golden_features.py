@@ -40,9 +40,9 @@ FEATURES = [
 OPERATOR_BLOCK = {"block_threshold": 0.99}
 # (case, trace, serving settings, events, sha256 of the `moat replay` output lines with the shipped model)
 SCORES = [
-    ("golden trace", GOLDEN, {}, 477, "5beec26fe84a67b1da866db1b63007a7d68147026cfc714e82627f04fab40e70"),
-    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "49dde37f2bdfce79cd8b9147a5260b95de4ccc2f8ac05833f6e6c1f62dcc225d"),
-    ("contract example", EXAMPLE, {}, 4, "889df7dd8028f390e7926458f6b3cff5e293364eaa6bc439f4b11d74032fd2b1"),
+    ("golden trace", GOLDEN, {}, 477, "e814700c761d83f8ed2173324697cbef7a0c672e05322c7a9d2c031646f5e81d"),
+    ("golden trace, operator block threshold", GOLDEN, OPERATOR_BLOCK, 477, "cdc48bb2e9eb82566db3cebcdc539f1581f9af4b901be60cdd2c338b68a534ac"),
+    ("contract example", EXAMPLE, {}, 4, "458978c098c7b480d28b7d30b2658d12a91408e3b3d9918dd5849dc43d849be7"),
 ]
 
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from moat.models.events import Event
+from moat.models.feature_spec import N_FEATURES, N_TOKENS
 from moat.models.memory_store import MemoryStore
 from moat.models.traces import iter_raw
 from moat.serving.replay_cli import replay
-from moat.serving.scorer import Scorer, _per_event_max, execution_providers
+from moat.serving.scorer import Batch, Plan, Scorer, _per_event_max, execution_providers
 from moat.serving.settings import ServingSettings
 from tests.conftest import CONTRACT, ROOT
 
@@ -352,3 +353,91 @@ def test_per_event_max_equals_ufunc_at(case: str, risks: list[float], events: li
     if len(r) == n and n:
         got[0] = -1.0  # a copy: the gate must not write through into the own risks
         assert r[0] != -1.0
+
+
+# (case, gate settings, whether some request's gate opens on this trace, so that a hint guesses)
+ONE_REQUEST_GATES = [
+    ("the shipped gate", {}, False),
+    ("a gate at 0.5", {"corroboration": 0.5, "throttle_threshold": 0.5, "perturb_threshold": 0.5}, True),
+    ("every gate open", {"corroboration": 0.0, "throttle_threshold": 0.0, "perturb_threshold": 0.0}, True),
+    ("every gate shut", {"corroboration": 1.0, "throttle_threshold": 1.0, "perturb_threshold": 1.0, "block_threshold": 1.0}, False),
+]
+
+
+@pytest.mark.parametrize("hinted", [True, False], ids=["with gate hints", "without"])
+@pytest.mark.parametrize("case, gate, opens", ONE_REQUEST_GATES, ids=[c[0] for c in ONE_REQUEST_GATES])
+def test_one_request_infers_as_the_general_path(small_traces: Path, case: str, gate: dict, opens: bool, hinted: bool) -> None:
+    """The live path's one-request `_infer` against `_infer_many` on the same plans, request by
+    request: the same risks bit for bit (NaN where a window was skipped), the same answers, and
+    the hints left in the same state."""
+    events = [Event.model_validate(r) for _, r in zip(range(600), iter_raw(small_traces / "test.jsonl"))]
+    fast, general = Scorer(ServingSettings(time_source="caller", **gate)), Scorer(ServingSettings(time_source="caller", **gate))
+    got: dict[str, list] = {"fast": [], "general": []}
+    for name, sc, infer in (("fast", fast, fast._infer), ("general", general, lambda plan, hints=None: Scorer._infer_many(general, plan, hints))):
+        if not hinted:
+            sc.gate_hints = None
+        sc._infer = lambda plan, hints=None, infer=infer, name=name: got[name].append(infer(plan, hints)) or got[name][-1]  # type: ignore[method-assign]
+    dependent = 0
+    for e in events:
+        assert fast.score(e) == general.score(e), e.request_id
+        (own, dep), (own_ref, dep_ref) = got["fast"][-1], got["general"][-1]
+        assert np.array_equal(own, own_ref) and np.array_equal(dep, dep_ref, equal_nan=True), e.request_id
+        dependent += len(dep)
+    assert dependent > 0, "the trace must have dependent windows"
+    if hinted:
+        a, b = fast.gate_hints, general.gate_hints
+        assert a is not None and b is not None
+        assert (a.hits, a.wasted, a.missed, list(a._open)) == (b.hits, b.wasted, b.missed, list(b._open))
+        assert (a.hits + a.wasted > 0) == opens, "the guessing branch must be reached where gates open"
+
+
+def _plan_of_one(own: list[float], dependent: list[float]) -> Plan:
+    """A one-request plan whose windows carry their risk in their first feature, for a stand-in
+    network that reads it back."""
+    from types import SimpleNamespace
+
+    def batch(risks: list[float]) -> Batch:
+        n = len(risks)
+        feats = np.zeros((n, 2, N_FEATURES), dtype=np.float32)
+        feats[:, :, 0] = np.array(risks, dtype=np.float32)[:, None]
+        return Batch(feats, np.ones((n, 2, N_TOKENS), dtype=np.int64), np.ones((n, 2), dtype=np.float32), np.full(n, 1, dtype=np.intp))
+
+    own_b, dep_b = batch(own), batch(dependent)
+    step = SimpleNamespace(windows=[SimpleNamespace(key="acct-1")])
+    plan = Plan(own_b, np.zeros(len(own), dtype=np.intp), dep_b, np.zeros(len(dependent), dtype=np.intp), [step], [()])  # type: ignore[list-item]
+    return plan
+
+
+# (case, own windows' risks, dependent windows' risks), for a gate at 0.5
+ONE_REQUEST_PLANS = [
+    ("account alone, below the gate", [0.2], []),
+    ("account and own key, one above the gate", [0.2, 0.9], [0.7]),
+    ("at the gate exactly", [0.5], [0.3, 0.8]),
+    ("a NaN own risk opens no gate", [float("nan")], [0.6]),
+    ("a NaN beside a high risk", [0.9, float("nan")], [0.6, 0.1]),
+    ("three own windows, two dependent", [0.1, 0.3, 0.95], [0.4, 0.2]),
+]
+
+
+@pytest.mark.parametrize("hint", ["none", "absent", "guessed open"])
+@pytest.mark.parametrize("case, own, dependent", ONE_REQUEST_PLANS, ids=[c[0] for c in ONE_REQUEST_PLANS])
+def test_one_request_plan_edge_cases(case: str, own: list[float], dependent: list[float], hint: str) -> None:
+    """The cases a trace seldom holds (several own windows, a NaN risk, a risk at the gate):
+    `_infer_one` against `_infer_many` on the same plan, with a network that reads each window's
+    risk from its input."""
+    from moat.serving.gate_hints import GateHints
+
+    sc = Scorer(ServingSettings(time_source="caller", corroboration=0.5, throttle_threshold=0.5, perturb_threshold=0.5))
+    plan = _plan_of_one(own, dependent)
+    sc._run = lambda batch: batch.feats[:, 0, 0].astype(np.float64)  # type: ignore[method-assign]
+    results = []
+    for infer in (Scorer._infer_one, Scorer._infer_many):
+        hints = None if hint == "none" else GateHints()
+        if hints is not None and hint == "guessed open":
+            hints.learn(["acct-1"], [True])
+        o, d = infer(sc, plan, hints)
+        results.append((o, d, None if hints is None else (hints.hits, hints.wasted, hints.missed, list(hints._open))))
+    (o1, d1, h1), (o2, d2, h2) = results
+    assert np.array_equal(o1, o2, equal_nan=True) and o1.dtype == o2.dtype
+    assert np.array_equal(d1, d2, equal_nan=True) and d1.dtype == d2.dtype
+    assert h1 == h2
