@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -326,53 +327,46 @@ def score_blocks_child() -> None:
         print(json.dumps(lat), flush=True)
 
 
-def interleaved_latency(env: dict[str, str], n: int = 5000, block: int = 250) -> None:
-    """`Scorer.score` of this tree and the base tree on dev-spread's first `n` events, in two
-    processes taking turns a block at a time (who goes first alternates)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--score-blocks-child"]
+def _in_turn(env: dict[str, str], child: str, n: int, block: int) -> list[dict[str, Any]]:
+    """A `child` process of this tree and one of the base tree, advanced `block` events at a
+    time, taking turns (who goes first alternates), so that a slow phase of this shared machine
+    hits both alike: each block's answers, by tree."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), child]
     procs = {"new": subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)}
     procs["base"] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=env["PYTHONPATH"], env=env)
-    for p in procs.values():
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    lat: dict[str, list[float]] = {"new": [], "base": []}
+    blocks = []
     try:
+        for p in procs.values():
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         for i, a in enumerate(range(0, n, block)):
+            answers = {}
             for name in ("new", "base") if i % 2 == 0 else ("base", "new"):
                 p = procs[name]
                 assert p.stdin is not None and p.stdout is not None
                 p.stdin.write(f"{min(block, n - a)}\n")
                 p.stdin.flush()
-                lat[name].extend(json.loads(p.stdout.readline()))
+                answers[name] = json.loads(p.stdout.readline())
+            blocks.append(answers)
     finally:
         _stop(procs.values())
+    return blocks
+
+
+def interleaved_latency(env: dict[str, str], n: int = 5000, block: int = 250) -> None:
+    """`Scorer.score` of this tree and the base tree on dev-spread's first `n` events, in two
+    processes taking turns a block at a time."""
+    blocks = _in_turn(env, "--score-blocks-child", n, block)
+    lat = {k: [x for b in blocks for x in b[k]] for k in ("new", "base")}
     (n50, n99), (b50, b99) = ((statistics.median(lat[k][200:]), float(np.percentile(lat[k][200:], 99))) for k in ("new", "base"))
     print(f"  Scorer.score, both trees taking turns {block} events at a time (first {n:,} events): p50 {n50:.0f} against {b50:.0f} us ({n50 / b50:.2f}x), p99 {n99:.0f} against {b99:.0f} us ({n99 / b99:.2f}x)")
 
 
 def interleaved_cpu(env: dict[str, str], n: int, block: int = 1000) -> None:
     """Main-thread CPU per event of this tree and the base tree, replaying dev-spread side by side
-    in two processes that take turns a block at a time (who goes first alternates), so a slow
-    phase of this shared machine hits both alike. Checks the outputs are identical too."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--replay-blocks-child"]
-    procs = {"new": subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)}
-    procs["base"] = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=env["PYTHONPATH"], env=env)
-    for p in procs.values():
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-    cpu: dict[str, list[float]] = {"new": [], "base": []}
-    same = True
-    try:
-        for i, a in enumerate(range(0, n, block)):
-            digests = {}
-            for name in ("new", "base") if i % 2 == 0 else ("base", "new"):
-                p = procs[name]
-                assert p.stdin is not None and p.stdout is not None
-                p.stdin.write(f"{min(block, n - a)}\n")
-                p.stdin.flush()
-                seconds, digests[name] = json.loads(p.stdout.readline())
-                cpu[name].append(seconds)
-            same = same and digests["new"] == digests["base"]
-    finally:
-        _stop(procs.values())
+    in two processes that take turns a block at a time. Checks the outputs are identical too."""
+    blocks = _in_turn(env, "--replay-blocks-child", n, block)
+    cpu = {k: [b[k][0] for b in blocks] for k in ("new", "base")}
+    same = all(b["new"][1] == b["base"][1] for b in blocks)
     new, base = (1e6 * sum(cpu[k]) / n for k in ("new", "base"))
     ratios = [x / y for x, y in zip(cpu["new"], cpu["base"])]
     print(
