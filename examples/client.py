@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     print(decision.model_dump_json(exclude_none=True))
     if decision.degraded:
-        print(f"moat at {args.url} did not answer within {args.timeout_s} s; the client failed open", file=sys.stderr)
+        print(f"moat at {args.url} gave no score (unreachable, an error, or no answer within {args.timeout_s} s); the client failed open", file=sys.stderr)
         return 1
     return 0
 

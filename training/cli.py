@@ -12,7 +12,7 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="directory written by `moat generate`")
     p.add_argument("--out", required=True, type=Path, help="bundle directory to write")
-    p.add_argument("--quick", action="store_true", help="a short run for tests (about a minute)")
+    p.add_argument("--quick", action="store_true", help="a short run for tests and demos (one to three minutes on two cores, by trace size)")
     p.add_argument("--config", type=Path, help="JSON or TOML file overriding TrainConfig fields")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///$MOAT_HOME/mlflow.db, MOAT_HOME defaulting to ~/.moat)")
     p.add_argument("--devices", help="Lightning devices, e.g. 1, 2 or auto (DDP: --devices 2 --strategy ddp)")
