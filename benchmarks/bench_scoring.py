@@ -144,6 +144,19 @@ def stage_split(trace: Path, limit: int) -> dict[str, float]:
     return out
 
 
+def _score_in_turn(scorers: dict[Any, Scorer], events: list[Event]) -> dict[Any, list[float]]:
+    """Microseconds of each scorer's `score` on every event, request by request in turn (who
+    goes first alternates), so a slow phase of the machine hits them alike."""
+    order = list(scorers)
+    lat: dict[Any, list[float]] = {k: [] for k in order}
+    for i, e in enumerate(events):
+        for k in order if i % 2 else order[::-1]:
+            t0 = time.perf_counter_ns()
+            scorers[k].score(e)
+            lat[k].append((time.perf_counter_ns() - t0) / 1e3)
+    return lat
+
+
 def mirror_layouts(trace: Path, limit: int, block: int = 500) -> None:
     """The memory store with mirrors kept once against every scope in a state of its own
     (`MemoryStore(share_mirrors=...)`), in one process taking turns: featurisation a block at a
@@ -169,13 +182,7 @@ def mirror_layouts(trace: Path, limit: int, block: int = 500) -> None:
         ratios.append(spent[True] / spent[False])
     n = len(events)
     print(f"  featurise, mirrors kept once against separate states, blocks of {block} taking turns: {cpu[True] / n / 1e3:.0f} against {cpu[False] / n / 1e3:.0f} us per event ({cpu[True] / cpu[False]:.2f}x, median block {statistics.median(ratios):.2f}x)")
-    scorers = {on: Scorer(ServingSettings(time_source="caller"), store=MemoryStore(share_mirrors=on)) for on in layouts}
-    lat: dict[bool, list[float]] = {on: [] for on in layouts}
-    for i, e in enumerate(events[:5000]):
-        for on in layouts if i % 2 else layouts[::-1]:
-            t0 = time.perf_counter_ns()
-            scorers[on].score(e)
-            lat[on].append((time.perf_counter_ns() - t0) / 1e3)
+    lat = _score_in_turn({on: Scorer(ServingSettings(time_source="caller"), store=MemoryStore(share_mirrors=on)) for on in layouts}, events[:5000])
     (s50, s99), (p50, p99) = ((statistics.median(lat[on][200:]), float(np.percentile(lat[on][200:], 99))) for on in layouts)
     print(f"  Scorer.score, the same two layouts request by request in turn (first 5,000 events): p50 {s50:.0f} against {p50:.0f} us ({s50 / p50:.2f}x), p99 {s99:.0f} against {p99:.0f} us")
 
@@ -230,13 +237,7 @@ def network_graphs(trace: Path, base_bundle: Path, limit: int = 4000) -> None:
         new, base, ratio = _calls_in_turn(sessions, feeds, block, reps)
         windows = sum(len(f["mask"]) for f in feeds) / len(feeds)
         print(f"    {what}, {len(feeds):,} calls of {windows:.1f} windows on average for the first {limit:,} events: {1e6 * new:.0f} against {1e6 * base:.0f} us per call (median block {ratio:.2f}x)")
-    scorers = {name: Scorer(ServingSettings(time_source="caller"), bundle=p.parent) for name, p in paths.items()}
-    lat: dict[str, list[float]] = {name: [] for name in scorers}
-    for i, e in enumerate(events):
-        for name in ("new", "base") if i % 2 else ("base", "new"):
-            t0 = time.perf_counter_ns()
-            scorers[name].score(e)
-            lat[name].append((time.perf_counter_ns() - t0) / 1e3)
+    lat = _score_in_turn({name: Scorer(ServingSettings(time_source="caller"), bundle=p.parent) for name, p in paths.items()}, events)
     (n50, n99), (b50, b99) = ((statistics.median(lat[k][200:]), float(np.percentile(lat[k][200:], 99))) for k in ("new", "base"))
     print(f"    Scorer.score with each bundle, request by request in turn: p50 {n50:.0f} against {b50:.0f} us ({n50 / b50:.2f}x), p99 {n99:.0f} against {b99:.0f} us ({n99 / b99:.2f}x)")
 

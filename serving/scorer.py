@@ -115,9 +115,13 @@ def _pack_reference(windows: list[ScopeWindow]) -> Batch:
 
 # Most live requests have no dependent window to pack. Shared, so read-only: an empty batch is
 # only read, taken from or joined into new arrays, and a write would fail instead of leaking.
-EMPTY_BATCH = _pack_reference([])
-for _a in (EMPTY_BATCH.feats, EMPTY_BATCH.tokens, EMPTY_BATCH.mask, EMPTY_BATCH.last):
-    _a.setflags(write=False)
+def _read_only(batch: Batch) -> Batch:
+    for a in (batch.feats, batch.tokens, batch.mask, batch.last):
+        a.setflags(write=False)
+    return batch
+
+
+EMPTY_BATCH = _read_only(_pack_reference([]))
 
 
 @dataclass(frozen=True)

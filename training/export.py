@@ -5,8 +5,8 @@ Attention, SkipLayerNormalization, BiasGelu) instead of traced by torch's export
 the network once per request on one to three short windows, where a call's cost is mostly
 onnxruntime's fixed cost per node: the traced graph had 100 nodes (87 after onnxruntime's own
 fusions, which do not recognise its causal attention), this one has 36. On live dev-spread
-windows a call takes 0.72x the traced graph's time (`benchmarks/bench_scoring.py
---dev-only`); batches of hundreds gain nothing and lose nothing. Every operator used has a CPU
+windows a call takes 0.72-0.75x the traced graph's time (`benchmarks/bench_scoring.py
+--base DIR --bundles-only`); batches of hundreds gain nothing and lose nothing. Every operator used has a CPU
 and a CUDA kernel in the standard onnxruntime builds.
 
 The graph restates `RiskNet.forward` (models/network.py) operator by operator, so a change there
@@ -105,9 +105,8 @@ def _graph(state: dict[str, np.ndarray], cfg: NetConfig, ln_eps: float, bert_eps
     for i in range(cfg.layers):
         p = f"encoder.encoder.layer.{i}."
         a = p + "attention.self."
-        qkv_w, qkv_b = a + "qkv.weight" + TRANSPOSED, a + "qkv.bias"
-        g.inits[qkv_w] = np.ascontiguousarray(np.concatenate([state[f"{a}{n}.weight"].T for n in QKV], axis=1))
-        g.inits[qkv_b] = np.concatenate([state[f"{a}{n}.bias"] for n in QKV])
+        qkv_w = g.const(a + "qkv.weight" + TRANSPOSED, np.ascontiguousarray(np.concatenate([state[f"{a}{n}.weight"].T for n in QKV], axis=1)))
+        qkv_b = g.const(a + "qkv.bias", np.concatenate([state[f"{a}{n}.bias"] for n in QKV]))
         g.op("Attention", [x, qkv_w, qkv_b, mask], f"attn{i}", domain=MS, num_heads=cfg.heads, unidirectional=1)
         g.op("MatMul", [f"attn{i}", g.w(p + "attention.output.dense.weight", transposed=True)], f"attn_out{i}")
         o = p + "attention.output."
