@@ -5,7 +5,7 @@ the server's CPU time per request during the fixed-rate phase (all of `bentoml s
 processes), which varies far less than latency on a shared machine.
 The events are dev-spread's first 20,000 (real prompts and multi-turn histories, as issue 13 asks)
 when ../shared holds it, else a generated simulator trace's; `--trace` chooses another.
-Usage: python benchmarks/bench_http.py [--rate 200] [--seconds 15] [--trace PATH]"""
+Usage: python benchmarks/bench_http.py [--rate 200] [--seconds 15] [--trace PATH] [--moat-env VAR=VALUE ...] [--rounds N]"""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(target: str, workdir: Path) -> tuple[subprocess.Popen, str]:
+def start(target: str, workdir: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), "--host", "127.0.0.1", "--working-dir", str(workdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True"})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", **(env or {})})
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -106,6 +106,18 @@ def saturate(url: str, events: list[dict], seconds: float, threads: int = 8) -> 
     return sum(counts) / seconds
 
 
+def calls_per_batch(url: str) -> float | None:
+    """Mean /score calls per network batch so far, from Moat's /metrics (None for a server
+    without that metric)."""
+    found = {}
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("moat_score_calls_together_sum", "moat_score_calls_together_count"):
+            found[name] = float(value)
+    count = found.get("moat_score_calls_together_count")
+    return found["moat_score_calls_together_sum"] / count if count else None
+
+
 def cpu_seconds(proc: subprocess.Popen) -> float:
     """CPU time of a process and all its children (bentoml serve runs the service in a child)."""
     root = psutil.Process(proc.pid)
@@ -124,6 +136,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--trace", type=Path, help="events to post (default: dev-spread when present, else a simulator trace)")
+    ap.add_argument("--moat-env", action="append", default=[], metavar="VAR=VALUE", help="also run Moat with this setting (e.g. MOAT_COALESCE=1), in the same run; repeatable")
+    ap.add_argument("--rounds", type=int, default=1, help="run every server this many times, taking turns; ratios of the medians")
     args = ap.parse_args()
     trace = args.trace or (DEV_SPREAD if DEV_SPREAD.is_file() else None)
     if trace is not None:
@@ -133,22 +147,31 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "moat", "generate", "--out", tmp, "--actors", "150", "--days", "1", "--seed", "4", "--no-progress"], check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
             events = [{k: v for k, v in e.items() if k not in LABELS} for e in itertools.islice(iter_raw(Path(tmp) / "test.jsonl"), 20000)]
     print(f"events: {len(events):,} from {trace or 'a generated simulator trace (seed 4)'}")
-    results = {}
-    for name, target, wd in (("trivial", "trivial_service:Trivial", ROOT / "benchmarks"), ("moat", "moat.serving.service:MoatService", ROOT)):
-        proc, url = start(target, wd)
-        try:
-            open_loop(url, events[:200], 50, 2)  # warm-up
-            before = cpu_seconds(proc)
-            lat = open_loop(url, events, args.rate, args.seconds)
-            cpu_ms = 1000 * (cpu_seconds(proc) - before) / len(lat)
-            sat = saturate(url, events, 10)
-        finally:
-            proc.terminate()
-            proc.wait(10)
-        results[name] = (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), sat, cpu_ms)
-        print(f"{name:8s} at {args.rate:.0f} req/s: p50 {results[name][0]:.2f} ms, p99 {results[name][1]:.2f} ms, CPU {cpu_ms:.2f} ms/request; saturation {sat:,.0f} req/s")
-    m, t = results["moat"], results["trivial"]
-    print(f"moat / trivial: p50 x{m[0] / t[0]:.2f} (goal <= 1.3), p99 x{m[1] / t[1]:.2f}, saturation x{m[2] / t[2]:.2f} (goal >= 0.8); CPU per request +{m[3] - t[3]:.2f} ms")
+    servers = [("trivial", "trivial_service:Trivial", ROOT / "benchmarks", {}), ("moat", "moat.serving.service:MoatService", ROOT, {})]
+    servers += [(f"moat {kv}", "moat.serving.service:MoatService", ROOT, dict([kv.split("=", 1)])) for kv in args.moat_env]
+    runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name, *_ in servers}
+    for r in range(args.rounds):  # rounds alternate the servers, so a slow phase of the machine hits each
+        for name, target, wd, env in servers:
+            proc, url = start(target, wd, env)
+            try:
+                open_loop(url, events[:200], 50, 2)  # warm-up
+                before = cpu_seconds(proc)
+                lat = open_loop(url, events, args.rate, args.seconds)
+                cpu_ms = 1000 * (cpu_seconds(proc) - before) / len(lat)
+                sat = saturate(url, events, 10)
+                together = calls_per_batch(url)
+            finally:
+                proc.terminate()
+                proc.wait(10)
+            runs[name].append((float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), sat, cpu_ms))
+            p50, p99, sat, cpu_ms = runs[name][-1]
+            batched = f" ({together:.1f} calls per network batch over the run)" if together else ""
+            print(f"{name:8s} at {args.rate:.0f} req/s: p50 {p50:.2f} ms, p99 {p99:.2f} ms, CPU {cpu_ms:.2f} ms/request; saturation {sat:,.0f} req/s{batched}" + (f" (round {r + 1})" if args.rounds > 1 else ""))
+    results = {name: tuple(float(np.median(col)) for col in zip(*rows)) for name, rows in runs.items()}
+    t = results["trivial"]
+    for name, m in results.items():
+        if name != "trivial":
+            print(f"{name} / trivial{' (medians over rounds)' if args.rounds > 1 else ''}: p50 x{m[0] / t[0]:.2f} (goal <= 1.3), p99 x{m[1] / t[1]:.2f}, saturation x{m[2] / t[2]:.2f} (goal >= 0.8); CPU per request +{m[3] - t[3]:.2f} ms")
 
 
 if __name__ == "__main__":

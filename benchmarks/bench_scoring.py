@@ -157,6 +157,30 @@ def _score_in_turn(scorers: dict[Any, Scorer], events: list[Event]) -> dict[Any,
     return lat
 
 
+def queued_calls(trace: Path, limit: int, sizes: tuple[int, ...] = (1, 2, 4, 8, 16)) -> None:
+    """What the service gains when /score calls queue (serving/service.py, SingleCalls): the
+    first `limit` events through one `score_many` per k calls, one scorer per k, taking turns a
+    block of 16 events at a time; and how far the answers move from one call at a time."""
+    events = [Event.model_validate(r) for r in itertools.islice(iter_raw(trace), limit)]
+    scorers = {k: Scorer(ServingSettings(time_source="caller")) for k in sizes}
+    spent = dict.fromkeys(sizes, 0)
+    answers: dict[int, list[Any]] = {k: [] for k in sizes}
+    block = max(sizes)
+    for i, a in enumerate(range(0, len(events), block)):
+        for k in sizes if i % 2 else sizes[::-1]:
+            t0 = time.perf_counter_ns()
+            for b in range(a, min(a + block, len(events)), k):
+                answers[k] += scorers[k].score_many(events[b : b + k])
+            spent[k] += time.perf_counter_ns() - t0
+    one = answers[sizes[0]]
+    parts = []
+    for k in sizes:
+        moved = max(abs(x.risk - y.risk) for x, y in zip(answers[k], one))
+        acts = sum(x.action != y.action for x, y in zip(answers[k], one))
+        parts.append(f"{k}: {spent[k] / len(events) / 1e3:.0f} us ({spent[k] / spent[sizes[0]]:.2f}x; risks within {moved:.0e}, {acts} actions differ)")
+    print(f"  queued /score calls scored together, Scorer.score_many of k calls, taking turns (first {len(events):,} events), per event: " + ", ".join(parts))
+
+
 def mirror_layouts(trace: Path, limit: int, block: int = 500) -> None:
     """The memory store with mirrors kept once against every scope in a state of its own
     (`MemoryStore(share_mirrors=...)`), in one process taking turns: featurisation a block at a
@@ -419,6 +443,7 @@ def dev_spread(args: argparse.Namespace, tmp: str) -> None:
         print("  the same stages on base, run next: " + ", ".join(_stage(k, v) for k, v in json.loads(got).items()))
     mirror_layouts(DEV_SPREAD, 20000)
     gate_hints(DEV_SPREAD, 8000)
+    queued_calls(DEV_SPREAD, 8000)
 
 
 def main() -> None:

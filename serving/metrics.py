@@ -13,6 +13,7 @@ ERROR_KINDS = ("invalid", "bad_json", "too_large", "internal", "timeout", "frami
 SHED_ROUTES = ("score", "batch")
 STATE_SIZE_EVERY = 100
 # Millisecond-scale buckets (in seconds): the service should answer in about a millisecond.
+COALESCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
@@ -27,6 +28,9 @@ class ServiceMetrics:
         # Exported as moat_shed_total: /score calls answered allow (moat_overloaded) and batches
         # answered 429 because too many were already waiting for the scorer.
         self.sheds = bentoml.metrics.Counter(name="moat_shed", documentation="calls shed unscored because the scorer's queue was full", labelnames=["route"])
+        # How many /score calls each network batch of the single-call path held: 1 on an idle
+        # service, more when calls queue (service.SingleCalls); a rising share above 1 is load.
+        self.together = bentoml.metrics.Histogram(name="moat_score_calls_together", documentation="/score calls scored together in one network batch", buckets=COALESCE_BUCKETS)
         # Create every labelled series at zero, so dashboards and alerts see them from the start.
         for action in ("allow", "throttle", "perturb", "block"):
             self.requests.labels(action=action)
@@ -48,6 +52,9 @@ class ServiceMetrics:
         if self._calls % STATE_SIZE_EVERY == 1:
             # The size of a shared store is a network round trip: sample it, not every request.
             self.state_size.set(scorer.state_size())
+
+    def scored_together(self, calls: int) -> None:
+        self.together.observe(calls)
 
     def error(self, kind: str) -> None:
         self.errors.labels(kind=kind).inc()

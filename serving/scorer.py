@@ -389,6 +389,27 @@ class Scorer:
         risks = self._unplan(plan, self._infer(plan, self.gate_hints))
         return [self._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, risks)]
 
+    def score_each(self, events: list[Event]) -> list[Score | Exception]:
+        """`score_many` for events of unrelated callers (the service's queued /score calls): a
+        fault in one event's featurisation or policy is that event's alone, in its place in the
+        answer, as if each had been scored on its own. A fault of the network call itself
+        concerns every event, and is raised."""
+        out: list[Score | Exception | None] = [None] * len(events)
+        stepped: list[tuple[int, tuple[Step, StateStore]]] = []
+        for i, e in enumerate(events):
+            try:
+                stepped.append((i, self._step(e)))
+            except Exception as exc:  # its caller answers it alone; the others are scored
+                out[i] = exc
+        plan = self._plan([st for _, (st, _store) in stepped])
+        risks = self._unplan(plan, self._infer(plan, self.gate_hints))
+        for (i, (st, store)), r in zip(stepped, risks):
+            try:
+                out[i] = self._decide(events[i], st, store, r)
+            except Exception as exc:  # as above
+                out[i] = exc
+        return out  # type: ignore[return-value]  # every place is filled
+
     def score_stream(self, events: Iterable[Event | None], chunk: int | None = None, clock: TimeSource | None = None) -> Iterator[Score | None]:
         """Score a long stream in order, overlapping the network run of one chunk with the
         featurisation of the next (two threads; the network thread runs no Python loops, so the

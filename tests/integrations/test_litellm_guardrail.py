@@ -57,6 +57,9 @@ class Metrics:
     def observe(self, scores: Any, seconds: float, scorer: Any) -> None:
         pass
 
+    def scored_together(self, calls: int) -> None:
+        pass
+
 
 @dataclass
 class Service:

@@ -123,6 +123,7 @@ async def test_a_caller_leaving_the_queue_does_not_stall_the_lane() -> None:
 class Metrics:
     sheds: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    together: list[int] = field(default_factory=list)  # calls per network batch of the single-call path
 
     def shed(self, route: str) -> None:
         self.sheds.append(route)
@@ -132,6 +133,9 @@ class Metrics:
 
     def observe(self, scores, seconds: float, scorer) -> None:
         pass
+
+    def scored_together(self, calls: int) -> None:
+        self.together.append(calls)
 
 
 @dataclass
@@ -146,13 +150,7 @@ class Service:
 def latched() -> Iterator[tuple[Service, threading.Event]]:
     """A service whose scoring waits for the latch, so calls pile up in front of it."""
     svc, latch = Service(Scorer(ServingSettings(), store=MemoryStore())), threading.Event()
-    score_many = svc.scorer.score_many
-
-    def held(evs):
-        latch.wait(10)
-        return score_many(evs)
-
-    svc.scorer.score_many = held  # type: ignore[method-assign]
+    _recording(svc, latch)
     yield svc, latch
     latch.set()
 
@@ -186,3 +184,184 @@ async def test_batches_beyond_the_bound_get_429(latched) -> None:
         assert (await first).status_code == 200
     assert second.status_code == 429 and second.headers["retry-after"] == "1"
     assert svc.metrics.sheds == ["batch"]
+
+
+# Single calls that queue while the scorer is busy are scored together (service.SingleCalls).
+
+
+def _recording(svc: Service, latch: threading.Event) -> list[list[str]]:
+    """Hold the scorer on the latch and record the request ids of each call to it (single calls
+    go through score_each, batch chunks through score_many)."""
+    seen: list[list[str]] = []
+
+    def held(score):  # noqa: ANN001, ANN202
+        def run(evs):  # noqa: ANN001, ANN202
+            latch.wait(10)
+            seen.append([e.request_id for e in evs])
+            return score(evs)
+
+        return run
+
+    svc.scorer.score_many = held(svc.scorer.score_many)  # type: ignore[method-assign]
+    svc.scorer.score_each = held(svc.scorer.score_each)  # type: ignore[method-assign]
+    return seen
+
+
+async def _post_while_held(app, latch: threading.Event, bodies: list[dict], cancel: frozenset[int] = frozenset()) -> list[dict | None]:
+    """Post the first body (it takes the scorer and waits on the latch), then the rest in order
+    while it waits; cancel the callers in `cancel`; release; each answer (None: cancelled)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moat") as http:
+        calls = []
+        for body in bodies:
+            calls.append(asyncio.create_task(http.post("/score", json=body)))
+            await asyncio.sleep(0.02)  # arrival order is posting order
+        for i in cancel:
+            calls[i].cancel()
+        await asyncio.sleep(0.02)
+        latch.set()
+        out = []
+        for call in calls:
+            try:
+                out.append((await call).json())
+            except asyncio.CancelledError:
+                out.append(None)
+        return out
+
+
+@pytest.mark.parametrize(
+    ("coalesce", "together"),
+    [
+        (32, [1, 12]),  # the first alone (the scorer was idle), the twelve that queued behind it in one batch
+        (5, [1, 5, 5, 2]),  # at most `coalesce` calls a batch
+        (1, [1] * 13),  # coalescing off: one call a batch, as before
+    ],
+)
+async def test_queued_single_calls_are_scored_together_as_if_one_by_one(coalesce: int, together: list[int]) -> None:
+    # The events' own times (a server clock would score the two runs at different times).
+    svc, latch = Service(Scorer(ServingSettings(time_source="caller"), store=MemoryStore())), threading.Event()
+    seen = _recording(svc, latch)
+    bodies = list(events("c", 13, 3, 1.7645e9))
+    app = service.build_app(lambda: svc, EdgeSettings(score_inline=False, coalesce=coalesce))
+    answers = await _post_while_held(app, latch, bodies)
+    assert svc.metrics.together == together and [len(ids) for ids in seen] == together
+    assert [rid for ids in seen for rid in ids] == [b["request_id"] for b in bodies]  # arrival order
+    _same_answers(answers, _one_by_one(bodies))
+
+
+def _one_by_one(bodies: list[dict]) -> list[dict]:
+    reference = Scorer(ServingSettings(time_source="caller"), store=MemoryStore())
+    return [reference.score_raw(b).model_dump(exclude_none=True) for b in bodies]
+
+
+def _same_answers(got: list[dict | None], want: list[dict]) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g is not None
+        g, w = dict(g), dict(w)
+        # A batched network call may round the last digit of a risk differently; nothing else moves.
+        assert abs(g.pop("risk") - w.pop("risk")) < 1e-5
+        assert g == w
+
+
+async def test_a_faulty_event_fails_open_its_own_call_only() -> None:
+    """One call's featurisation faults inside a shared batch: that call fails open, its
+    neighbours get the scores of one by one (without the faulty event, which never entered state)."""
+    svc, latch = Service(Scorer(ServingSettings(time_source="caller"), store=MemoryStore())), threading.Event()
+    seen = _recording(svc, latch)
+    step = svc.scorer._step
+
+    def faulty(event, clock=None):
+        if event.request_id == "f2":
+            raise RuntimeError("injected featurisation fault")
+        return step(event, clock)
+
+    svc.scorer._step = faulty  # type: ignore[method-assign]
+    bodies = list(events("f", 5, 2, 1.7645e9))
+    app = service.build_app(lambda: svc, EdgeSettings(score_inline=False))
+    answers = await _post_while_held(app, latch, bodies)
+    assert seen == [["f0"], ["f1", "f2", "f3", "f4"]]  # f2 was in the shared batch
+    assert answers[2]["action"] == "allow" and answers[2]["reasons"] == [MOAT_ERROR]
+    _same_answers([a for i, a in enumerate(answers) if i != 2], _one_by_one([b for i, b in enumerate(bodies) if i != 2]))
+    assert svc.metrics.errors == ["internal"]
+
+
+async def test_a_network_fault_fails_open_every_call_of_its_batch() -> None:
+    svc, latch = Service(Scorer(ServingSettings(), store=MemoryStore())), threading.Event()
+    seen = _recording(svc, latch)
+    run = svc.scorer._run
+
+    def broken(batch):
+        if len(seen) > 1:  # the shared batch, not the first call's
+            raise RuntimeError("injected network fault")
+        return run(batch)
+
+    svc.scorer._run = broken  # type: ignore[method-assign]
+    app = service.build_app(lambda: svc, EdgeSettings(score_inline=False))
+    answers = await _post_while_held(app, latch, list(events("n", 4, 2, 1.7645e9)))
+    assert [a["request_id"] for a in answers] == ["n0", "n1", "n2", "n3"]
+    assert MOAT_ERROR not in answers[0]["reasons"]
+    assert all(a["action"] == "allow" and a["reasons"] == [MOAT_ERROR] for a in answers[1:])
+    assert svc.metrics.errors == ["internal"] * 3
+
+
+async def test_a_metrics_fault_after_scoring_keeps_the_scores() -> None:
+    svc, latch = Service(Scorer(ServingSettings(), store=MemoryStore())), threading.Event()
+    _recording(svc, latch)
+
+    def broken(calls: int) -> None:
+        raise RuntimeError("injected metrics fault")
+
+    svc.metrics.scored_together = broken  # type: ignore[method-assign]
+    app = service.build_app(lambda: svc, EdgeSettings(score_inline=False))
+    answers = await _post_while_held(app, latch, list(events("m", 3, 2, 1.7645e9)))
+    assert not any(MOAT_ERROR in a["reasons"] for a in answers) and svc.scorer.counters.scored == 3
+
+
+@pytest.mark.parametrize("cancel_while", ["queued behind a call", "its turn waits behind a batch chunk"])
+async def test_a_caller_that_gives_up_before_its_turn_is_not_scored(cancel_while: str) -> None:
+    svc, latch = Service(Scorer(ServingSettings(), store=MemoryStore())), threading.Event()
+    seen = _recording(svc, latch)
+    app = service.build_app(lambda: svc, EdgeSettings(score_inline=False, batch_chunk=1))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moat") as http:
+        if cancel_while == "queued behind a call":
+            first = asyncio.create_task(http.post("/score", json=next(events("x", 1, 1, 1.7645e9))))
+        else:  # the drain has taken its turn in the lane's queue, behind the batch's chunk
+            first = asyncio.create_task(http.post("/score/batch", json=list(events("x", 1, 1, 1.7645e9))))
+        await asyncio.sleep(0.05)
+        gone = asyncio.create_task(http.post("/score", json=next(events("gone", 1, 1, 1.7645e9))))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        after = asyncio.create_task(http.post("/score", json=next(events("after", 1, 1, 1.7645e9))))
+        await asyncio.sleep(0.05)
+        latch.set()
+        await first
+        assert (await after).json()["request_id"] == "after0"
+    assert seen == [["x0"], ["after0"]]  # the event of the caller that left never reached state
+    assert svc.scorer.counters.scored == 2
+
+
+async def test_single_calls_that_arrive_behind_a_chunk_go_before_the_next_batch() -> None:
+    """A batch chunk holds the lane; a single call, a second batch and another single call
+    arrive in that order: both single calls are scored (together) before the second batch."""
+    svc, latch = Service(Scorer(ServingSettings(), store=MemoryStore())), threading.Event()
+    seen = _recording(svc, latch)
+    app = service.build_app(lambda: svc, EdgeSettings(score_inline=False, batch_chunk=1))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moat") as http:
+        posts = []
+        for path, body in [("/score/batch", list(events("X", 2, 1, 1.7645e9))), ("/score", next(events("A", 1, 1, 1.7645e9))),
+                           ("/score/batch", list(events("Y", 2, 1, 1.7645e9))), ("/score", next(events("B", 1, 1, 1.7645e9)))]:
+            posts.append(asyncio.create_task(http.post(path, json=body)))
+            await asyncio.sleep(0.05)
+        latch.set()
+        assert all(r.status_code == 200 for r in await asyncio.gather(*posts))
+    assert seen.index(["A0", "B0"]) < seen.index(["Y0"])
+
+
+async def test_concurrent_inline_calls_get_the_scores_of_one_by_one() -> None:
+    svc = Service(Scorer(ServingSettings(time_source="caller"), store=MemoryStore()))
+    app = service.build_app(lambda: svc, EdgeSettings())  # scored on the event loop, as served
+    bodies = list(events("i", 40, 5, 1.7645e9))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moat") as http:
+        answers = [r.json() for r in await asyncio.gather(*(http.post("/score", json=b) for b in bodies))]
+    assert sum(svc.metrics.together) == len(bodies) and max(svc.metrics.together) > 1  # they did share batches
+    _same_answers(answers, _one_by_one(bodies))

@@ -46,7 +46,7 @@ def test_probes_and_metrics(service_url: str) -> None:
     assert httpx.get(service_url + "/readyz").status_code == 200
     post(service_url, EXAMPLE[0])
     text = httpx.get(service_url + "/metrics").text
-    for name in ("moat_requests", "moat_score_latency_seconds_bucket", "moat_model_info", "moat_state_scopes", "moat_errors"):
+    for name in ("moat_requests", "moat_score_latency_seconds_bucket", "moat_score_calls_together_bucket", "moat_model_info", "moat_state_scopes", "moat_errors"):
         assert name in text, name
 
 

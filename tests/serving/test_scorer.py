@@ -79,6 +79,30 @@ def test_batched_scoring_equals_one_at_a_time(small_traces: Path, chunk: int) ->
     assert max(abs(a.risk - b.risk) for a, b in zip(singles, streamed)) < 1e-5
 
 
+@pytest.mark.parametrize("faulty", [(), (0,), (7,), (3, 4, 29)], ids=["none", "first", "one", "several"])
+def test_score_each_keeps_a_fault_to_its_event(small_traces: Path, faulty: tuple[int, ...]) -> None:
+    """Without faults, score_each is score_many bit for bit; a faulty event gets its exception in
+    its place and the others the scores of score_many over the events without it."""
+    events = [Event.model_validate(r) for _, r in zip(range(30), iter_raw(small_traces / "test.jsonl"))]
+    each = Scorer(ServingSettings(time_source="caller"))
+    step = each._step
+    bad = {events[i].request_id for i in faulty}
+
+    def maybe_faulty(event: Event, clock=None):  # noqa: ANN001, ANN202
+        if event.request_id in bad:
+            raise ValueError(f"injected fault for {event.request_id}")
+        return step(event, clock)
+
+    each._step = maybe_faulty  # type: ignore[method-assign]
+    got = each.score_each(events)
+    want = iter(Scorer(ServingSettings(time_source="caller")).score_many([e for e in events if e.request_id not in bad]))
+    for e, g in zip(events, got, strict=True):
+        if e.request_id in bad:
+            assert isinstance(g, ValueError) and e.request_id in str(g)
+        else:
+            assert g == next(want)
+
+
 # (case, MOAT_ONNX_PROVIDER, providers onnxruntime has, providers used or the error's words)
 PROVIDERS = [
     ("cpu by default, even with a GPU", "cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]),

@@ -35,6 +35,9 @@ class RecordingMetrics:
     def observe(self, scores, seconds: float, scorer) -> None:
         self.observed += len(scores)
 
+    def scored_together(self, calls: int) -> None:
+        pass
+
 
 @dataclass
 class FakeService:
