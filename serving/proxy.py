@@ -57,6 +57,7 @@ from moat.serving.actions import (
     request_seed,
 )
 from moat.serving.actions.watermark import TextWatermarker, WatermarkSettings
+from moat.serving.coalesce import Coalescer
 from moat.serving.scorer import Score, Scorer
 from moat.serving.upstream import HOP, Answer, Pool, UpstreamError
 
@@ -71,6 +72,7 @@ class ProxySettings(BaseSettings):
     forwarded_depth: int = Field(default=0, ge=0, description="trusted proxies in front of Moat: the client address is the X-Forwarded-For entry this many from the right; 0: the peer")
     max_body_bytes: int = Field(default=32 << 20, ge=1024, description="largest request body read; larger ones get 413")
     upstream_timeout_s: float = Field(default=600.0, gt=0, description="read timeout towards the upstream; generations can be slow")
+    coalesce: int = Field(default=32, ge=1, description="requests that arrived while the scorer was busy, scored together in one network batch (none waits for others to arrive); 1 scores each alone")
     decisions_beside_upstream: bool = Field(
         default=False,
         description="with an upstream, also serve the decision endpoints on this port; they trust X-Forwarded-For and the account a caller names, so only where clients cannot reach them",
@@ -270,21 +272,27 @@ class Decider:
     well under a millisecond, less than a hop to a worker thread and back (which also waits out
     GIL switch intervals under load). A store that waits on the network (Redis) would stall
     every other request on the loop meanwhile, so its calls go to one worker thread, which also
-    keeps the Scorer's state on one thread. Every fault becomes None (the caller fails open)."""
+    keeps the Scorer's state on one thread. Requests that arrive while the scorer is busy are
+    scored together, up to `coalesce` at a time (serving/coalesce.py), with the scores of one by
+    one. Every fault becomes None (the caller fails open); one request's fault is its own."""
 
-    def __init__(self, scorer: Scorer) -> None:
+    def __init__(self, scorer: Scorer, coalesce: int = 32) -> None:
         self.scorer = scorer
         store = getattr(scorer, "store", None)
         self._worker = None if store is None or isinstance(store, MemoryStore) else ThreadPoolExecutor(max_workers=1, thread_name_prefix="moat-score")
+        self._calls: Coalescer[Event, Score] = Coalescer(coalesce, self._turn)
 
     async def score(self, event: Event) -> Score | None:
         try:
-            if self._worker is None:
-                return self.scorer.score(event)
-            return await asyncio.get_running_loop().run_in_executor(self._worker, self.scorer.score, event)
+            return await self._calls.submit(event)
         except Exception:  # a scoring fault must not stop traffic: fail open
             log.exception("scoring request %s failed; failing open", event.request_id)
             return None
+
+    async def _turn(self, events: list[Event]) -> list[Score | Exception]:
+        if self._worker is None:
+            return self.scorer.score_each(events)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self.scorer.score_each, events)
 
 
 def request_id(headers: Mapping[str, str]) -> str:
@@ -682,7 +690,7 @@ def build_proxy_app(settings: ProxySettings, scorer: Scorer, actions: ActionSett
     from moat.serving.ext_authz import GUARDRAIL_PATH, PREFIX, build_decision_routes
 
     actions = actions or ActionSettings()
-    decider = Decider(scorer)
+    decider = Decider(scorer, settings.coalesce)
     identity = IdentityResolver(settings)
     upstream = Upstream(settings.upstream, settings.upstream_timeout_s) if settings.upstream else None
 

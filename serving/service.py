@@ -62,6 +62,7 @@ from starlette.responses import JSONResponse, Response
 
 from moat.models.events import Event
 from moat.models.memory_store import MemoryStore
+from moat.serving.coalesce import Coalescer
 from moat.serving.fail_open import MOAT_OVERLOADED, fail_open_scores
 from moat.serving.metrics import ServiceMetrics
 from moat.serving.scorer import Score, Scorer
@@ -166,76 +167,34 @@ class ScoringLane:
 
 @dataclass(slots=True)
 class _Call:
-    """A /score call waiting in `SingleCalls`."""
+    """A /score call waiting for its turn in `SingleCalls`."""
 
     svc: ScoringService
     events: list[Event]
     t0: float
-    done: asyncio.Future[list[Score]]
 
 
 class SingleCalls:
-    """The /score calls that arrive while the scorer is busy, scored together. A call never
-    waits for others: the first to arrive starts a drain, which waits for the lane as a single
-    call (before batch chunks) and one turn of the event loop (for calls read in the same turn
-    as the first, still being parsed), then takes everything waiting at that moment (up to
-    `coalesce` calls) while it holds the lane. So an idle service scores each call alone, and a
-    busy one makes one network call for several: onnxruntime's fixed cost per call (most of the
-    network's 100-150 us for one window) is shared, and the queue drains faster the longer it
-    is. Each call gets the score that scoring the calls one by one in arrival order gives, up
-    to the float rounding of a batched network call (a risk's last digit, as in replay), and a
-    fault in one call's featurisation or policy is that call's alone (`Scorer.score_each`). A
-    caller that gave up before its turn is not scored."""
+    """The /score calls that arrive while the scorer is busy, scored together
+    (serving/coalesce.py): a turn waits for the lane as a single call does, before batch chunks,
+    and takes the calls waiting then. Each call gets the score that scoring the calls one by one
+    in arrival order gives, up to the float rounding of a batched network call (a risk's last
+    digit, as in replay)."""
 
     def __init__(self, lane: ScoringLane, coalesce: int, inline: bool) -> None:
         self._lane = lane
-        self._coalesce = coalesce
         self._inline = inline  # score on the event loop when the state is in memory (EdgeSettings.score_inline)
-        self._pending: list[_Call] = []
-        self._drain_task: asyncio.Task[None] | None = None
+        self._calls: Coalescer[_Call, list[Score]] = Coalescer(coalesce, self._turn, partial(lane.acquire, ScoringLane.SINGLE), lane.release)
 
     def waiting(self) -> int:
-        return sum(1 for c in self._pending if not c.done.done())  # done: its caller gave up
+        return self._calls.waiting()
 
     async def score(self, svc: ScoringService, events: list[Event], t0: float) -> list[Score]:
-        loop = asyncio.get_running_loop()
-        call = _Call(svc, events, t0, loop.create_future())
-        self._pending.append(call)
-        if self._drain_task is None:
-            self._drain_task = loop.create_task(self._drain())
-        return await call.done
+        return await self._calls.submit(_Call(svc, events, t0))
 
-    async def _drain(self) -> None:
-        take: list[_Call] = []
-        try:
-            while self._pending:
-                await asyncio.sleep(0)
-                await self._lane.acquire(ScoringLane.SINGLE)
-                live = [c for c in self._pending if not c.done.done()]
-                take, self._pending = live[: self._coalesce], live[self._coalesce :]
-                if not take:
-                    self._lane.release()
-                    continue
-                svc = take[0].svc
-                inline = self._inline and isinstance(svc.scorer.store, MemoryStore)
-                try:
-                    answers = await self._lane.run_held(_score_calls, svc, take, inline=inline)
-                except Exception as exc:  # the network itself faulted: every call answers its own fail-open
-                    answers = [exc] * len(take)
-                for c, answer in zip(take, answers):
-                    if c.done.done():
-                        continue
-                    if isinstance(answer, Exception):
-                        c.done.set_exception(answer)
-                    else:
-                        c.done.set_result(answer)
-                take = []
-        finally:
-            self._drain_task = None
-            # Only a cancelled drain (the server stopping) leaves calls unanswered: end their waits.
-            for c in take + self._pending:
-                c.done.cancel()
-            self._pending.clear()
+    async def _turn(self, calls: list[_Call]) -> list[list[Score] | Exception]:
+        svc = calls[0].svc
+        return await self._lane.run_held(_score_calls, svc, calls, inline=self._inline and isinstance(svc.scorer.store, MemoryStore))
 
 
 def _score_calls(svc: ScoringService, calls: list[_Call]) -> list[list[Score] | Exception]:

@@ -41,9 +41,13 @@ class Recording:
         self.model_version = self.inner.model_version
         self.events: list[Event] = []
 
-    def score_many(self, events: list[Event]) -> list[Score]:
+    def score_many(self, events: list[Event]) -> list[Score]:  # batch calls
         self.events += events
         return self.inner.score_many(events)
+
+    def score_each(self, events: list[Event]) -> list[Score | Exception]:  # single calls
+        self.events += events
+        return self.inner.score_each(events)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -65,11 +65,14 @@ class Recording:
         self.events.append(event)
         return self.inner.score(event)
 
+    def score_each(self, events: list[Event]) -> list[Score]:  # what the Decider calls
+        return [self.score(e) for e in events]
+
 
 class Faulty:
     model_version = "faulty"
 
-    def score(self, event: Event) -> Score:
+    def score_each(self, events: list[Event]) -> list[Score]:
         raise RuntimeError("scoring exploded")
 
 

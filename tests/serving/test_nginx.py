@@ -168,9 +168,9 @@ def test_an_encoded_line_break_in_the_path_cannot_name_the_account(nginx_for, up
             self.inner = inner
             self.model_version = inner.model_version
 
-        def score(self, event: Event):  # noqa: ANN201
-            seen.append(event)
-            return self.inner.score(event)
+        def score_each(self, events: list[Event]):  # noqa: ANN201
+            seen.extend(events)
+            return self.inner.score_each(events)
 
         def __getattr__(self, name: str):  # noqa: ANN204
             return getattr(self.inner, name)

@@ -27,6 +27,7 @@ from moat.serving.proxy import Decider, IdentityResolver, ProxySettings, build_p
 from moat.serving.proxy_cli import SERVER_OPTIONS
 from moat.serving.scorer import Score, Scorer
 from moat.serving.settings import ServingSettings
+from tests.conftest import CONTRACT
 from tests.serving.fake_upstream import LOGPROBS, THRESHOLDS, TOKENS, Seen, forced_scorer, free_port, serve_app
 
 ACTIONS = ActionSettings(perturb=PerturbSettings(secret=SecretStr("test-secret"), max_top_logprobs=1, round_step=0.1, noise_nats=0.3, temperature_floor=0.7))
@@ -181,7 +182,7 @@ def test_get_is_forwarded_unscored(proxies: dict[str, str]) -> None:
 class FaultyScorer:
     model_version = "faulty"
 
-    def score(self, event: Event) -> Any:
+    def score_each(self, events: list[Event]) -> Any:
         raise RuntimeError("scoring exploded")
 
 
@@ -387,9 +388,9 @@ class RecordingScorer:
     def __init__(self) -> None:
         self.events: list[Event] = []
 
-    def score(self, event: Event) -> Score:
-        self.events.append(event)
-        return Score(request_id=event.request_id, risk=0.0, action="allow", reasons=[], model_version=self.model_version)
+    def score_each(self, events: list[Event]) -> list[Score]:
+        self.events.extend(events)
+        return [Score(request_id=e.request_id, risk=0.0, action="allow", reasons=[], model_version=self.model_version) for e in events]
 
 
 @pytest.mark.parametrize("depth, expected", [(0, "127.0.0.1"), (1, "6.6.6.6")])
@@ -533,3 +534,36 @@ def test_a_body_that_is_not_json_is_refused_not_forwarded(upstream: tuple[str, S
     else:
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
         assert len(upstream[1].bodies) + len(upstream[1].headers) == seen, "the upstream was never called"
+
+
+@pytest.mark.parametrize("coalesce, batches", [(32, [1, 32, 7]), (1, [1] * 40)])
+async def test_the_decider_scores_requests_that_queue_together_as_if_one_by_one(coalesce: int, batches: list[int]) -> None:
+    """Requests that arrive while the scorer is busy go through one `score_each` (the gateway
+    paths share serving/coalesce.py with /score); each gets the score of one by one, and a
+    request whose featurisation faults fails open alone."""
+    bodies = [json.loads(line) for line in (CONTRACT / "example_trace.jsonl").read_text().splitlines()]
+    evs = [Event.model_validate({**bodies[i % len(bodies)], "request_id": f"d{i}", "account_id": f"acct{i % 4}", "ts": 1.7645e9 + i}) for i in range(40)]
+    scorer = Scorer(ServingSettings(time_source="caller"))
+    seen: list[int] = []
+    each, step = scorer.score_each, scorer._step
+
+    def recording(events: list[Event]) -> list[Score | Exception]:
+        seen.append(len(events))
+        return each(events)
+
+    def faulty(event: Event, clock=None):  # noqa: ANN001, ANN202
+        if event.request_id == "d7":
+            raise RuntimeError("injected featurisation fault")
+        return step(event, clock)
+
+    scorer.score_each, scorer._step = recording, faulty  # type: ignore[method-assign]
+    decider = Decider(scorer, coalesce)
+    first = asyncio.create_task(decider.score(evs[0]))
+    await asyncio.sleep(0)  # the first request's turn has started when the rest arrive
+    got = [await first, *await asyncio.gather(*(decider.score(e) for e in evs[1:]))]
+    reference = Scorer(ServingSettings(time_source="caller"))
+    want = [reference.score(e) for e in evs if e.request_id != "d7"]
+    assert seen == batches and got[7] is None
+    kept = [g for i, g in enumerate(got) if i != 7]
+    assert [g.action for g in kept] == [w.action for w in want]
+    assert max(abs(g.risk - w.risk) for g, w in zip(kept, want)) < 1e-5
