@@ -22,6 +22,10 @@ C = TypeVar("C")  # what a caller hands in
 R = TypeVar("R")  # what it gets back
 
 
+class CoalescerStopped(RuntimeError):
+    """The drain stopped (cancelled with the server, or broken) before this call was answered."""
+
+
 @dataclass(slots=True)
 class _Waiting(Generic[C, R]):
     item: C
@@ -40,11 +44,14 @@ class Coalescer(Generic[C, R]):
         enter: Callable[[], Awaitable[None]] | None = None,
         leave: Callable[[], None] | None = None,
     ) -> None:
+        if coalesce < 1:
+            raise ValueError(f"coalesce must be at least 1, got {coalesce}")
         self._coalesce = coalesce
         self._turn = turn
         self._enter = enter
         self._leave = leave
         self._pending: list[_Waiting[C, R]] = []
+        self._taken: list[_Waiting[C, R]] = []  # the calls of the turn running now
         self._drain_task: asyncio.Task[None] | None = None
 
     def waiting(self) -> int:
@@ -54,38 +61,48 @@ class Coalescer(Generic[C, R]):
         loop = asyncio.get_running_loop()
         waiting: _Waiting[C, R] = _Waiting(item, loop.create_future())
         self._pending.append(waiting)
-        if self._drain_task is None:
-            self._drain_task = loop.create_task(self._drain())
+        if self._drain_task is None or self._drain_task.done():
+            task = loop.create_task(self._drain())
+            task.add_done_callback(self._drained)
+            self._drain_task = task
         return await waiting.done
 
     async def _drain(self) -> None:
-        take: list[_Waiting[C, R]] = []
-        try:
-            while self._pending:
-                await asyncio.sleep(0)
-                if self._enter is not None:
-                    await self._enter()
-                live = [w for w in self._pending if not w.done.done()]
-                take, self._pending = live[: self._coalesce], live[self._coalesce :]
-                if not take:
-                    if self._leave is not None:
-                        self._leave()
+        while self._pending:
+            await asyncio.sleep(0)
+            if self._enter is not None:
+                await self._enter()
+            live = [w for w in self._pending if not w.done.done()]
+            self._taken, self._pending = live[: self._coalesce], live[self._coalesce :]
+            if not self._taken:
+                if self._leave is not None:
+                    self._leave()
+                continue
+            try:
+                answers = await self._turn([w.item for w in self._taken])
+                if len(answers) != len(self._taken):
+                    raise RuntimeError(f"a turn of {len(self._taken)} calls gave {len(answers)} answers")
+            except Exception as exc:  # the turn itself faulted: every caller answers its own fail-open
+                answers = [exc] * len(self._taken)
+            for w, answer in zip(self._taken, answers):
+                if w.done.done():  # its caller gave up during the turn
                     continue
-                try:
-                    answers = await self._turn([w.item for w in take])
-                except Exception as exc:  # the turn itself faulted: every caller answers its own fail-open
-                    answers = [exc] * len(take)
-                for w, answer in zip(take, answers, strict=True):
-                    if w.done.done():
-                        continue
-                    if isinstance(answer, Exception):
-                        w.done.set_exception(answer)
-                    else:
-                        w.done.set_result(answer)
-                take = []
-        finally:
-            self._drain_task = None
-            # Only a cancelled drain (the server stopping) leaves calls unanswered: end their waits.
-            for w in take + self._pending:
-                w.done.cancel()
-            self._pending.clear()
+                if isinstance(answer, Exception):
+                    w.done.set_exception(answer)
+                else:
+                    w.done.set_result(answer)
+            self._taken = []
+        self._drain_task = None
+
+    def _drained(self, task: asyncio.Task[None]) -> None:
+        """A drain that ends any other way than by running out of calls (cancelled with the
+        server, even before its first step, or broken) answers every call it leaves, so none
+        waits for ever; a caller sees an error, which it fails open on."""
+        if self._drain_task is not task:
+            return  # it ran out of calls, or a newer drain holds the waiting ones
+        self._drain_task = None
+        why = "cancelled" if task.cancelled() else repr(task.exception())
+        for w in self._taken + self._pending:
+            if not w.done.done():
+                w.done.set_exception(CoalescerStopped(f"scoring stopped before this call was answered ({why})"))
+        self._taken, self._pending = [], []

@@ -193,8 +193,14 @@ class SingleCalls:
         return await self._calls.submit(_Call(svc, events, t0))
 
     async def _turn(self, calls: list[_Call]) -> list[list[Score] | Exception]:
-        svc = calls[0].svc
-        return await self._lane.run_held(_score_calls, svc, calls, inline=self._inline and isinstance(svc.scorer.store, MemoryStore))
+        # The coalescer has taken the lane for this turn; run_held hands it on when the turn ends.
+        try:
+            svc = calls[0].svc
+            inline = self._inline and isinstance(svc.scorer.store, MemoryStore)
+        except BaseException:
+            self._lane.release()
+            raise
+        return await self._lane.run_held(_score_calls, svc, calls, inline=inline)
 
 
 def _score_calls(svc: ScoringService, calls: list[_Call]) -> list[list[Score] | Exception]:

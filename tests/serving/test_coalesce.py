@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from moat.serving.coalesce import Coalescer
+from moat.serving.coalesce import Coalescer, CoalescerStopped
 
 
 class Turns:
@@ -109,11 +109,48 @@ async def test_a_turn_holds_its_entry_and_hands_it_back_when_nothing_is_left() -
     assert held == ["enter", "leave"]
 
 
-async def test_a_cancelled_drain_ends_every_wait() -> None:
+@pytest.mark.parametrize("when", ["before its first step", "during a turn"])
+async def test_a_cancelled_drain_answers_every_wait_and_a_new_one_starts(when: str) -> None:
     turns = Turns()
     co: Coalescer[int, int] = Coalescer(32, turns)
-    tasks = await _submit_all(co, [0, 1, 2])
-    assert co._drain_task is not None
-    co._drain_task.cancel()
+    first = asyncio.create_task(co.submit(0))
+    if when == "before its first step":
+        await asyncio.sleep(0)  # the drain task exists, and has not run
+        assert co._drain_task is not None
+        co._drain_task.cancel()
+        tasks = [first]
+    else:
+        tasks = [first, *await _submit_all(co, [1, 2])]  # 0 is in its turn, 1 and 2 wait
+        assert co._drain_task is not None
+        co._drain_task.cancel()
     done = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(d, asyncio.CancelledError) for d in done) and co.waiting() == 0
+    # An error, not a cancellation: the callers were not cancelled, and they fail open on it.
+    assert all(isinstance(d, CoalescerStopped) for d in done) and co.waiting() == 0
+    turns.gate.set()
+    assert await asyncio.wait_for(co.submit(5), 1) == 10  # nothing is wedged
+
+
+async def test_a_caller_that_gives_up_during_its_turn_leaves_the_others_answered() -> None:
+    turns = Turns()
+    co: Coalescer[int, int] = Coalescer(32, turns)
+    tasks = await _submit_all(co, [0, 1])
+    assert turns.batches == [[0]]  # 0 is in its turn, 1 waits
+    tasks[0].cancel()
+    await asyncio.sleep(0.01)
+    turns.gate.set()
+    assert await tasks[1] == 2 and tasks[0].cancelled()
+    assert turns.batches == [[0], [1]]
+
+
+async def test_a_turn_that_answers_the_wrong_number_of_calls_fails_them_all() -> None:
+    async def short(items: list[int]) -> list[int | Exception]:
+        return items[:-1]
+
+    co: Coalescer[int, int] = Coalescer(32, short)
+    done = await asyncio.gather(co.submit(1), co.submit(2), return_exceptions=True)
+    assert all(isinstance(d, RuntimeError) and "gave 1 answers" in str(d) for d in done)
+
+
+def test_coalesce_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Coalescer(0, Turns())

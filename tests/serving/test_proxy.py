@@ -536,8 +536,8 @@ def test_a_body_that_is_not_json_is_refused_not_forwarded(upstream: tuple[str, S
         assert len(upstream[1].bodies) + len(upstream[1].headers) == seen, "the upstream was never called"
 
 
-@pytest.mark.parametrize("coalesce, batches", [(32, [1, 32, 7]), (1, [1] * 40)])
-async def test_the_decider_scores_requests_that_queue_together_as_if_one_by_one(coalesce: int, batches: list[int]) -> None:
+@pytest.mark.parametrize("coalesce", [32, 1])
+async def test_the_decider_scores_requests_that_queue_together_as_if_one_by_one(coalesce: int) -> None:
     """Requests that arrive while the scorer is busy go through one `score_each` (the gateway
     paths share serving/coalesce.py with /score); each gets the score of one by one, and a
     request whose featurisation faults fails open alone."""
@@ -563,7 +563,10 @@ async def test_the_decider_scores_requests_that_queue_together_as_if_one_by_one(
     got = [await first, *await asyncio.gather(*(decider.score(e) for e in evs[1:]))]
     reference = Scorer(ServingSettings(time_source="caller"))
     want = [reference.score(e) for e in evs if e.request_id != "d7"]
-    assert seen == batches and got[7] is None
+    # Turns in arrival order, each within the bound; with coalescing on, the 39 that arrived
+    # during the first turn shared a few turns (how they split depends on the loop's schedule).
+    assert sum(seen) == 40 and max(seen) <= coalesce and (len(seen) <= 4 if coalesce > 1 else seen == [1] * 40)
+    assert got[7] is None
     kept = [g for i, g in enumerate(got) if i != 7]
     assert [g.action for g in kept] == [w.action for w in want]
     assert max(abs(g.risk - w.risk) for g, w in zip(kept, want)) < 1e-5
