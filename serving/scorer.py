@@ -390,10 +390,10 @@ class Scorer:
         return [self._decide(e, st, store, r) for e, (st, store), r in zip(events, stepped, risks)]
 
     def score_each(self, events: list[Event]) -> list[Score | Exception]:
-        """`score_many` for events of unrelated callers (the service's queued /score calls): a
-        fault in one event's featurisation or policy is that event's alone, in its place in the
-        answer, as if each had been scored on its own. A fault of the network call itself
-        concerns every event, and is raised."""
+        """`score_many` for events of unrelated callers (calls queued in the service or the
+        gateway paths, serving/coalesce.py): a fault in one event's featurisation or policy is
+        that event's alone, in its place in the answer, as if each had been scored on its own.
+        A fault of the network call itself concerns every event, and is raised."""
         out: list[Score | Exception | None] = [None] * len(events)
         stepped: list[tuple[int, tuple[Step, StateStore]]] = []
         for i, e in enumerate(events):
