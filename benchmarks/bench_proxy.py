@@ -6,9 +6,14 @@ interleaved so that both see the same machine load; each path gets `--rate` requ
 second. The thresholds are set above any risk so every request is scored and then allowed:
 this measures the path every benign request takes. 50 accounts, one bearer key each.
 Besides latency it prints the CPU time each process spent per request it served, which varies
-far less than latency on a shared machine.
+far less than latency on a shared machine, and each path's saturation: `--threads` keep-alive
+clients sending back to back for `--saturate` seconds, one path after the other (the proxy's
+figure includes the upstream's work, so read it against the direct one).
+`--proxy-env VAR=VALUE` runs a second proxy with that setting beside the first, in the same
+run (for example MOAT_PROXY_COALESCE=1: each request scored alone).
 Goal: p50 at most 2 ms above direct at 200 req/s.
-Usage: python benchmarks/bench_proxy.py [--rate 200] [--seconds 15]"""
+Usage: python benchmarks/bench_proxy.py [--rate 200] [--seconds 15] [--saturate 10]
+       [--proxy-env VAR=VALUE ...]"""
 
 from __future__ import annotations
 
@@ -53,6 +58,18 @@ def start(code: str, args: list[str], ready: str, env: dict[str, str]) -> subpro
     raise RuntimeError(f"{ready} did not come up")
 
 
+BODIES = [json.dumps({"model": "fake", "messages": [{"role": "user", "content": f"Translate sentence {i} into French, please."}], "logprobs": True, "top_logprobs": 2}).encode() for i in range(200)]
+
+
+def send(conn: http.client.HTTPConnection, i: int, target: str) -> None:
+    headers = {"content-type": "application/json", "authorization": f"Bearer sk-bench-{i % 50}"}
+    conn.request("POST", "/v1/chat/completions", body=BODIES[i % len(BODIES)], headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    if resp.status != 200:
+        raise RuntimeError(f"{target}: status {resp.status}")
+
+
 def open_loop(targets: list[str], rate: float, seconds: float, threads: int = 8) -> list[np.ndarray]:
     """Request i goes to targets[i % len(targets)], due at i / (rate * len(targets)): each target
     gets `rate` per second. Latency counts from the due time (no coordinated omission)."""
@@ -60,7 +77,6 @@ def open_loop(targets: list[str], rate: float, seconds: float, threads: int = 8)
     n = int(rate * seconds) * k
     total_rate = rate * k
     lat = np.zeros(n)
-    bodies = [json.dumps({"model": "fake", "messages": [{"role": "user", "content": f"Translate sentence {i} into French, please."}], "logprobs": True, "top_logprobs": 2}).encode() for i in range(200)]
     start = time.perf_counter() + 0.2
 
     def worker(w: int) -> None:
@@ -70,13 +86,7 @@ def open_loop(targets: list[str], rate: float, seconds: float, threads: int = 8)
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            conn = conns[i % k]
-            headers = {"content-type": "application/json", "authorization": f"Bearer sk-bench-{i % 50}"}
-            conn.request("POST", "/v1/chat/completions", body=bodies[(i // k) % len(bodies)], headers=headers)
-            resp = conn.getresponse()
-            resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"{targets[i % k]}: status {resp.status}")
+            send(conns[i % k], i // k, targets[i % k])
             lat[i] = time.perf_counter() - due
         for c in conns:
             c.close()
@@ -84,6 +94,25 @@ def open_loop(targets: list[str], rate: float, seconds: float, threads: int = 8)
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(worker, range(threads)))
     return [lat[j::k] * 1000 for j in range(k)]
+
+
+def saturate(target: str, seconds: float, threads: int) -> float:
+    """Closed loop: `threads` keep-alive clients send back to back; completed requests per second."""
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def worker(w: int) -> None:
+        conn = http.client.HTTPConnection(*target.removeprefix("http://").split(":"), timeout=10)
+        i = w
+        while time.perf_counter() < stop:
+            send(conn, i, target)
+            counts[w] += 1
+            i += threads
+        conn.close()
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return sum(counts) / seconds
 
 
 def cpu_seconds(proc: subprocess.Popen) -> float:
@@ -115,31 +144,43 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=200.0, help="requests per second on each path")
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--saturate", type=float, default=10.0, help="seconds of closed-loop load on each path (0: skip)")
+    ap.add_argument("--threads", type=int, default=8, help="keep-alive clients in the saturation phase")
+    ap.add_argument("--proxy-env", action="append", default=[], metavar="VAR=VALUE", help="also run a proxy with this setting, in the same run; repeatable")
     args = ap.parse_args()
-    up_port, proxy_port = free_port(), free_port()
+    up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
-    proxy = f"http://127.0.0.1:{proxy_port}"
     env = {"MOAT_THROTTLE_THRESHOLD": NEVER, "MOAT_PERTURB_THRESHOLD": NEVER, "MOAT_BLOCK_THRESHOLD": NEVER}
+    names, targets = ["direct"], [upstream]
     procs = [start(UPSTREAM, [str(up_port)], upstream + "/v1/models", {})]
     try:
-        procs.append(start(PROXY, ["--upstream", upstream, "--port", str(proxy_port), "--host", "127.0.0.1"], proxy + "/v1/models", env))
-        open_loop([upstream, proxy], rate=50, seconds=2)  # warm both paths (connections, first scores)
+        for extra in [{}, *(dict([kv.split("=", 1)]) for kv in args.proxy_env)]:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            procs.append(start(PROXY, ["--upstream", upstream, "--port", str(port), "--host", "127.0.0.1"], url + "/v1/models", {**env, **extra}))
+            names.append(" ".join(["moat proxy", *(f"{k}={v}" for k, v in extra.items())]))
+            targets.append(url)
+        open_loop(targets, rate=50, seconds=2)  # warm every path (connections, first scores)
         before = [cpu_seconds(p) for p in procs]
-        direct, proxied = open_loop([upstream, proxy], args.rate, args.seconds)
-        up_cpu, proxy_cpu = (cpu_seconds(p) - b for p, b in zip(procs, before))
+        lats = open_loop(targets, args.rate, args.seconds)
+        cpus = [cpu_seconds(p) - b for p, b in zip(procs, before)]
+        sats = [saturate(t, args.saturate, args.threads) if args.saturate > 0 else float("nan") for t in targets]
     finally:
         for p in procs:
             p.terminate()
             p.wait(10)
     s50, s99 = scorer_alone()
-    d50, d99 = np.percentile(direct, [50, 99])
-    p50, p99 = np.percentile(proxied, [50, 99])
-    print(f"proxy bench: {args.rate:.0f} req/s per path for {args.seconds:.0f} s ({len(direct)} requests each), chat/completions, every request scored then allowed")
-    print(f"  direct      p50 {d50:6.2f} ms  p99 {d99:6.2f} ms")
-    print(f"  moat proxy  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
-    print(f"  added       p50 {p50 - d50:+6.2f} ms  p99 {p99 - d99:+6.2f} ms   (goal: p50 <= +2 ms)")
-    # The upstream serves both paths; the proxy one.
-    print(f"  CPU per request: upstream {1000 * up_cpu / (2 * len(direct)):.2f} ms, moat proxy {1000 * proxy_cpu / len(proxied):.2f} ms")
+    n = len(lats[0])
+    d50, d99 = np.percentile(lats[0], [50, 99])
+    print(f"proxy bench: {args.rate:.0f} req/s per path for {args.seconds:.0f} s ({n} requests each), chat/completions, every request scored then allowed")
+    width = max(len(name) for name in names)
+    for name, lat, sat in zip(names, lats, sats):
+        p50, p99 = np.percentile(lat, [50, 99])
+        added = "" if name == "direct" else f"  added p50 {p50 - d50:+6.2f} ms  p99 {p99 - d99:+6.2f} ms (goal: p50 <= +2 ms)"
+        print(f"  {name:{width}s}  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms{added};  saturation {sat:,.0f} req/s ({sat / sats[0]:.2f}x direct)")
+    # The upstream serves every path; each proxy its own.
+    per_proxy = ", ".join(f"{name} {1000 * cpu / n:.2f} ms" for name, cpu in zip(names[1:], cpus[1:]))
+    print(f"  CPU per request at {args.rate:.0f} req/s: upstream {1000 * cpus[0] / (len(targets) * n):.2f} ms, {per_proxy}")
     print(f"  of which the Scorer alone (same events, in process): p50 {s50:.2f} ms  p99 {s99:.2f} ms;  load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

@@ -1,14 +1,20 @@
 """Calls that arrive while the scorer is busy, scored together in one turn.
 
-A call never waits for others. The first to arrive starts a drain, which waits for its turn
-(`enter`: the service's scoring lane, or nothing) and one turn of the event loop (calls read in
-the same turn as the first are still being parsed), then takes every call waiting at that
+By default a call never waits for others. The first to arrive starts a drain, which waits for
+its turn (`enter`: the service's scoring lane, or nothing) and one turn of the event loop (calls
+read in the same turn as the first are still being parsed), then takes every call waiting at that
 moment, up to `coalesce`, and runs them in one `turn`. An idle server so scores each call
 alone, and a busy one makes one network call for several: onnxruntime's fixed cost per call
 (most of the network's 100-150 us for one window) is shared, and the queue drains faster the
 longer it is. The turn answers each call on its own (`Scorer.score_each` keeps a fault to its
 event), so one call's fault is its own; a fault of the whole turn is every call's. A caller
 that gave up before its turn is not scored.
+
+With `max_wait_s` above zero the coalescer is a micro-batcher: a drain that finds fewer than
+`coalesce` calls waiting waits, without holding the entry, until that many wait or the oldest
+has waited `max_wait_s`. That is for a network on a GPU, where a call costs about the same for
+one window as for a few hundred (docs/performance.md, "The GPU tier"); on a CPU it only adds
+the wait, since a turn's cost grows with its calls.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class CoalescerStopped(RuntimeError):
 class _Waiting(Generic[C, R]):
     item: C
     done: asyncio.Future[R]
+    arrived: float  # the event loop's clock
 
 
 class Coalescer(Generic[C, R]):
@@ -43,13 +50,18 @@ class Coalescer(Generic[C, R]):
         turn: Callable[[list[C]], Awaitable[list[R | Exception]]],
         enter: Callable[[], Awaitable[None]] | None = None,
         leave: Callable[[], None] | None = None,
+        max_wait_s: float = 0.0,
     ) -> None:
         if coalesce < 1:
             raise ValueError(f"coalesce must be at least 1, got {coalesce}")
+        if not max_wait_s >= 0:
+            raise ValueError(f"max_wait_s must be zero or more, got {max_wait_s}")
         self._coalesce = coalesce
         self._turn = turn
         self._enter = enter
         self._leave = leave
+        self._max_wait_s = max_wait_s
+        self._full: asyncio.Future[None] | None = None  # a wait to fill, ended early when `coalesce` calls wait
         self._pending: list[_Waiting[C, R]] = []
         self._taken: list[_Waiting[C, R]] = []  # the calls of the turn running now
         self._drain_task: asyncio.Task[None] | None = None
@@ -59,8 +71,10 @@ class Coalescer(Generic[C, R]):
 
     async def submit(self, item: C) -> R:
         loop = asyncio.get_running_loop()
-        waiting: _Waiting[C, R] = _Waiting(item, loop.create_future())
+        waiting: _Waiting[C, R] = _Waiting(item, loop.create_future(), loop.time())
         self._pending.append(waiting)
+        if self._full is not None and not self._full.done() and len(self._pending) >= self._coalesce:
+            self._full.set_result(None)
         if self._drain_task is None or self._drain_task.done():
             task = loop.create_task(self._drain())
             task.add_done_callback(self._drained)
@@ -70,6 +84,8 @@ class Coalescer(Generic[C, R]):
     async def _drain(self) -> None:
         while self._pending:
             await asyncio.sleep(0)
+            if self._max_wait_s > 0:
+                await self._fill()
             if self._enter is not None:
                 await self._enter()
             live = [w for w in self._pending if not w.done.done()]
@@ -93,6 +109,25 @@ class Coalescer(Generic[C, R]):
                     w.done.set_result(answer)
             self._taken = []
         self._drain_task = None
+
+    async def _fill(self) -> None:
+        """Wait until `coalesce` live calls wait or the oldest live one has waited `max_wait_s`.
+        Calls that queued behind a long turn have usually waited that long already, so a busy
+        coalescer does not wait at all."""
+        loop = asyncio.get_running_loop()
+        while True:
+            live = [w for w in self._pending if not w.done.done()]
+            left = live[0].arrived + self._max_wait_s - loop.time() if live else 0.0
+            if len(live) >= self._coalesce or left <= 0:
+                return
+            self._full = loop.create_future()
+            try:
+                async with asyncio.timeout(left):
+                    await self._full
+            except TimeoutError:
+                return
+            finally:
+                self._full = None
 
     def _drained(self, task: asyncio.Task[None]) -> None:
         """A drain that ends any other way than by running out of calls (cancelled with the

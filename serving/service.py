@@ -85,7 +85,8 @@ class EdgeSettings(BaseSettings):
     batch_chunk: int = Field(default=8, ge=1, description="events a batch scores before waiting single calls go first; about 0.6 ms each")
     batch_share: float = Field(default=0.3, gt=0, le=1, description="most of the time batches may keep the scorer (and the GIL) busy; they pause between chunks to stay within it")
     score_inline: bool = Field(default=True, description="score single calls on the event loop when the state is in memory (a store that waits on Redis always takes the lane's thread)")
-    coalesce: int = Field(default=32, ge=1, description="single /score calls that arrived while the scorer was busy, scored together in one network batch (none waits for others to arrive); 1 scores each alone")
+    coalesce: int = Field(default=32, ge=1, description="single /score calls that arrived while the scorer was busy, scored together in one network batch; 1 scores each alone")
+    coalesce_wait_ms: float = Field(default=0.0, ge=0, le=1000, description="how long the oldest waiting /score call may wait for others to fill a batch of `coalesce` (the GPU tier's micro-batcher); 0, the default, never waits")
 
 
 class ScoringLane:
@@ -181,10 +182,10 @@ class SingleCalls:
     in arrival order gives, up to the float rounding of a batched network call (a risk's last
     digit, as in replay)."""
 
-    def __init__(self, lane: ScoringLane, coalesce: int, inline: bool) -> None:
+    def __init__(self, lane: ScoringLane, coalesce: int, inline: bool, wait_s: float = 0.0) -> None:
         self._lane = lane
         self._inline = inline  # score on the event loop when the state is in memory (EdgeSettings.score_inline)
-        self._calls: Coalescer[_Call, list[Score]] = Coalescer(coalesce, self._turn, partial(lane.acquire, ScoringLane.SINGLE), lane.release)
+        self._calls: Coalescer[_Call, list[Score]] = Coalescer(coalesce, self._turn, partial(lane.acquire, ScoringLane.SINGLE), lane.release, wait_s)
 
     def waiting(self) -> int:
         return self._calls.waiting()
@@ -567,7 +568,7 @@ def build_app(current_service: Callable[[], ScoringService], edge: EdgeSettings 
     production; tests pass their own)."""
     edge = edge or EdgeSettings()
     lane = ScoringLane()
-    singles = SingleCalls(lane, edge.coalesce, edge.score_inline)
+    singles = SingleCalls(lane, edge.coalesce, edge.score_inline, edge.coalesce_wait_ms / 1000)
     app = Routes(title="moat", docs_url=None, redoc_url=None, openapi_url=None)
     event, score = _schema(Event), _schema(Score)
 

@@ -365,3 +365,27 @@ async def test_concurrent_inline_calls_get_the_scores_of_one_by_one() -> None:
         answers = [r.json() for r in await asyncio.gather(*(http.post("/score", json=b) for b in bodies))]
     assert sum(svc.metrics.together) == len(bodies) and max(svc.metrics.together) > 1  # they did share batches
     _same_answers(answers, _one_by_one(bodies))
+
+
+@pytest.mark.parametrize(
+    ("coalesce", "wait_ms", "n", "together"),
+    [
+        (4, 1000, 8, [4, 4]),  # each batch waits until it is full (the calls come 20 ms apart)
+        (32, 50, 1, [1]),  # a lone call is scored once it has waited 50 ms
+        (32, 0, 3, [1, 1, 1]),  # no wait (the default): an idle scorer takes each call alone
+    ],
+)
+async def test_a_wait_to_fill_batches_single_calls_that_come_apart(coalesce: int, wait_ms: float, n: int, together: list[int]) -> None:
+    """MOAT_COALESCE_WAIT_MS, the GPU tier's micro-batcher: calls that never queue behind a
+    busy scorer still share a network batch, and each gets the score of one by one."""
+    svc = Service(Scorer(ServingSettings(time_source="caller"), store=MemoryStore()))
+    app = service.build_app(lambda: svc, EdgeSettings(coalesce=coalesce, coalesce_wait_ms=wait_ms))
+    bodies = list(events("w", n, 2, 1.7645e9))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moat") as http:
+        calls = []
+        for body in bodies:
+            calls.append(asyncio.create_task(http.post("/score", json=body)))
+            await asyncio.sleep(0.02)
+        answers = [r.json() for r in await asyncio.wait_for(asyncio.gather(*calls), 5)]
+    assert svc.metrics.together == together
+    _same_answers(answers, _one_by_one(bodies))

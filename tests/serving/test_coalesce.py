@@ -1,5 +1,6 @@
 """The coalescer in front of the scorer (serving/coalesce.py): calls that arrive while a turn
-runs go together in the next one, each answered on its own, and no call waits for company."""
+runs go together in the next one, each answered on its own, and no call waits for company
+unless a wait to fill a batch is set (the micro-batcher)."""
 
 from __future__ import annotations
 
@@ -151,6 +152,55 @@ async def test_a_turn_that_answers_the_wrong_number_of_calls_fails_them_all() ->
     assert all(isinstance(d, RuntimeError) and "gave 1 answers" in str(d) for d in done)
 
 
-def test_coalesce_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        Coalescer(0, Turns())
+@pytest.mark.parametrize(("coalesce", "items", "batches"), [(32, [7], [[7]]), (3, list(range(6)), [[0, 1, 2], [3, 4, 5]])])
+async def test_a_wait_to_fill_ends_when_the_batch_is_full_or_the_oldest_has_waited(coalesce: int, items: list[int], batches: list[list[int]]) -> None:
+    """Without the wait the first call would run alone (the other cases above); with it, a
+    lone call is answered once it has waited 50 ms, and calls 10 ms apart fill whole batches
+    long before that (a 10 s wait, so a test that passes did not run into the deadline)."""
+    turns = Turns()
+    turns.gate.set()
+    co: Coalescer[int, int] = Coalescer(coalesce, turns, max_wait_s=0.05 if len(items) == 1 else 10.0)
+    tasks = await _submit_all(co, items)
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [2 * i for i in items]
+    assert turns.batches == batches
+
+
+async def test_a_wait_to_fill_holds_no_entry_and_skips_callers_that_gave_up() -> None:
+    """A drain waiting to fill has not entered (batch chunks may use the lane meanwhile); a
+    caller that gives up during the wait is not counted towards the batch, nor run."""
+    held: list[str] = []
+
+    async def enter() -> None:
+        held.append("enter")
+
+    async def turn(items: list[int]) -> list[int | Exception]:
+        held.append(f"turn {items}")
+        return list(items)
+
+    co: Coalescer[int, int] = Coalescer(2, turn, enter, max_wait_s=10.0)
+    tasks = await _submit_all(co, [0, 1])  # full at once: no wait
+    assert [await t for t in tasks] == [0, 1]
+    held.clear()
+    tasks = await _submit_all(co, [2])
+    await asyncio.sleep(0.05)
+    assert held == []  # waiting to fill, not entered
+    tasks[0].cancel()
+    tasks = await _submit_all(co, [3, 4])
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [3, 4]
+    assert held == ["enter", "turn [3, 4]"]
+
+
+async def test_a_drain_cancelled_while_waiting_to_fill_answers_its_callers() -> None:
+    turns = Turns()
+    co: Coalescer[int, int] = Coalescer(32, turns, max_wait_s=10.0)
+    tasks = await _submit_all(co, [0, 1])
+    assert co._drain_task is not None and turns.batches == []
+    co._drain_task.cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(d, CoalescerStopped) for d in done) and co.waiting() == 0
+
+
+@pytest.mark.parametrize(("coalesce", "max_wait_s", "message"), [(0, 0.0, "at least 1"), (1, -0.001, "zero or more"), (1, float("nan"), "zero or more")])
+def test_a_bad_limit_is_refused(coalesce: int, max_wait_s: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Coalescer(coalesce, Turns(), max_wait_s=max_wait_s)
