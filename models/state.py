@@ -169,9 +169,16 @@ class CampaignSketch:
         self._templates: OrderedDict[int, OrderedDict[str, int]] = OrderedDict()
         self.max_templates = max_templates
         self.max_accounts = max_accounts
+        self._bucket = -1  # the latest bucket seen, one int object shared by its entries
 
     def observe(self, template: int, account: str, ts: float) -> int:
         bucket = int(clamp_ts(ts) // CAMPAIGN_BUCKET_S)
+        # A bucket number is an int object of its own (28 bytes, a fifth of an entry); the
+        # entries of one bucket share the latest one's.
+        if bucket == self._bucket:
+            bucket = self._bucket
+        else:
+            self._bucket = bucket
         seen = self._templates.get(template)
         if seen is None:
             seen = self._templates[template] = OrderedDict()
