@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--trace", type=Path, help="events to post (default: dev-spread when present, else a simulator trace)")
-    ap.add_argument("--moat-env", action="append", default=[], metavar="VAR=VALUE", help="also run Moat with this setting (e.g. MOAT_COALESCE=1), in the same run; repeatable")
+    ap.add_argument("--moat-env", action="append", default=[], metavar="VAR=VALUE", help="also run Moat with this setting (e.g. MOAT_COALESCE=1; several, space-separated, in one quoted argument), in the same run; repeatable")
     ap.add_argument("--rounds", type=int, default=1, help="run every server this many times, taking turns; ratios of the medians")
     args = ap.parse_args()
     trace = args.trace or (DEV_SPREAD if DEV_SPREAD.is_file() else None)
@@ -148,7 +148,7 @@ def main() -> None:
             events = [{k: v for k, v in e.items() if k not in LABELS} for e in itertools.islice(iter_raw(Path(tmp) / "test.jsonl"), 20000)]
     print(f"events: {len(events):,} from {trace or 'a generated simulator trace (seed 4)'}")
     servers = [("trivial", "trivial_service:Trivial", ROOT / "benchmarks", {}), ("moat", "moat.serving.service:MoatService", ROOT, {})]
-    servers += [(f"moat {kv}", "moat.serving.service:MoatService", ROOT, dict([kv.split("=", 1)])) for kv in args.moat_env]
+    servers += [(f"moat {kv}", "moat.serving.service:MoatService", ROOT, dict(pair.split("=", 1) for pair in kv.split())) for kv in args.moat_env]
     runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name, *_ in servers}
     for r in range(args.rounds):  # rounds alternate the servers, so a slow phase of the machine hits each
         for name, target, wd, env in servers:

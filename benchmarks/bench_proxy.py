@@ -148,6 +148,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=8, help="keep-alive clients in the saturation phase")
     ap.add_argument("--proxy-env", action="append", default=[], metavar="VAR=VALUE", help="also run a proxy with this setting, in the same run; repeatable")
     args = ap.parse_args()
+    bad = [kv for kv in args.proxy_env if "=" not in kv]
+    if bad:
+        ap.error(f"--proxy-env takes VAR=VALUE, got {bad[0]!r}")
     up_port = free_port()
     upstream = f"http://127.0.0.1:{up_port}"
     env = {"MOAT_THROTTLE_THRESHOLD": NEVER, "MOAT_PERTURB_THRESHOLD": NEVER, "MOAT_BLOCK_THRESHOLD": NEVER}
@@ -177,7 +180,8 @@ def main() -> None:
     for name, lat, sat in zip(names, lats, sats):
         p50, p99 = np.percentile(lat, [50, 99])
         added = "" if name == "direct" else f"  added p50 {p50 - d50:+6.2f} ms  p99 {p99 - d99:+6.2f} ms (goal: p50 <= +2 ms)"
-        print(f"  {name:{width}s}  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms{added};  saturation {sat:,.0f} req/s ({sat / sats[0]:.2f}x direct)")
+        saturation = f";  saturation {sat:,.0f} req/s ({sat / sats[0]:.2f}x direct)" if args.saturate > 0 else ""
+        print(f"  {name:{width}s}  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms{added}{saturation}")
     # The upstream serves every path; each proxy its own.
     per_proxy = ", ".join(f"{name} {1000 * cpu / n:.2f} ms" for name, cpu in zip(names[1:], cpus[1:]))
     print(f"  CPU per request at {args.rate:.0f} req/s: upstream {1000 * cpus[0] / (len(targets) * n):.2f} ms, {per_proxy}")

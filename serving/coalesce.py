@@ -20,6 +20,7 @@ the wait, since a turn's cost grows with its calls.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -62,6 +63,7 @@ class Coalescer(Generic[C, R]):
         self._leave = leave
         self._max_wait_s = max_wait_s
         self._full: asyncio.Future[None] | None = None  # a wait to fill, ended early when `coalesce` calls wait
+        self._last_turn = (-math.inf, -math.inf)  # when the latest turn started and ended (the loop's clock)
         self._pending: list[_Waiting[C, R]] = []
         self._taken: list[_Waiting[C, R]] = []  # the calls of the turn running now
         self._drain_task: asyncio.Task[None] | None = None
@@ -94,6 +96,7 @@ class Coalescer(Generic[C, R]):
                 if self._leave is not None:
                     self._leave()
                 continue
+            started = asyncio.get_running_loop().time()
             try:
                 answers = await self._turn([w.item for w in self._taken])
                 if len(answers) != len(self._taken):
@@ -108,16 +111,25 @@ class Coalescer(Generic[C, R]):
                 else:
                     w.done.set_result(answer)
             self._taken = []
+            self._last_turn = (started, asyncio.get_running_loop().time())
         self._drain_task = None
 
     async def _fill(self) -> None:
         """Wait until `coalesce` live calls wait or the oldest live one has waited `max_wait_s`.
-        Calls that queued behind a long turn have usually waited that long already, so a busy
-        coalescer does not wait at all."""
+        A call that comes within `max_wait_s` of the end of a turn counts as waiting since that
+        turn started: a turn scored on the event loop holds back the calls that reach the socket
+        meanwhile, which then look as if they had just arrived. So a worker whose turns last
+        `max_wait_s` or more never waits, and one with shorter turns waits only the rest."""
         loop = asyncio.get_running_loop()
         while True:
             live = [w for w in self._pending if not w.done.done()]
-            left = live[0].arrived + self._max_wait_s - loop.time() if live else 0.0
+            if not live:
+                return
+            since = live[0].arrived
+            started, ended = self._last_turn
+            if since - ended <= self._max_wait_s:
+                since = min(since, started)
+            left = since + self._max_wait_s - loop.time()
             if len(live) >= self._coalesce or left <= 0:
                 return
             self._full = loop.create_future()

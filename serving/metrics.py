@@ -12,8 +12,9 @@ if TYPE_CHECKING:
 ERROR_KINDS = ("invalid", "bad_json", "too_large", "internal", "timeout", "framing", "media_type")
 SHED_ROUTES = ("score", "batch")
 STATE_SIZE_EVERY = 100
-# Calls per network batch of the single-call path (service.SingleCalls): up to MOAT_COALESCE.
-COALESCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Calls per network batch of the single-call path (service.SingleCalls): up to MOAT_COALESCE
+# (32 by default; the GPU tier's micro-batcher takes a few hundred).
+COALESCE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # Millisecond-scale buckets (in seconds): the service should answer in about a millisecond.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 

@@ -53,7 +53,7 @@ from typing import Any, NoReturn, Protocol, TypeVar
 
 import bentoml
 from fastapi import FastAPI
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,6 +87,14 @@ class EdgeSettings(BaseSettings):
     score_inline: bool = Field(default=True, description="score single calls on the event loop when the state is in memory (a store that waits on Redis always takes the lane's thread)")
     coalesce: int = Field(default=32, ge=1, description="single /score calls that arrived while the scorer was busy, scored together in one network batch; 1 scores each alone")
     coalesce_wait_ms: float = Field(default=0.0, ge=0, le=1000, description="how long the oldest waiting /score call may wait for others to fill a batch of `coalesce` (the GPU tier's micro-batcher); 0, the default, never waits")
+
+    @model_validator(mode="after")
+    def _batch_can_fill(self) -> EdgeSettings:
+        # Calls beyond max_queue are shed, so a larger batch would never fill and every call
+        # would wait out the whole wait.
+        if self.coalesce_wait_ms > 0 and self.coalesce > self.max_queue:
+            raise ValueError(f"coalesce ({self.coalesce}) must not exceed max_queue ({self.max_queue}) when coalesce_wait_ms is set: a batch that large never fills")
+        return self
 
 
 class ScoringLane:
@@ -180,7 +188,8 @@ class SingleCalls:
     (serving/coalesce.py): a turn waits for the lane as a single call does, before batch chunks,
     and takes the calls waiting then. Each call gets the score that scoring the calls one by one
     in arrival order gives, up to the float rounding of a batched network call (a risk's last
-    digit, as in replay)."""
+    digit, as in replay). With `wait_s` above zero a turn first waits for a fuller batch
+    (EdgeSettings.coalesce_wait_ms)."""
 
     def __init__(self, lane: ScoringLane, coalesce: int, inline: bool, wait_s: float = 0.0) -> None:
         self._lane = lane

@@ -23,6 +23,7 @@ import httpx
 import jsonschema
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from moat.models.memory_store import MemoryStore
 from moat.serving import service
@@ -381,6 +382,8 @@ async def test_a_wait_to_fill_batches_single_calls_that_come_apart(coalesce: int
     svc = Service(Scorer(ServingSettings(time_source="caller"), store=MemoryStore()))
     app = service.build_app(lambda: svc, EdgeSettings(coalesce=coalesce, coalesce_wait_ms=wait_ms))
     bodies = list(events("w", n, 2, 1.7645e9))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://moat") as http:
         calls = []
         for body in bodies:
@@ -388,4 +391,22 @@ async def test_a_wait_to_fill_batches_single_calls_that_come_apart(coalesce: int
             await asyncio.sleep(0.02)
         answers = [r.json() for r in await asyncio.wait_for(asyncio.gather(*calls), 5)]
     assert svc.metrics.together == together
+    if n == 1:
+        assert loop.time() - began >= wait_ms / 1000  # the lone call did wait (asyncio timers never fire early)
     _same_answers(answers, _one_by_one(bodies))
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"coalesce": 300, "coalesce_wait_ms": 2}, True),  # calls past max_queue (256) are shed: the batch never fills
+        ({"coalesce": 300, "coalesce_wait_ms": 2, "max_queue": 300}, False),
+        ({"coalesce": 300}, False),  # without a wait a batch takes what is there
+    ],
+)
+def test_a_wait_for_a_batch_larger_than_the_queue_is_refused(settings: dict, refused: bool) -> None:
+    if refused:
+        with pytest.raises(ValidationError, match=r"coalesce \(300\) must not exceed max_queue \(256\)"):
+            EdgeSettings(**settings)
+    else:
+        assert EdgeSettings(**settings).coalesce == 300

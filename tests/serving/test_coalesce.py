@@ -5,6 +5,7 @@ unless a wait to fill a batch is set (the micro-batcher)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -160,9 +161,39 @@ async def test_a_wait_to_fill_ends_when_the_batch_is_full_or_the_oldest_has_wait
     turns = Turns()
     turns.gate.set()
     co: Coalescer[int, int] = Coalescer(coalesce, turns, max_wait_s=0.05 if len(items) == 1 else 10.0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
     tasks = await _submit_all(co, items)
     assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [2 * i for i in items]
     assert turns.batches == batches
+    if len(items) == 1:
+        assert loop.time() - began >= 0.045  # the lone call did wait (asyncio timers never fire early)
+
+
+async def test_calls_held_back_by_a_turn_on_the_event_loop_do_not_wait_again() -> None:
+    """A turn scored on the event loop (the service's inline path) blocks it: calls that reach
+    the server meanwhile are submitted only when it ends. They have waited since it started, so
+    once a turn has lasted `max_wait_s` they go at once; a call 20 ms later makes a batch of its
+    own instead of joining theirs."""
+    batches: list[list[int]] = []
+    later: list[asyncio.Task[int]] = []
+
+    async def arrive_late(i: int) -> int:
+        await asyncio.sleep(0.02)
+        return await co.submit(i)
+
+    async def blocking(items: list[int]) -> list[int | Exception]:
+        batches.append(items)
+        if items == [0]:
+            # Calls read from the socket during the turn, submitted after it.
+            later.extend([asyncio.create_task(co.submit(1)), asyncio.create_task(co.submit(2)), asyncio.create_task(arrive_late(3))])
+            time.sleep(0.1)  # noqa: ASYNC251  # a turn that holds the loop, as inline scoring does
+        return [2 * i for i in items]
+
+    co: Coalescer[int, int] = Coalescer(3, blocking, max_wait_s=0.05)
+    assert await co.submit(0) == 0  # waits its 50 ms alone, then holds the loop for 100 ms
+    assert await asyncio.wait_for(asyncio.gather(*later), 5) == [2, 4, 6]
+    assert batches == [[0], [1, 2], [3]]
 
 
 async def test_a_wait_to_fill_holds_no_entry_and_skips_callers_that_gave_up() -> None:
