@@ -11,8 +11,11 @@ where they were made) and the growth of resident memory (everything, allocator o
 With --flood N: N distinct accounts, keys and /24s of one request each through a store bounded
 as serving bounds it (--max-scopes, --max-templates), printing resident memory as they arrive:
 it must stop growing once the bounds are reached.
+With --sketch-speed: the time of one campaign-sketch call, with many templates and with one
+template at its cap of accounts where every call evicts one (the sketch's worst case).
 Usage: python benchmarks/bench_state_memory.py [--accounts N] [--requests 1 16 64] [--separate]
        python benchmarks/bench_state_memory.py --flood 10000000 --max-scopes 300000
+       python benchmarks/bench_state_memory.py --sketch-speed
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from moat.models.events import Event
 from moat.models.featurizer import Featurizer
 from moat.models.memory_store import MemoryStore
+from moat.models.state import CampaignSketch
 from moat.models.summary import SKETCHES
 
 # Where an allocation is made says what it is. Strings are made when a request is parsed and
@@ -121,6 +125,23 @@ def _rss() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+def sketch_speed(calls: int = 300_000) -> None:
+    import time
+
+    cases = {
+        "many templates (30,000, 5,000 accounts)": lambda i, rng: (rng.randrange(30_000), f"a{rng.randrange(5_000)}"),
+        "one template at its cap (2,000), every call a new account": lambda i, rng: (7, f"a{i}"),
+    }
+    for name, draw in cases.items():
+        rng = random.Random(1)
+        sketch = CampaignSketch(max_templates=20_000, max_accounts=2_000)
+        args = [draw(i, rng) for i in range(calls)]
+        start = time.perf_counter()
+        for i, (template, account) in enumerate(args):
+            sketch.observe(template, account, 1_000.0 + i * 0.001)
+        print(f"campaign sketch, {name}: {(time.perf_counter() - start) / calls * 1e6:.2f} us per call")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--accounts", type=int, default=2_000, help="active accounts (the figures are per account)")
@@ -130,7 +151,11 @@ def main() -> None:
     ap.add_argument("--max-scopes", type=int, default=300_000, help="--flood: the store's scope bound (MOAT_MAX_SCOPES)")
     ap.add_argument("--max-templates", type=int, default=20_000, help="--flood: the campaign sketch's template bound")
     ap.add_argument("--separate", action="store_true", help="also measure with every scope in a state of its own (MemoryStore(share_mirrors=False)), for the ratio in one run")
+    ap.add_argument("--sketch-speed", action="store_true", help="instead: the time of one campaign-sketch call, typical and worst case")
     args = ap.parse_args()
+    if args.sketch_speed:
+        sketch_speed()
+        return
     if args.flood:
         flood(args.flood, args.max_scopes, args.max_templates, templates=max(args.templates, 4 * args.max_templates))
         return
