@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from closed_loop import closed_loop
 
 from moat.models.traces import iter_raw
 
@@ -85,25 +86,14 @@ def open_loop(url: str, events: list[dict], rate: float, seconds: float, threads
 
 
 def saturate(url: str, events: list[dict], seconds: float, threads: int = 8) -> float:
-    """Closed loop: `threads` keep-alive clients send back to back; completed requests per second."""
-    host, port = url.removeprefix("http://").split(":")
+    """Closed loop: `threads` keep-alive clients post events back to back; completed requests per second."""
     bodies = [json.dumps(e).encode() for e in events]
-    stop = time.perf_counter() + seconds
-    counts = [0] * threads
 
-    def worker(w: int) -> None:
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        i = w
-        while time.perf_counter() < stop:
-            conn.request("POST", "/score", body=bodies[i % len(bodies)], headers={"content-type": "application/json"})
-            conn.getresponse().read()
-            counts[w] += 1
-            i += threads
-        conn.close()
+    def send(conn: http.client.HTTPConnection, i: int) -> None:
+        conn.request("POST", "/score", body=bodies[i % len(bodies)], headers={"content-type": "application/json"})
+        conn.getresponse().read()
 
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(worker, range(threads)))
-    return sum(counts) / seconds
+    return closed_loop(url, send, seconds, threads)
 
 
 def calls_per_batch(url: str) -> float | None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+from closed_loop import closed_loop
 
 ROOT = Path(__file__).resolve().parents[1]
 NEVER = "1.0001"
@@ -98,21 +99,7 @@ def open_loop(targets: list[str], rate: float, seconds: float, threads: int = 8)
 
 def saturate(target: str, seconds: float, threads: int) -> float:
     """Closed loop: `threads` keep-alive clients send back to back; completed requests per second."""
-    stop = time.perf_counter() + seconds
-    counts = [0] * threads
-
-    def worker(w: int) -> None:
-        conn = http.client.HTTPConnection(*target.removeprefix("http://").split(":"), timeout=10)
-        i = w
-        while time.perf_counter() < stop:
-            send(conn, i, target)
-            counts[w] += 1
-            i += threads
-        conn.close()
-
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(worker, range(threads)))
-    return sum(counts) / seconds
+    return closed_loop(target, lambda conn, i: send(conn, i, target), seconds, threads)
 
 
 def cpu_seconds(proc: subprocess.Popen) -> float:
