@@ -410,3 +410,22 @@ def test_a_wait_for_a_batch_larger_than_the_queue_is_refused(settings: dict, ref
             EdgeSettings(**settings)
     else:
         assert EdgeSettings(**settings).coalesce == 300
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "value"),
+    [
+        ({"MOAT_COALESCE_WAIT_MS": "2.5"}, "coalesce_wait_ms", 2.5),
+        ({"MOAT_COALESCE_WAIT_MS": "-1"}, "coalesce_wait_ms", None),  # refused, naming the field
+        ({"MOAT_COALESCE_WAIT_MS": "5000"}, "coalesce_wait_ms", None),  # above 1 s: refused
+        ({"MOAT_COALESCE": "0"}, "coalesce", None),
+    ],
+)
+def test_coalescing_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], field: str, value: float | None) -> None:
+    for name, raw in env.items():
+        monkeypatch.setenv(name, raw)
+    if value is None:
+        with pytest.raises(ValidationError, match=field):
+            EdgeSettings()
+    else:
+        assert getattr(EdgeSettings(), field) == value
