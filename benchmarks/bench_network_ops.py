@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=Path("models/default"), help="bundle directory (default: models/default)")
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 256], help="windows per call (default: 1 256)")
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="onnxruntime intra-op threads (default: 1)")
-    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=30, help="profiled calls per case, after a warm-up (default: 30)")
     ap.add_argument("--top", type=int, default=12, help="operators listed per case (default: 12)")
     args = ap.parse_args()
     meta, onnx_path = load_bundle(args.model)

@@ -1,15 +1,18 @@
 """Accounts whose prompts are near paraphrases of one another: probers and prompt developers.
 
-A request is a near paraphrase when one of the account's previous `WINDOW - 1` requests sent a
-different prompt within `--distance` bits of its SimHash (the newest text's, as the featuriser
-computes it). An account's share is that flag's share over its last `WINDOW` requests; the
-report lists the accounts whose share reaches `--share`, with what tells a boundary prober
-from a developer iterating on a system prompt: volume, pace and logprobs.
+A request is a near paraphrase when one of the account's previous `WINDOW - 1` requests (in trace
+order, which is time order in a trace Moat reads) sent a different prompt within `--distance`
+bits of its SimHash. Both come from the newest text as the featuriser sketches it, so the
+SimHash covers that text's first 64 words: two prompts that differ only after them are at
+distance 0. An account's peak share is the highest share of such requests over any `WINDOW`
+consecutive requests of it; the report lists the accounts whose peak reaches `--share`, with
+what tells a boundary prober from a developer iterating on a prompt's instructions: volume,
+pace and logprobs.
 
 Why it exists: on the operator sample (`calib-spread`) both kinds show the pattern within 16
 requests, so a signature on it alone would throttle the developers (see docs/results.md,
-limits). It prints figures about a population, so no label is read: it may run on unlabelled
-operator traffic; where a trace names families, `--by-family` counts them per family.
+limits). It prints figures about a population and reads no label, so it may run on unlabelled
+operator traffic; only `--by-family` reads a trace's `family`, to count the accounts per family.
 
 Run: python -m moat.evals.paraphrase_neighbours ../shared/data/external/calib-spread.jsonl.gz [--distance 8] [--share 0.75]
 """
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from moat.models.events import TRACE_LABEL_FIELDS, Event
@@ -54,17 +58,24 @@ class Account:
             self.peak = max(self.peak, sum(self.flags) / WINDOW)
 
     def median_gap_s(self) -> float:
-        gaps = [b - a for a, b in zip(self.ts, self.ts[1:])]
+        ts = sorted(self.ts)  # a trace out of time order must not give negative gaps
+        gaps = [b - a for a, b in zip(ts, ts[1:])]
         return statistics.median(gaps) if gaps else float("nan")
 
 
-def scan(events: Iterable[dict[str, Any]], distance: int) -> dict[str, Account]:
-    """Every account's figures, events in trace order. Labels are dropped unread; `family`
-    only groups the report."""
+def scan(events: Iterable[dict[str, Any]], distance: int, by_family: bool = False, source: str = "trace") -> dict[str, Account]:
+    """Every account's figures, events in trace order. The label fields are dropped unread;
+    `family` is read only `by_family`, to group the report. A bad event raises ValueError
+    naming `source`, the event's number and the field at fault."""
     accounts: dict[str, Account] = defaultdict(Account)
-    for raw in events:
-        family = raw.get("family")
-        event = Event.model_validate({k: v for k, v in raw.items() if k not in TRACE_LABEL_FIELDS})
+    for number, raw in enumerate(events, 1):
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: event {number}: not a JSON object")
+        try:
+            event = Event.model_validate({k: v for k, v in raw.items() if k not in TRACE_LABEL_FIELDS})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"{source}: event {number}: {'.'.join(map(str, first['loc'])) or 'event'}: {first['msg']}") from exc
         s = summarize(event)
         a = accounts[event.account_id]
         a.see(s.simhash, s.prompt_hash, distance)
@@ -72,13 +83,14 @@ def scan(events: Iterable[dict[str, Any]], distance: int) -> dict[str, Account]:
         a.logprobs += s.logprobs
         a.ts.append(event.ts)
         a.user_agent = a.user_agent or (event.user_agent or "")
-        a.family = a.family or (family if isinstance(family, str) else "")
+        if by_family and not a.family and isinstance(raw.get("family"), str):
+            a.family = raw["family"]
     return accounts
 
 
 def report(trace: Path, distance: int, share: float, by_family: bool, progress: bool = True) -> list[str]:
     events = tqdm(iter_raw(trace), desc=trace.name, unit=" events", disable=not progress, mininterval=1.0)
-    accounts = scan(events, distance)
+    accounts = scan(events, distance, by_family, str(trace))
     hits = sorted(((a.peak, name, a) for name, a in accounts.items() if a.peak >= share), key=lambda h: (-h[2].requests, h[1]))
     lines = [
         f"{trace.name}: {len(accounts):,} accounts; {len(hits)} ({len(hits) / max(len(accounts), 1):.1%}) reach a near-paraphrase share of {share:g} "
@@ -115,7 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         if not trace.is_file():
             p.error(f"{trace}: no such file")
     for trace in args.traces:
-        print("\n".join(report(trace, args.distance, args.share, args.by_family, progress=not args.no_progress)))
+        try:
+            lines = report(trace, args.distance, args.share, args.by_family, progress=not args.no_progress)
+        except (ValueError, OSError, EOFError) as exc:  # EOFError: a truncated .gz
+            print(f"paraphrase_neighbours: error: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(lines))
     return 0
 
 
